@@ -1,0 +1,242 @@
+"""Read and validate microscopy images as channel-first ``CZYX`` float arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+CANONICAL_AXES = "CZYX"
+
+
+class ImageError(ValueError):
+    """An image cannot be used; the message names the problem and the fix."""
+
+
+@dataclass
+class Image:
+    """A multi-channel image, always stored as ``CZYX`` (2D images have Z = 1).
+
+    ``voxel_size`` is (z, y, x) in micrometres; ``channel_names`` has one entry per channel.
+    """
+
+    data: np.ndarray
+    channel_names: list[str]
+    voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    source: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def n_channels(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape[1:])
+
+    @property
+    def anisotropy(self) -> float:
+        """Ratio of z spacing to xy spacing, as cellpose expects it."""
+        return float(self.voxel_size[0] / self.voxel_size[2])
+
+
+def to_czyx(array: np.ndarray, axes: str) -> np.ndarray:
+    """Reorder ``array`` with the given axes string (e.g. ``"ZCYX"``, ``"YX"``) to ``CZYX``."""
+    axes = axes.upper()
+    if len(set(axes)) != len(axes):
+        raise ImageError(f"Axes '{axes}' repeat a letter; give each axis once, e.g. 'ZCYX'.")
+    unknown = set(axes) - set(CANONICAL_AXES)
+    if unknown:
+        raise ImageError(
+            f"Axes '{axes}' contain {''.join(sorted(unknown))}, which this tool does not read; "
+            "use only C, Z, Y and X (select one time point before auditing)."
+        )
+    if "Y" not in axes or "X" not in axes:
+        raise ImageError(f"Axes '{axes}' must include both Y and X.")
+    if array.ndim != len(axes):
+        raise ImageError(
+            f"The image has {array.ndim} dimensions {tuple(array.shape)} but axes '{axes}' name "
+            f"{len(axes)}; give one letter per dimension (e.g. 'ZCYX' for a 4D stack)."
+        )
+    for missing in "CZ":
+        if missing not in axes:
+            array = array[np.newaxis]
+            axes = missing + axes
+    return np.transpose(array, [axes.index(a) for a in CANONICAL_AXES])
+
+
+def guess_axes(shape: Sequence[int]) -> str:
+    """Guess axes from a shape: the smallest leading dimension (≤ 8) is the channel axis."""
+    ndim = len(shape)
+    if ndim == 2:
+        return "YX"
+    if ndim == 3:
+        return "CYX" if shape[0] <= 8 else "ZYX"
+    if ndim == 4:
+        return "CZYX" if shape[0] <= shape[1] else "ZCYX"
+    raise ImageError(
+        f"Cannot guess the axes of an image with shape {tuple(shape)}; pass axes explicitly "
+        "(e.g. --axes ZCYX) and select one time point or position first."
+    )
+
+
+def validate(data: np.ndarray) -> None:
+    """Refuse images that would make every score meaningless (NaN, Inf, constant)."""
+    if data.size == 0:
+        raise ImageError("The image is empty (a dimension has size 0).")
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        raise ImageError(f"The image has dtype {data.dtype}; expected integer or float pixels.")
+    if np.issubdtype(data.dtype, np.floating):
+        bad = ~np.isfinite(data)
+        if bad.any():
+            channels = sorted({int(c) for c in np.nonzero(bad.reshape(data.shape[0], -1).any(1))[0]})
+            raise ImageError(
+                f"The image holds {int(bad.sum())} NaN/Inf voxels (channels {channels}); replace them "
+                "(e.g. numpy.nan_to_num) or mask the acquisition artefact before auditing."
+            )
+    flat = data.reshape(data.shape[0], -1)
+    constant = [int(c) for c in range(flat.shape[0]) if flat[c].min() == flat[c].max()]
+    if len(constant) == flat.shape[0]:
+        raise ImageError(
+            "Every channel of the image is constant; check that the right file or layer was given."
+        )
+
+
+def make_image(
+    array: np.ndarray,
+    axes: str | None = None,
+    channel_names: Sequence[str] | None = None,
+    voxel_size: Sequence[float] | None = None,
+    source: str = "",
+) -> Image:
+    """Build a validated :class:`Image` from an array with explicit (or guessed) axes."""
+    array = np.asarray(array)
+    axes = axes or guess_axes(array.shape)
+    data = to_czyx(array, axes)
+    validate(data)
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    names = list(channel_names) if channel_names is not None else [f"ch{i}" for i in range(data.shape[0])]
+    if len(names) != data.shape[0]:
+        raise ImageError(
+            f"{len(names)} channel names were given for an image with {data.shape[0]} channels "
+            f"(axes '{axes}', shape {tuple(array.shape)}); check the axes or the names."
+        )
+    voxel = tuple(float(v) for v in voxel_size) if voxel_size is not None else (1.0, 1.0, 1.0)
+    if len(voxel) == 2:
+        voxel = (1.0, *voxel)
+    if len(voxel) != 3 or min(voxel) <= 0:
+        raise ImageError(f"Voxel size {voxel_size} must be three positive numbers (z, y, x) in µm.")
+    return Image(data, names, voxel, source)
+
+
+def _tiff_voxel_size(tif) -> tuple[float, float, float] | None:
+    """Voxel size from OME or ImageJ metadata, when the file records it."""
+    ome = tif.ome_metadata
+    if ome:
+        import xml.etree.ElementTree as ET
+
+        root = ET.fromstring(ome)
+        for el in root.iter():
+            if el.tag.endswith("Pixels"):
+                attrs = el.attrib
+                try:
+                    return (
+                        float(attrs.get("PhysicalSizeZ", 1.0)),
+                        float(attrs["PhysicalSizeY"]),
+                        float(attrs["PhysicalSizeX"]),
+                    )
+                except KeyError:
+                    return None
+    ij = tif.imagej_metadata or {}
+    page = tif.pages[0]
+    try:
+        xres = page.tags["XResolution"].value
+        yres = page.tags["YResolution"].value
+        y = yres[1] / yres[0]
+        x = xres[1] / xres[0]
+    except (KeyError, ZeroDivisionError):
+        return None
+    if ij:
+        return (float(ij.get("spacing", 1.0)), float(y), float(x))
+    return None
+
+
+def _tiff_channel_names(tif) -> list[str] | None:
+    ome = tif.ome_metadata
+    if not ome:
+        return None
+    import xml.etree.ElementTree as ET
+
+    names = [el.attrib.get("Name") for el in ET.fromstring(ome).iter() if el.tag.endswith("}Channel")]
+    return names if names and all(names) else None
+
+
+def read_image(
+    path: str | Path,
+    axes: str | None = None,
+    channel_names: Sequence[str] | None = None,
+    voxel_size: Sequence[float] | None = None,
+) -> Image:
+    """Read a TIFF / OME-TIFF (or ``.npy``) file; axes come from the file unless given."""
+    import tifffile
+
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"Image file {path} does not exist.")
+    if path.suffix == ".npy":
+        return make_image(np.load(path, allow_pickle=False), axes, channel_names, voxel_size, str(path))
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        array = series.asarray()
+        file_axes = series.axes.upper().replace("Q", "")
+        if axes is None and set(file_axes) <= set(CANONICAL_AXES) and len(file_axes) == array.ndim:
+            axes = file_axes
+        voxel_size = voxel_size or _tiff_voxel_size(tif)
+        channel_names = channel_names or _tiff_channel_names(tif)
+    return make_image(array, axes, channel_names, voxel_size, str(path))
+
+
+def read_labels(path: str | Path) -> np.ndarray:
+    """Read a label image (TIFF or ``.npy``) as a ``ZYX`` integer array."""
+    import tifffile
+
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"Label file {path} does not exist.")
+    labels = np.load(path, allow_pickle=False) if path.suffix == ".npy" else tifffile.imread(path)
+    return as_label_volume(labels)
+
+
+def as_label_volume(labels: np.ndarray) -> np.ndarray:
+    """Check a label image (``YX`` or ``ZYX`` integers) and return it as ``ZYX``."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels[np.newaxis]
+    if labels.ndim != 3:
+        raise ImageError(
+            f"Labels must be 2D (YX) or 3D (ZYX), got shape {tuple(labels.shape)}; "
+            "squeeze channel or time axes first."
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        if np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
+            labels = labels.astype(np.int64)
+        else:
+            raise ImageError(f"Labels have dtype {labels.dtype}; expected integer label ids.")
+    if labels.min() < 0:
+        raise ImageError("Labels contain negative ids; label images use 0 for background and 1..N for cells.")
+    return labels
+
+
+def check_labels_match(image: Image, labels: np.ndarray) -> None:
+    """Refuse a label image whose shape differs from the image's spatial shape."""
+    if tuple(labels.shape) != image.spatial_shape:
+        raise ImageError(
+            f"Labels shape {tuple(labels.shape)} differs from the image's ZYX shape {image.spatial_shape}; "
+            "segment this image (or resample the labels) so both cover the same voxels."
+        )
+    if not labels.any():
+        raise ImageError(
+            "The label image is empty (no cell ids > 0); segment the image first or check the mask file."
+        )

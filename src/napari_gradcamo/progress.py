@@ -1,0 +1,46 @@
+"""Progress reporting and cancellation shared by every long-running step.
+
+Long steps accept ``progress(done, total, message)`` and a :class:`CancelToken`; the CLI passes a
+tqdm bar, napari passes a ``thread_worker`` signal, tests pass nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Optional
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+class Cancelled(RuntimeError):
+    """Raised inside a long step when the user cancelled it; finished work is kept by the caller."""
+
+
+class CancelToken:
+    """A thread-safe cancel flag that long steps poll between units of work."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self, what: str = "the run") -> None:
+        if self._event.is_set():
+            raise Cancelled(f"Cancelled {what}; results finished before the cancel are kept.")
+
+
+def report(progress: Optional[ProgressCallback], done: int, total: int, message: str = "") -> None:
+    """Call ``progress`` if one was given."""
+    if progress is not None:
+        progress(done, total, message)
+
+
+def check(cancel: Optional[CancelToken], what: str = "the run") -> None:
+    """Raise :class:`Cancelled` if ``cancel`` was set."""
+    if cancel is not None:
+        cancel.raise_if_cancelled(what)

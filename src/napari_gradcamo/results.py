@@ -1,0 +1,104 @@
+"""The per-cell results table: one stable, documented schema for CLI, napari features and export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+#: Column → meaning. ``prob_<class>`` columns (one per model class) follow ``probability``.
+SCHEMA: dict[str, str] = {
+    "label": "cell id in the label image",
+    "centroid_z": "cell centroid, z (voxels)",
+    "centroid_y": "cell centroid, y (voxels)",
+    "centroid_x": "cell centroid, x (voxels)",
+    "volume_voxels": "cell volume in voxels",
+    "touches_border": "the cell's crop reaches past the image border (zero-padded)",
+    "padded_fraction": "fraction of the crop that lies outside the image",
+    "predicted_class": "class the model predicts for the crop",
+    "probability": "softmax probability of the predicted class",
+    "target_class": "class whose Grad-CAM was computed",
+    "gradcamo": "Σcam·M/Σcam: share of attention on the cell itself (0..1, NaN if undefined)",
+    "chance": "|M|/|crop|: the Grad-CAMO of a uniform map",
+    "neighbour_share": "share of attention on other cells",
+    "background_share": "share of attention on background inside the image",
+    "outside_share": "share of attention on padding beyond the image border",
+    "reason": "why gradcamo is NaN ('' when defined)",
+    "flagged": "gradcamo below the threshold, undefined, or flagged by hand",
+    "status": "'audited', or 'not audited' for cells without a result yet",
+    "cam_method": "CAM method",
+    "target_layer": "layer the CAM was computed at",
+}
+PROBABILITY_PREFIX = "prob_"
+STATUS_AUDITED = "audited"
+STATUS_NOT_AUDITED = "not audited"
+
+
+def column_order(class_names: Sequence[str]) -> list[str]:
+    """Schema columns with one ``prob_<class>`` column per class after ``probability``."""
+    cols = list(SCHEMA)
+    at = cols.index("probability") + 1
+    return cols[:at] + [PROBABILITY_PREFIX + c for c in class_names] + cols[at:]
+
+
+def empty_table(class_names: Sequence[str]) -> pd.DataFrame:
+    """A zero-row table with the full schema and stable dtypes."""
+    table = pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in column_order(class_names)})
+    return table
+
+
+def _dtype(column: str) -> str:
+    if column in ("label", "volume_voxels"):
+        return "int64"
+    if column in ("touches_border", "flagged"):
+        return "bool"
+    if column in ("predicted_class", "target_class", "reason", "status", "cam_method", "target_layer"):
+        return "object"
+    return "float64"
+
+
+def conform(table: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
+    """Order columns as the schema says, add missing ones (NaN / ''), keep extra columns at the end."""
+    cols = column_order(class_names)
+    out = table.copy()
+    for c in cols:
+        if c not in out:
+            out[c] = "" if _dtype(c) == "object" else (False if _dtype(c) == "bool" else np.nan)
+    extra = [c for c in out.columns if c not in cols]
+    return out[cols + extra].reset_index(drop=True)
+
+
+def apply_threshold(table: pd.DataFrame, threshold: float, manual: pd.Series | None = None) -> pd.DataFrame:
+    """Set ``flagged``: Grad-CAMO under ``threshold`` or undefined (audited cells only), or ``manual``."""
+    audited = table["status"] == STATUS_AUDITED
+    low = table["gradcamo"].isna() | (table["gradcamo"] < threshold)
+    flagged = audited & low
+    if manual is not None:
+        flagged = flagged | manual.reindex(table.index, fill_value=False).astype(bool)
+    table = table.copy()
+    table["flagged"] = flagged.astype(bool)
+    return table
+
+
+def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str = "gradcamo") -> tuple[Path, Path]:
+    """Write the table as CSV and Parquet; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv, parquet = out_dir / f"{stem}.csv", out_dir / f"{stem}.parquet"
+    table.to_csv(csv, index=False)
+    table.to_parquet(parquet, index=False)
+    return csv, parquet
+
+
+def summary(table: pd.DataFrame) -> dict[str, float]:
+    """Headline numbers of an audit: cells, median Grad-CAMO and chance, share flagged."""
+    audited = table[table["status"] == STATUS_AUDITED]
+    return {
+        "cells": int(len(audited)),
+        "median_gradcamo": float(audited["gradcamo"].median()) if len(audited) else float("nan"),
+        "median_chance": float(audited["chance"].median()) if len(audited) else float("nan"),
+        "flagged": int(audited["flagged"].sum()) if len(audited) else 0,
+        "undefined": int(audited["gradcamo"].isna().sum()) if len(audited) else 0,
+    }
