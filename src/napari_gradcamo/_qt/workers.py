@@ -1,0 +1,123 @@
+"""Run the core's generators off the GUI thread (napari ``thread_worker``), or inline for tests.
+
+Set ``widget.synchronous = True`` (or the environment variable ``NAPARI_GRADCAMO_SYNC=1`` before the
+widget is made) to run every job in the calling thread: same callbacks, same order, no event loop
+needed. Jobs are generator functions; each ``yield`` reaches ``on_yield`` in the GUI thread.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+SYNC_ENV = "NAPARI_GRADCAMO_SYNC"
+
+
+def default_synchronous() -> bool:
+    return os.environ.get(SYNC_ENV, "") not in ("", "0", "false", "False")
+
+
+class Job:
+    """One running job: ``quit()`` asks it to stop at its next ``yield``; ``running`` tells if it still runs."""
+
+    def __init__(self, worker=None):
+        self.worker = worker
+        self._quit = False
+        self.running = True
+
+    def quit(self) -> None:
+        self._quit = True
+        if self.worker is not None:
+            self.worker.quit()
+
+    @property
+    def quitting(self) -> bool:
+        return self._quit
+
+
+def _noop(*args) -> None:
+    return None
+
+
+def start_job(
+    generator_function: Callable[..., Any],
+    *args,
+    synchronous: bool = False,
+    on_yield: Callable[[Any], None] = _noop,
+    on_return: Callable[[Any], None] = _noop,
+    on_error: Callable[[BaseException], None] = _noop,
+    on_finished: Callable[[], None] = _noop,
+) -> Job:
+    """Start ``generator_function(*args)``; callbacks run in the GUI thread (or inline when synchronous)."""
+    if synchronous:
+        job = Job()
+        try:
+            generator = generator_function(*args)
+            while True:
+                if job.quitting:
+                    generator.close()
+                    on_return(None)
+                    break
+                try:
+                    value = next(generator)
+                except StopIteration as stop:
+                    on_return(stop.value)
+                    break
+                on_yield(value)
+        except Exception as error:  # reported like a worker's errored signal
+            on_error(error)
+        finally:
+            job.running = False
+            on_finished()
+        return job
+
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(generator_function, *args, _start_thread=False, _ignore_errors=True)
+    job = Job(worker)
+
+    def finished() -> None:
+        job.running = False
+        on_finished()
+
+    worker.yielded.connect(on_yield)
+    worker.returned.connect(on_return)
+    worker.errored.connect(on_error)
+    worker.aborted.connect(lambda: on_return(None))
+    worker.finished.connect(finished)
+    worker.start()
+    return job
+
+
+def with_progress(function: Callable[..., Any], *args, **kwargs):
+    """Generator running ``function(*args, progress=..., **kwargs)`` in a helper thread.
+
+    Yields each ``(done, total, message)`` it reports and returns its result (re-raising its error),
+    so a plain function with a progress callback can drive a :func:`start_job` job.
+    """
+    import queue
+    import threading
+
+    updates: "queue.Queue[tuple[int, int, str]]" = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        updates.put((int(done), int(total), str(message)))
+
+    def target() -> None:
+        try:
+            outcome["value"] = function(*args, progress=progress, **kwargs)
+        except BaseException as error:  # handed to the caller's thread below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name="gradcamo-job", daemon=True)
+    thread.start()
+    while thread.is_alive() or not updates.empty():
+        try:
+            yield updates.get(timeout=0.05)
+        except queue.Empty:
+            continue
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")

