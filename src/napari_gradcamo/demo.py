@@ -1,0 +1,58 @@
+"""The offline demo: a synthetic 3D Cell Painting field audited with the two bundled models."""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from pathlib import Path
+
+from . import results
+from .audit import AuditSettings, run_audit
+from .models import ModelBundle, load_checkpoint
+
+DEMO_MODELS = ("honest", "shortcut")
+
+
+def bundled_model_path(name: str) -> Path:
+    """Path of a bundled demo checkpoint ('honest' or 'shortcut')."""
+    path = Path(str(resources.files("napari_gradcamo") / "data" / "models" / f"{name}.safetensors"))
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Bundled demo model {path.name} is missing; reinstall napari-gradcamo or run "
+            "'python scripts/train_demo_models.py'."
+        )
+    return path
+
+
+def load_demo_model(name: str) -> ModelBundle:
+    return load_checkpoint(bundled_model_path(name))
+
+
+def run_headless_demo(out: Path, threshold: float = 0.5) -> dict:
+    """Audit the demo field with both bundled models; write image, masks, tables and a summary."""
+    import tifffile
+
+    from .experiment import demo_field
+
+    out.mkdir(parents=True, exist_ok=True)
+    field = demo_field()
+    image = field.image
+    tifffile.imwrite(
+        out / "demo_field.ome.tif", image.data.transpose(1, 0, 2, 3), ome=True, compression="zlib",
+        metadata={"axes": "ZCYX", "Channel": {"Name": image.channel_names}, "PhysicalSizeZ": image.voxel_size[0],
+                  "PhysicalSizeY": image.voxel_size[1], "PhysicalSizeX": image.voxel_size[2]},
+    )
+    tifffile.imwrite(out / "demo_masks.tif", field.labels, compression="zlib")
+    summary = {"field": str(out / "demo_field.ome.tif"), "cells": field.n_cells, "models": {}}
+    for name in DEMO_MODELS:
+        bundle = load_demo_model(name)
+        start = time.perf_counter()
+        result = run_audit(image, field.labels, bundle, AuditSettings(threshold=threshold))
+        seconds = time.perf_counter() - start
+        csv, _ = results.write_table(result.table, out, f"demo_{name}_gradcamo")
+        summary["models"][name] = {"table": str(csv), "seconds": round(seconds, 2),
+                                   "seconds_per_cell": round(seconds / max(1, field.n_cells), 4),
+                                   **results.summary(result.table)}
+    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
