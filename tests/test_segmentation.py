@@ -98,9 +98,8 @@ def test_generalist_weights_fit_cellpose3(generalist_weights):
     n = sum(v.numel() for k, v in state.items() if not k.startswith("diam") and "num_batches" not in k)
     assert n == N_PARAMETERS
     mtime = generalist_weights.stat().st_mtime_ns
-    t0 = time.perf_counter()
     assert generalist_cyto_model(generalist_weights.parent) == generalist_weights  # cached: no refetch
-    assert time.perf_counter() - t0 < 1.0 and generalist_weights.stat().st_mtime_ns == mtime
+    assert generalist_weights.stat().st_mtime_ns == mtime
 
 
 # --------------------------------------------------------------------------- real segmentation
