@@ -54,6 +54,7 @@ class SegmentWidget(QWidget):
         self.job = None
         self._cancel: CancelToken | None = None
         self._source_layers: list = []
+        self._stopped = ""
 
         self.picker = ImageLayersPicker(napari_viewer, self)
         self.nucleus = QComboBox(self)
@@ -233,6 +234,7 @@ class SegmentWidget(QWidget):
             self._mark(str(error))
             return False
         self._clear_marks()
+        self._stopped = ""
         self._source_layers = self.picker.layers()
         self._cancel = CancelToken()
         self.run_button.setEnabled(False)
@@ -258,7 +260,7 @@ class SegmentWidget(QWidget):
 
     @guarded
     def _on_done(self, labels) -> None:
-        if labels is None:
+        if labels is None or self._stopped:
             return
         source = [l for l in self._source_layers if l in self.viewer.layers]
         reference = source[0] if source else None
@@ -290,7 +292,7 @@ class SegmentWidget(QWidget):
     @guarded
     def _on_error(self, error) -> None:
         if isinstance(error, Cancelled):
-            self.panel.end("Segmentation cancelled; no layer was changed.")
+            self.panel.end(self._stopped or "Segmentation cancelled; no layer was changed.", error=bool(self._stopped))
             return
         self.panel.end(f"Segmentation failed: {error}", error=True)
         self._mark(str(error))
@@ -306,8 +308,9 @@ class SegmentWidget(QWidget):
         if layer is self.output_layer:
             self.output_layer = None
         if self.job is not None and self.job.running and layer in self._source_layers:
+            self._stopped = f"Layer '{layer.name}' was deleted while cellpose ran on it: segmentation stopped, no layer was changed."
             self.cancel()
-            self.panel.say(f"Layer '{layer.name}' was deleted while cellpose ran on it: segmentation stopped.", error=True)
+            self.panel.say(self._stopped, error=True)
 
 
 def _segment_job(image, settings, cancel):

@@ -110,11 +110,11 @@ class ResultsModel(QAbstractTableModel):
             return table.iloc[np.argsort(key.to_numpy(), kind="stable")[:: 1 if ascending else -1]].reset_index(drop=True)
 
     def sort(self, column: int, order=Qt.SortOrder.AscendingOrder) -> None:
-        if not 0 <= column < len(self._columns):
+        if column >= len(self._columns):
             return
-        self._sort = (self._columns[column], order == Qt.SortOrder.AscendingOrder)
+        self._sort = None if column < 0 else (self._columns[column], order == Qt.SortOrder.AscendingOrder)
         self.beginResetModel()
-        self._table = self._sorted(self._table)
+        self._table = self._sorted(self._table) if self._sort else self._table.sort_values("label", kind="stable").reset_index(drop=True)
         self._refresh_arrays()
         self.version += 1
         self.endResetModel()
@@ -259,7 +259,8 @@ class ResultsTable(QWidget):
         self.view = QTableView(self)
         self.view.setModel(self.proxy)
         self.view.setSortingEnabled(True)
-        self.view.sortByColumn(-1, Qt.SortOrder.AscendingOrder)
+        self.view.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
+        self.model.sort(-1)  # label order until the user clicks a header
         self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.view.setAlternatingRowColors(True)

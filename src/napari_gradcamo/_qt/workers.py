@@ -39,6 +39,26 @@ def _noop(*args) -> None:
     return None
 
 
+class _Failure:
+    """An exception carried out of a worker as its return value."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _shielded(generator_function, *args):
+    """Run a job, returning its exception instead of raising it.
+
+    superqt's worker treats any ``RuntimeError`` escaping a job as "the worker was deleted" and then
+    emits neither ``errored`` nor ``finished``; torch errors and our ``Cancelled`` are RuntimeErrors.
+    """
+    try:
+        result = yield from generator_function(*args)
+    except Exception as error:
+        return _Failure(error)
+    return result
+
+
 def start_job(
     generator_function: Callable[..., Any],
     *args,
@@ -73,15 +93,21 @@ def start_job(
 
     from napari.qt.threading import create_worker
 
-    worker = create_worker(generator_function, *args, _start_thread=False, _ignore_errors=True)
+    worker = create_worker(_shielded, generator_function, *args, _start_thread=False, _ignore_errors=True)
     job = Job(worker)
 
     def finished() -> None:
         job.running = False
         on_finished()
 
+    def returned(value) -> None:
+        if isinstance(value, _Failure):
+            on_error(value.error)
+        else:
+            on_return(value)
+
     worker.yielded.connect(on_yield)
-    worker.returned.connect(on_return)
+    worker.returned.connect(returned)
     worker.errored.connect(on_error)
     worker.aborted.connect(lambda: on_return(None))
     worker.finished.connect(finished)
