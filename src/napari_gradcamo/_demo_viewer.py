@@ -29,6 +29,8 @@ def build_demo(viewer, model: str | None = DEFAULT_MODEL):
             widget.load_model(path)
         else:
             widget.panel.say("No demo model is bundled in this install: load a checkpoint with Open….", error=True)
+    if widget.labels_layer is not None:
+        widget.labels_layer.contour = 2  # outlines coloured by flag, the stains stay visible
     viewer.dims.ndisplay = 2
     viewer.reset_view()
     return widget

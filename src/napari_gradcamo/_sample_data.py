@@ -31,9 +31,10 @@ def bundled_models() -> dict[str, Path]:
 
 
 def sample_field():
-    """The demo field (the headless demo's, when it defines ``demo_field()``; else :data:`SAMPLE_FIELD`)."""
+    """The demo field: the headless demo's (``experiment.demo_field``) so GUI and CLI show the same cells;
+    :data:`SAMPLE_FIELD` only if that module is missing."""
     try:
-        from .demo import demo_field  # keep GUI and headless demo on the same field
+        from .experiment import demo_field
     except ImportError:
         demo_field = None
     if demo_field is not None:
@@ -69,7 +70,7 @@ def field_layers(field) -> list[tuple]:
         ))
     models = {k: str(v) for k, v in bundled_models().items()}
     layers.append((
-        np.asarray(field.labels, dtype=np.uint32),
+        np.array(field.labels, dtype=np.uint32, copy=True),  # the layer is edited in place
         {"name": "Cells (ground truth)", "scale": scale, "opacity": 0.45,
          "metadata": {"gradcamo_models": models, "field": info}},
         "labels",

@@ -359,8 +359,8 @@ def legend(mode: str, threshold: float, table: pd.DataFrame | None = None) -> Le
         return Legend(
             "Cells coloured by flag",
             [
-                (f"Grad-CAMO ≥ {threshold:.2f}: looks at the cell{n('ok')}", COLOR_OK),
-                (f"flagged: Grad-CAMO < {threshold:.2f}, undefined or by hand{n('flagged')}", COLOR_FLAGGED),
+                (f"looks at the cell: Grad-CAMO ≥ {threshold:.2f}{n('ok')}", COLOR_OK),
+                (f"flagged: < {threshold:.2f}, undefined, or by hand{n('flagged')}", COLOR_FLAGGED),
                 (f"not audited{n('not audited')}", COLOR_NOT_AUDITED),
             ],
         )

@@ -58,11 +58,13 @@ def _swatch(rgba, width: int = 14) -> str:
 
 def legend_html(legend: F.Legend) -> str:
     """The legend as rich text: colour swatches (and a Grad-CAMO gradient with the threshold)."""
-    lines = [f"<b>{legend.title}</b>"]
+    from html import escape
+
+    lines = [f"<b>{escape(legend.title)}</b>"]
     if legend.gradient:
         bar = "".join(_swatch(c) for c in legend.gradient)
         lines.append(f"0&nbsp;{bar}&nbsp;1 &nbsp; (threshold {legend.threshold:.2f})")
-    lines += [f"{_swatch(color)}&nbsp;{text}" for text, color in legend.swatches]
+    lines += [f"{_swatch(color)}&nbsp;{escape(text)}" for text, color in legend.swatches]
     return "<br>".join(lines)
 
 
@@ -240,7 +242,7 @@ class AuditWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(splitter)
-        self.setMinimumWidth(380)
+        self.setMinimumWidth(440)
         self._populate_models()
 
     def _connect(self) -> None:
@@ -722,7 +724,7 @@ class AuditWidget(QWidget):
         L.upsert_image(
             self.viewer, L.ROLE_ALL_CAM, data, name=L.ALL_CAM_NAME, scale=list(layer.scale),
             translate=list(layer.translate), contrast_limits=(0.0, 1.0), colormap="magma",
-            owner=self._owner, keep_active=layer,
+            owner=self._owner, keep_active=layer, below=layer, opacity=0.6,
         )
 
     def _on_show_all(self, on: bool) -> None:
@@ -761,7 +763,12 @@ class AuditWidget(QWidget):
         if cam is None:
             if existing is not None:
                 existing.visible = False
-            self.panel.say(f"Cell {label} has no Grad-CAM yet (not audited).")
+            row = F.row_of(self.features(layer), label)
+            if row is not None and row["status"] == results.STATUS_AUDITED:
+                self.panel.say(f"Cell {label} was audited before this session: its Grad-CAM is not in memory "
+                               "('Run on selected' recomputes it).")
+            else:
+                self.panel.say(f"Cell {label} has no Grad-CAM yet (not audited).")
             return
         data = F.cam_volume(cam)
         origin = tuple(cam.origin)
@@ -772,10 +779,11 @@ class AuditWidget(QWidget):
         L.upsert_image(
             self.viewer, L.ROLE_CELL_CAM, data, name=L.CELL_CAM_NAME, scale=list(scale), translate=list(translate),
             contrast_limits=(float(data.min()), float(data.max())), colormap="inferno", owner=self._owner,
-            metadata={"label": label, "crop_origin": origin}, keep_active=layer,
+            metadata={"label": label, "crop_origin": origin}, keep_active=layer, below=layer,
         )
 
     # ================================================================== interaction
+    @guarded
     def _on_canvas_click(self, layer, event):
         """A click on a cell (pan/zoom or pick mode, 2D or 3D) selects its row."""
         if event.type != "mouse_press" or str(layer.mode) not in ("pan_zoom", "pick", "transform"):

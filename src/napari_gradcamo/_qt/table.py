@@ -263,7 +263,6 @@ class ResultsTable(QWidget):
         self.model.sort(-1)  # label order until the user clicks a header
         self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.view.setAlternatingRowColors(True)
         self.view.verticalHeader().setDefaultSectionSize(20)
         self.view.verticalHeader().setVisible(False)
         self.view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
