@@ -303,6 +303,7 @@ class AuditWidget(QWidget):
         finally:
             QApplication.restoreOverrideCursor()
         self.bundle, self.layer_infos = bundle, infos
+        _prewarm_cam_library()
         meta = bundle.metadata
         self.model_info.setStyleSheet("")
         self.model_info.setText(
@@ -992,6 +993,28 @@ class AuditWidget(QWidget):
         self.open_button.setEnabled(not running)
         self.model_combo.setEnabled(not running)
         self.export_button.setEnabled(self.labels_layer is not None and not running)
+
+
+_PREWARMED = False
+
+
+def _prewarm_cam_library() -> None:
+    """Import pytorch-grad-cam (and torchvision, ~10 s on a slow CPU) in the background after a model
+    is loaded, so pressing Run does not wait for it."""
+    global _PREWARMED
+    if _PREWARMED:
+        return
+    _PREWARMED = True
+    import importlib
+    import threading
+
+    def load() -> None:
+        try:
+            importlib.import_module("pytorch_grad_cam")
+        except Exception:  # the run reports import problems itself
+            pass
+
+    threading.Thread(target=load, name="gradcamo-prewarm", daemon=True).start()
 
 
 def _export_job(args, overwrite):
