@@ -225,3 +225,18 @@ def test_table_filter_and_flagged_only(setup):
     assert widget.table.proxy.rowCount() == labels.data.max() and widget.table.proxy.error
     widget.table.filter_edit.setText("")
     assert widget.table.proxy.rowCount() == labels.data.max()
+
+
+def test_bad_checkpoints_are_refused_with_a_message(setup, tmp_path):
+    import torch
+
+    viewer, widget, _, _ = setup
+    loaded = widget.bundle
+    corrupt = tmp_path / "broken.safetensors"
+    corrupt.write_bytes(b"\x00not a checkpoint")
+    assert not widget.load_model(corrupt)
+    assert "corrupt" in widget.model_info.text() and widget.bundle is loaded
+    pickled = tmp_path / "whole_model.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)
+    assert not widget.load_model(pickled)
+    assert "Refused" in widget.model_info.text() and widget.bundle is loaded

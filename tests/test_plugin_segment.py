@@ -1,10 +1,8 @@
 """Segment cells widget: parameter checks, errors, cancel, deleted layers (real cellpose)."""
 
-import numpy as np
 import pytest
 
 from napari_gradcamo._qt import SegmentWidget
-from napari_gradcamo._qt.segment_widget import INVALID_STYLE
 from napari_gradcamo._sample_data import field_layers
 
 

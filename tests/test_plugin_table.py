@@ -4,7 +4,6 @@ import time
 
 import numpy as np
 import pandas as pd
-import pytest
 from qtpy.QtCore import Qt
 
 from napari_gradcamo import features as F

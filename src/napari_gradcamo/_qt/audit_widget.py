@@ -297,7 +297,10 @@ class AuditWidget(QWidget):
             infos = list_target_layers(bundle.model, meta.crop_shape, len(meta.channel_names))
             default = meta.target_layer or default_target_layer(infos)
         except (CheckpointError, ValueError, OSError, RuntimeError) as error:
-            self.model_info.setText(f"Could not load {Path(path).name}: {error}")
+            from html import escape
+
+            kept = f" The loaded model ({Path(self.bundle.source).name}) is kept." if self.bundle is not None else ""
+            self.model_info.setText(escape(f"Could not load {Path(path).name}: {error}{kept}"))
             self.model_info.setStyleSheet("color: #ff6b6b;")
             return False
         finally:
@@ -313,7 +316,8 @@ class AuditWidget(QWidget):
         self.target_layer.clear()
         for info in infos:
             self.target_layer.addItem(info.label, info.name)
-        self.target_layer.setCurrentIndex(max(0, [i.name for i in infos].index(default) if default in [i.name for i in infos] else 0))
+        names = [i.name for i in infos]
+        self.target_layer.setCurrentIndex(names.index(default) if default in names else 0)
         self.target_class.clear()
         self.target_class.addItem(PREDICTED, None)
         for name in meta.class_names:
@@ -928,8 +932,6 @@ class AuditWidget(QWidget):
 
     def export_to(self, folder, overwrite: bool = False) -> bool:
         """Export to ``folder``; asks before overwriting. Returns True when the export started."""
-        from ..export import export_flagged
-
         layer = self.labels_layer
         try:
             if layer is None:

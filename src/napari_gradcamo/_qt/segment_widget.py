@@ -219,7 +219,7 @@ class SegmentWidget(QWidget):
     def run(self) -> bool:
         """Validate and start cellpose; returns False (with the reason shown) when it cannot start."""
         from ..images import ImageError
-        from ..segmentation import SegmentationError, segment, validate_settings
+        from ..segmentation import SegmentationError, validate_settings
 
         if self.job is not None and self.job.running:
             self.panel.say("Segmentation is already running; Cancel it first.", error=True)
