@@ -1,0 +1,378 @@
+"""'Profiles': single-cell profiles of a classifier as a UMAP, linked both ways to the cells in napari.
+
+Compute profiles for the cells of the current image + labels (features of a chosen layer, spatially
+averaged, with each cell's Grad-CAMO; sphered; UMAP), or load the ``cells.parquet`` / ``umap.parquet``
+that ``gradcamo profile`` wrote. Clicking a point selects its cell in the labels layer (and centres the
+view on it); selecting or clicking a cell in the labels layer rings its point. The computing lives in
+:mod:`napari_gradcamo.profiles`; this module only wires it to napari.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..progress import CancelToken, Cancelled
+from . import layers as L
+from ._compat import avoid_llvm_clash
+from .panel import JobPanel
+from .pickers import ImageLayersPicker, LabelsLayerPicker, guarded
+from .workers import default_synchronous, start_job, with_progress
+
+COLOR_CHOICES = ("class", "predicted_class", "site", "gradcamo")
+ALL_IMAGES = "— all rows —"
+BROWSE = "Browse…"
+
+
+def _compute(image, labels, bundle, layer, seed, progress=None, cancel=None):
+    from ..profiles import cropset_from_image, profile_table
+
+    data = cropset_from_image(image, labels, bundle)
+    table, info = profile_table(bundle, data, layer=layer, seed=seed, progress=progress, cancel=cancel)
+    table.attrs = {}
+    return table, info
+
+
+def _profile_job(image, labels, bundle, layer, seed, cancel):
+    try:
+        result = yield from with_progress(_compute, image, labels, bundle, layer, seed, cancel=cancel)
+    except Cancelled:
+        return None
+    return result
+
+
+class ProfilesWidget(QWidget):
+    """UMAP of single-cell profiles, linked to a labels layer: click a point ↔ select a cell."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        avoid_llvm_clash()
+        self.viewer = napari_viewer
+        self.synchronous = default_synchronous()
+        self.bundle = None
+        self.table: pd.DataFrame | None = None
+        self.info: dict = {}
+        self.labels_layer = None
+        self.job = None
+        self._cancel: CancelToken | None = None
+        self._selecting = False
+        self._highlight = None
+        self._scatter = None
+        self._build_ui()
+        self.labels_picker.layer_changed.connect(self._on_labels_changed)
+        self._on_labels_changed(self.labels_picker.layer())
+        self._refresh_buttons()
+
+    # ================================================================== UI
+    def _build_ui(self) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.picker = ImageLayersPicker(self.viewer, self)
+        self.labels_picker = LabelsLayerPicker(self.viewer, self)
+        data_box = QGroupBox("Cells", self)
+        form = QFormLayout(data_box)
+        form.addRow("Stains", self.picker)
+        form.addRow("Labels", self.labels_picker)
+
+        model_box = QGroupBox("Model and layer", self)
+        mform = QFormLayout(model_box)
+        self.model_combo = QComboBox(self)
+        self.model_combo.addItems(["— choose —", "honest (bundled demo)", "shortcut (bundled demo)", BROWSE])
+        self.model_combo.activated.connect(self._on_model_combo)
+        self.model_label = QLabel("no model", self)
+        self.model_label.setWordWrap(True)
+        self.layer_combo = QComboBox(self)
+        self.layer_combo.setToolTip("Layer whose output, averaged over z, y, x, is each cell's profile.")
+        mform.addRow("Model", self.model_combo)
+        mform.addRow("", self.model_label)
+        mform.addRow("Feature layer", self.layer_combo)
+
+        buttons = QHBoxLayout()
+        self.compute_button = QPushButton("Compute profiles", self)
+        self.compute_button.setToolTip("Features + Grad-CAMO of every cell, sphered, then UMAP (first UMAP: ~1 min).")
+        self.compute_button.clicked.connect(lambda: self.compute())
+        self.load_button = QPushButton("Load table…", self)
+        self.load_button.setToolTip("cells.parquet or umap.parquet written by 'gradcamo profile'.")
+        self.load_button.clicked.connect(self._load_dialog)
+        buttons.addWidget(self.compute_button)
+        buttons.addWidget(self.load_button)
+
+        view = QFormLayout()
+        self.color_combo = QComboBox(self)
+        self.color_combo.addItems(list(COLOR_CHOICES))
+        self.color_combo.currentTextChanged.connect(lambda _: self._draw())
+        self.image_combo = QComboBox(self)
+        self.image_combo.setToolTip("Rows of a loaded table that belong to the labels layer's image.")
+        self.image_combo.currentTextChanged.connect(lambda _: self._draw())
+        view.addRow("Colour by", self.color_combo)
+        view.addRow("Image", self.image_combo)
+
+        self.figure = Figure(figsize=(4, 3.6), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(260)
+        self.axes = self.figure.add_subplot(111)
+        self.canvas.mpl_connect("pick_event", self._on_pick)
+        self.panel = JobPanel(self)
+        self.panel.cancel_button.clicked.connect(self.cancel)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(data_box)
+        layout.addWidget(model_box)
+        layout.addLayout(buttons)
+        layout.addWidget(self.panel)
+        layout.addLayout(view)
+        layout.addWidget(self.canvas, 1)
+        self._draw()
+
+    def _refresh_buttons(self) -> None:
+        running = self.job is not None and self.job.running
+        self.compute_button.setEnabled(not running and self.bundle is not None and self.labels_layer is not None)
+        self.load_button.setEnabled(not running)
+
+    # ================================================================== model
+    def _on_model_combo(self, index: int) -> None:
+        text = self.model_combo.itemText(index)
+        if text == BROWSE:
+            path, _ = QFileDialog.getOpenFileName(self, "Classifier checkpoint", "", "Checkpoints (*.safetensors *.pt *.pth)")
+            if path:
+                self.load_model(path)
+        elif "bundled" in text:
+            from ..demo import bundled_model_path
+
+            self.load_model(bundled_model_path(text.split()[0]))
+
+    def load_model(self, path) -> bool:
+        from ..models import CheckpointError, load_checkpoint
+        from ..profiles import default_feature_layer
+        from ..cam import list_target_layers
+
+        try:
+            bundle = load_checkpoint(path)
+        except CheckpointError as error:
+            self.panel.say(str(error), error=True)
+            return False
+        self.bundle = bundle
+        meta = bundle.metadata
+        layers = [l for l in list_target_layers(bundle.model, meta.crop_shape, len(meta.channel_names))
+                  if np.prod(l.output_shape[1:]) > 1]
+        default = default_feature_layer(bundle.model, meta.crop_shape, len(meta.channel_names))
+        self.layer_combo.clear()
+        for info in layers:
+            self.layer_combo.addItem(info.label, info.name)
+        names = [info.name for info in layers]
+        if default in names:
+            self.layer_combo.setCurrentIndex(names.index(default))
+        self.model_label.setText(f"{Path(str(path)).name}: {bundle.describe()}")
+        self.panel.say("Model loaded.")
+        self._refresh_buttons()
+        return True
+
+    def feature_layer(self) -> str | None:
+        return self.layer_combo.currentData()
+
+    # ================================================================== compute / load
+    def compute(self, seed: int = 0) -> bool:
+        layer = self.labels_layer
+        if self.bundle is None or layer is None:
+            self.panel.say("Choose a model and a labels layer first.", error=True)
+            return False
+        try:
+            image = self.picker.image()
+            labels = np.asarray(L.labels_volume(layer))
+        except ValueError as error:
+            self.panel.say(str(error), error=True)
+            return False
+        self._cancel = CancelToken()
+        self.panel.begin("Profiles: features and Grad-CAMO per cell…")
+        self.job = start_job(
+            _profile_job, image, labels, self.bundle, self.feature_layer(), seed, self._cancel,
+            synchronous=self.synchronous,
+            on_yield=lambda update: self.panel.step(*update),
+            on_return=self._on_computed, on_error=self._on_error, on_finished=self._refresh_buttons,
+        )
+        self._refresh_buttons()
+        return True
+
+    def cancel(self) -> None:
+        if self._cancel is not None:
+            self._cancel.cancel()
+        if self.job is not None:
+            self.job.quit()
+
+    def _on_computed(self, result) -> None:
+        if result is None:
+            self.panel.end("Cancelled; no profiles.")
+            return
+        table, info = result
+        source = self.labels_layer.name if self.labels_layer is not None else ""
+        table = table.assign(image=source)
+        self.set_table(table, info)
+        self.panel.end(f"{len(table)} cells profiled at {info.get('feature_layer')}; "
+                       f"sphering fitted on {info.get('sphering_fitted_on')} ({info.get('sphering')}).")
+
+    def _on_error(self, error) -> None:
+        self.panel.end(f"Profiles failed: {error}", error=True)
+
+    def _load_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Profiles table", "", "Parquet (*.parquet)")
+        if path:
+            self.load_table(path)
+
+    def load_table(self, path) -> bool:
+        try:
+            table = pd.read_parquet(path)
+        except Exception as error:  # pyarrow raises several types
+            self.panel.say(f"Cannot read {Path(str(path)).name}: {error}", error=True)
+            return False
+        missing = [c for c in ("label", "umap_1", "umap_2") if c not in table.columns]
+        if missing:
+            self.panel.say(f"{Path(str(path)).name} lacks {', '.join(missing)}; load a table from 'gradcamo profile'.",
+                           error=True)
+            return False
+        self.set_table(table, {"source": str(path)})
+        self.panel.say(f"Loaded {len(table)} cells from {Path(str(path)).name}.")
+        return True
+
+    def set_table(self, table: pd.DataFrame, info: dict | None = None) -> None:
+        self.table = table.reset_index(drop=True)
+        self.info = dict(info or {})
+        images = sorted(set(self.table["image"].astype(str))) if "image" in self.table.columns else []
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems([ALL_IMAGES] + images if len(images) > 1 else images or [ALL_IMAGES])
+        self.image_combo.blockSignals(False)
+        self._draw()
+
+    # ================================================================== linking
+    def linked_rows(self) -> np.ndarray:
+        """Row indices of the table that belong to the labels layer (the linked image's rows)."""
+        if self.table is None:
+            return np.zeros(0, int)
+        chosen = self.image_combo.currentText()
+        if chosen and chosen != ALL_IMAGES and "image" in self.table.columns:
+            return np.flatnonzero((self.table["image"].astype(str) == chosen).to_numpy())
+        return np.arange(len(self.table))
+
+    def rows_of_label(self, label: int) -> np.ndarray:
+        rows = self.linked_rows()
+        return rows[(self.table["label"].to_numpy()[rows] == int(label))]
+
+    def select_point(self, row: int, center: bool = True) -> int | None:
+        """Select the cell of table row ``row`` in the labels layer (what a click on its point does)."""
+        if self.table is None or self.labels_layer is None or row not in set(self.linked_rows().tolist()):
+            return None
+        label = int(self.table["label"].iat[row])
+        self._selecting = True
+        try:
+            self.labels_layer.selected_label = label
+            if center and {"centroid_z", "centroid_y", "centroid_x"} <= set(self.table.columns):
+                r = self.table.iloc[row]
+                L.focus_on(self.viewer, self.labels_layer, (r["centroid_z"], r["centroid_y"], r["centroid_x"]))
+        finally:
+            self._selecting = False
+        self.highlight_label(label)
+        return label
+
+    def _on_pick(self, event) -> None:
+        if event.artist is not self._scatter or not len(event.ind):
+            return
+        linked = self.linked_rows()
+        self.select_point(int(linked[int(event.ind[0])]))
+
+    def highlight_label(self, label: int | None) -> None:
+        """Ring the point(s) of ``label`` (None or 0: no ring)."""
+        self.highlighted = [] if not label or self.table is None else self.rows_of_label(int(label)).tolist()
+        if self._highlight is not None:
+            xy = self.table.loc[self.highlighted, ["umap_1", "umap_2"]].to_numpy() if self.highlighted else np.zeros((0, 2))
+            self._highlight.set_offsets(xy)
+            self.canvas.draw_idle()
+
+    def _on_labels_changed(self, layer) -> None:
+        old = self.labels_layer
+        if old is not None:
+            try:
+                old.events.selected_label.disconnect(self._on_selected_label)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+            if self._on_canvas_click in old.mouse_drag_callbacks:
+                old.mouse_drag_callbacks.remove(self._on_canvas_click)
+        self.labels_layer = layer
+        if layer is not None:
+            layer.events.selected_label.connect(self._on_selected_label)
+            layer.mouse_drag_callbacks.append(self._on_canvas_click)
+        self._refresh_buttons()
+
+    @guarded
+    def _on_selected_label(self, event=None) -> None:
+        if self._selecting or self.labels_layer is None:
+            return
+        self.highlight_label(int(self.labels_layer.selected_label))
+
+    def _on_canvas_click(self, layer, event):
+        """A click on a cell (pan/zoom or pick mode) selects it, which rings its point."""
+        if event.type != "mouse_press" or str(layer.mode) not in ("pan_zoom", "pick", "transform"):
+            return
+        value = layer.get_value(event.position, view_direction=event.view_direction,
+                                dims_displayed=event.dims_displayed, world=True)
+        if isinstance(value, tuple):
+            value = value[-1]
+        if value is not None and int(value) > 0:
+            layer.selected_label = int(value)
+
+    # ================================================================== drawing
+    def _draw(self) -> None:
+        ax = self.axes
+        ax.clear()
+        self._scatter = self._highlight = None
+        self.highlighted = []
+        if self.table is None or "umap_1" not in self.table.columns:
+            ax.text(0.5, 0.5, "Compute profiles or load a table", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            self.canvas.draw_idle()
+            return
+        ax.set_axis_on()
+        table = self.table
+        linked = self.linked_rows()
+        others = np.setdiff1d(np.arange(len(table)), linked)
+        xy = table[["umap_1", "umap_2"]].to_numpy(float)
+        if len(others):
+            ax.scatter(xy[others, 0], xy[others, 1], s=6, color="0.8", zorder=1)
+        key = self.color_combo.currentText()
+        if key not in table.columns:
+            key = "gradcamo" if "gradcamo" in table.columns else None
+        import matplotlib.pyplot as plt
+
+        if key == "gradcamo":
+            self._scatter = ax.scatter(xy[linked, 0], xy[linked, 1], c=table[key].to_numpy()[linked], cmap="viridis",
+                                       vmin=0, vmax=1, s=18, picker=True, pickradius=4, zorder=2)
+        else:
+            values = table[key].astype(str).to_numpy()[linked] if key else np.array([""] * len(linked))
+            levels = sorted(set(values.tolist()))
+            colors = [plt.cm.tab10(levels.index(v) % 10) for v in values]
+            self._scatter = ax.scatter(xy[linked, 0], xy[linked, 1], c=colors, s=18, picker=True, pickradius=4, zorder=2)
+            for k, v in enumerate(levels[:10]):
+                ax.scatter([], [], color=plt.cm.tab10(k % 10), label=v or "(none)", s=18)
+            if levels and key:
+                ax.legend(title=key, fontsize=7, loc="best")
+        self._highlight = ax.scatter([], [], s=140, facecolors="none", edgecolors="red", linewidths=2, zorder=3)
+        ax.set_xlabel("UMAP 1")
+        ax.set_ylabel("UMAP 2")
+        scale = "  ·  Grad-CAMO 0 (purple) → 1 (yellow)" if key == "gradcamo" else ""
+        ax.set_title(f"Single-cell profiles (click a point){scale}", fontsize=8)
+        if self.labels_layer is not None and int(self.labels_layer.selected_label) > 0:
+            self.highlight_label(int(self.labels_layer.selected_label))
+        self.canvas.draw_idle()
