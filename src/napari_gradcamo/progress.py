@@ -12,7 +12,7 @@ from typing import Callable, Optional
 ProgressCallback = Callable[[int, int, str], None]
 
 
-class Cancelled(RuntimeError):
+class Cancelled(Exception):
     """Raised inside a long step when the user cancelled it; finished work is kept by the caller."""
 
 
