@@ -64,3 +64,20 @@ def test_loaded_table_links_only_the_chosen_images_rows(setup, tmp_path):
     bad = tmp_path / "bad.parquet"
     pd.DataFrame({"x": [1]}).to_parquet(bad)
     assert not widget.load_table(bad) and "lacks" in widget.panel.status.text()
+
+
+def test_a_checkpoint_from_gradcamo_train_loads_in_the_audit_widget(make_napari_viewer, plugin_field, tmp_path):
+    from napari_gradcamo._qt import AuditWidget
+    from napari_gradcamo.experiment import scenario_fields
+    from napari_gradcamo.training import TrainConfig, crops_from_fields, fit
+
+    data = crops_from_fields(scenario_fields("honest", 4, 2, n_cells=6, shape=(12, 48, 48), sites_per_well=1), [8, 32, 32])
+    config = TrainConfig(architecture_kwargs={"width": 4}, epochs=1, batch_size=8, val_fraction=0.0, device="cpu")
+    result = fit(data, ["control", "treated"], ["DNA", "ER", "RNA", "AGP", "Mito"], [8, 32, 32], config, tmp_path)
+    viewer = make_napari_viewer()
+    for layer_data, kw, kind in field_layers(plugin_field):
+        getattr(viewer, f"add_{kind}")(layer_data, **kw)
+    widget = AuditWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.load_model(result.checkpoint)
+    assert widget.bundle.metadata.training["config"]["epochs"] == 1
