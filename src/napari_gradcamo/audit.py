@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -107,16 +108,43 @@ def resolve_target_class(target: str | int | None, class_names: Sequence[str]) -
     return index
 
 
+def _select_channels(data, channels: Sequence[int]):
+    """The model's channels of ``data`` (C, z, y, x): a view when they are a run of consecutive channels
+    (no copy of a whole, possibly huge, image), a copy otherwise. Crops are copied out of it anyway."""
+    channels = [int(c) for c in channels]
+    start = channels[0] if channels else 0
+    if channels == list(range(start, start + len(channels))):
+        return data[start : start + len(channels)]
+    return data[channels]
+
+
 def prepare(image: Image, labels: np.ndarray, bundle: ModelBundle, settings: AuditSettings):
     """Validate inputs; return (image restricted to the model's channels, target layer name, cells)."""
     check_labels_match(image, labels)
     meta = bundle.metadata
     channels = resolve_channels(image.channel_names, meta.channel_names, settings.channel_map)
-    model_image = Image(image.data[channels], [meta.channel_names[i] for i in range(len(channels))], image.voxel_size, image.source)
+    model_image = Image(_select_channels(image.data, channels), [meta.channel_names[i] for i in range(len(channels))],
+                        image.voxel_size, image.source)
     layer = settings.target_layer or meta.target_layer
     if layer is None:
-        layer = default_target_layer(list_target_layers(bundle.model, meta.crop_shape, len(meta.channel_names)))
+        layer = _default_layer(bundle.model, meta.crop_shape, len(meta.channel_names))
     return model_image, layer, cell_table(labels)
+
+
+_DEFAULT_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _default_layer(model, crop_shape: Sequence[int], in_channels: int) -> str:
+    """:func:`default_target_layer` of ``model``, remembered per model, crop shape and module structure
+    (finding it runs the model once, which costs as much as auditing a few cells with a large model)."""
+    key = (tuple(int(s) for s in crop_shape), int(in_channels), tuple(name for name, _ in model.named_modules()))
+    try:
+        known = _DEFAULT_LAYERS.setdefault(model, {})
+    except TypeError:  # a model that cannot be weakly referenced: no cache
+        known = {}
+    if key not in known:
+        known[key] = default_target_layer(list_target_layers(model, crop_shape, in_channels))
+    return known[key]
 
 
 def _rows(crops: Sequence[CellCrop], cells: Sequence[CellInfo], probs, targets, maps, meta, settings, layer) -> pd.DataFrame:
