@@ -110,3 +110,21 @@ def test_target_layers_list_shapes_and_default_keeps_z():
 def test_unknown_method_names_the_3d_methods():
     with pytest.raises(ValueError, match="2D-only"):
         cam_class("scorecam")
+
+
+@pytest.mark.parametrize("arch", ["small-cnn-3d", "efficientnet-b0"])
+def test_channels_last_speedup_keeps_maps_and_restores_weight_layout(arch):
+    torch.manual_seed(3)
+    meta = ModelMetadata(arch, ["a", "b"], ["x", "y"], [8, 32, 32])
+    model = build_model(meta).eval()
+    layer = default_target_layer(list_target_layers(model, meta.crop_shape, 2))
+    strides = {n: p.stride() for n, p in model.named_parameters()}
+    x = np.random.default_rng(4).standard_normal((2, 2, 8, 32, 32)).astype(np.float32)
+    maps = {}
+    for fast in (True, False):
+        engine = CamEngine(model, layer, "gradcam", "cpu")
+        engine.channels_last = fast
+        with engine:
+            maps[fast] = engine.compute(x, [0, 1])[2]
+    np.testing.assert_allclose(maps[True], maps[False], rtol=1e-4, atol=1e-5 * float(np.abs(maps[False]).max()))
+    assert {n: p.stride() for n, p in model.named_parameters()} == strides
