@@ -101,8 +101,9 @@ def machine() -> dict:
         "bf16_hardware": _bf16_hardware(),
     }
     try:
-        import pytorch_grad_cam  # noqa: F401
         from importlib.metadata import version
+
+        import pytorch_grad_cam  # noqa: F401
 
         info["grad-cam"] = version("grad-cam")
         info["monai"] = version("monai")
@@ -130,7 +131,7 @@ def make_data(directory: Path, tiles: int, seed: int = 0) -> dict:
     """A synthetic 5-stain field tiled ``tiles × tiles`` (≈80 cells per tile), saved as .npy."""
     import numpy as np
 
-    from napari_gradcamo.synthetic import generate_field
+    from napari_gradcamo.synthetic.generator import generate_field
 
     t0 = time.perf_counter()
     field = generate_field(seed, shape=(24, 384, 384), n_cells=80, n_classes=len(CLASSES), treatment=2)
@@ -163,7 +164,8 @@ def make_bundle(arch: str):
     """Seeded untrained classifier for 5 stains, 6 classes, 21×128×128 crops (deterministic on CPU)."""
     import torch
 
-    from napari_gradcamo.models import ModelBundle, ModelMetadata, build_model
+    from napari_gradcamo.models.architectures import build_model
+    from napari_gradcamo.models.metadata import ModelBundle, ModelMetadata
 
     torch.manual_seed(0)
     meta = ModelMetadata(arch, list(CLASSES), list(CHANNELS), list(CROP))
@@ -174,7 +176,7 @@ def make_bundle(arch: str):
 def _load(data_dir: Path):
     import numpy as np
 
-    from napari_gradcamo.images import make_image
+    from napari_gradcamo.io.images import make_image
 
     image = make_image(np.load(data_dir / "image.npy"), "CZYX", list(CHANNELS))
     labels = np.load(data_dir / "labels.npy")
@@ -205,8 +207,8 @@ def _prepared_crops(model_image, labels, cells, meta):
     """crops + normalised batch, as every method needs them."""
     import numpy as np
 
-    from napari_gradcamo.crops import extract_crop
-    from napari_gradcamo.models import normalize_crops
+    from napari_gradcamo.crops.extract import extract_crop
+    from napari_gradcamo.models.checkpoint import normalize_crops
 
     crops = [extract_crop(model_image, labels, c, tuple(meta.crop_shape)) for c in cells]
     return crops, normalize_crops(np.stack([c.image for c in crops]), meta.normalization)
@@ -214,7 +216,7 @@ def _prepared_crops(model_image, labels, cells, meta):
 
 def _timed_cells(labels, wanted, add):
     """The cell table (as the audit builds it, over the whole label image), timed as 'prepare'."""
-    from napari_gradcamo.crops import cell_table
+    from napari_gradcamo.crops.extract import cell_table
 
     t = time.perf_counter()
     keep = set(wanted)
@@ -224,7 +226,7 @@ def _timed_cells(labels, wanted, add):
 
 
 def _score_all(maps, crops):
-    from napari_gradcamo.scoring import inside_image_mask, score_cam
+    from napari_gradcamo.audit.scoring import inside_image_mask, score_cam
 
     return [score_cam(m, c.cell_mask, c.other_mask, inside_image_mask(m.shape, c.padding)) for m, c in zip(maps, crops)]
 
@@ -238,9 +240,10 @@ def worker(cfg: dict) -> dict:
     import torch
 
     _set_threads(cfg["threads"])
-    from napari_gradcamo import audit as audit_mod
-    from napari_gradcamo.audit import AuditSettings, iter_audit, prepare
-    from napari_gradcamo.cam import CamEngine
+    from napari_gradcamo.audit import batch as batch_mod
+    from napari_gradcamo.audit import run as audit_mod
+    from napari_gradcamo.audit.cam import CamEngine
+    from napari_gradcamo.audit.run import AuditSettings, iter_audit, prepare
 
     image, labels = _load(Path(cfg["data"]))
     bundle = make_bundle(cfg["model"])
@@ -339,9 +342,10 @@ def worker(cfg: dict) -> dict:
             setattr(obj, name, timed)
 
         wrap(audit_mod, "extract_crop", "crops")
-        wrap(audit_mod, "normalize_crops", "crops")
+        wrap(batch_mod, "normalize_crops", "crops")
         wrap(CamEngine, "compute", "cam")
-        wrap(audit_mod, "upsample", "cam")
+        wrap(batch_mod, "upsample", "cam")
+        wrap(batch_mod, "score_cam", "scoring")
         wrap(audit_mod, "_rows", "scoring")
         wrap(audit_mod, "prepare", "prepare")
 
@@ -393,7 +397,7 @@ def _cpu_seconds() -> float:
 
 
 def _everywhere_class():
-    from napari_gradcamo.cam import CamEngine
+    from napari_gradcamo.audit.cam import CamEngine
 
     class ChannelsLastEverywhere(CamEngine):
         """The engine with channels-last-3D after the target layer too (for comparison only)."""
@@ -416,8 +420,8 @@ def speedups(cfg: dict) -> dict:
     import torch
 
     _set_threads(cfg["threads"])
-    from napari_gradcamo.audit import AuditSettings, prepare
-    from napari_gradcamo.cam import CamEngine, list_target_layers, upsample
+    from napari_gradcamo.audit.cam import CamEngine, list_target_layers, upsample
+    from napari_gradcamo.audit.run import AuditSettings, prepare
 
     everywhere_cls = _everywhere_class()
     image, labels = _load(Path(cfg["data"]))
@@ -592,8 +596,8 @@ def interactive(cfg: dict) -> dict:
     import pandas as pd
 
     _set_threads(cfg["threads"])
-    from napari_gradcamo import results
-    from napari_gradcamo.audit import AuditSettings, CellCam, iter_audit, rescore
+    from napari_gradcamo.audit import results
+    from napari_gradcamo.audit.run import AuditSettings, CellCam, iter_audit, rescore
 
     image, labels = _load(Path(cfg["data"]))
     bundle = make_bundle(SMALL)
@@ -659,12 +663,12 @@ def qt_figures(cfg: dict) -> dict:
         from qtpy.QtCore import Qt
         from qtpy.QtWidgets import QApplication
 
-        from napari_gradcamo import features as F
         from napari_gradcamo._qt import AuditWidget
         from napari_gradcamo._qt.table import ResultsTable
         from napari_gradcamo._sample_data import field_layers
-        from napari_gradcamo.models import save_checkpoint
-        from napari_gradcamo.synthetic import generate_field
+        from napari_gradcamo.audit import labels_features
+        from napari_gradcamo.models.checkpoint import save_checkpoint
+        from napari_gradcamo.synthetic.generator import generate_field
     except Exception as error:
         return {"status": f"not measured: {type(error).__name__}: {error}"[:300]}
 
@@ -717,8 +721,8 @@ def qt_figures(cfg: dict) -> dict:
             **{f"prob_{c}": rng.random(n) for c in names}, "target_class": "control",
             "gradcamo": rng.random(n), "chance": rng.random(n) * 0.1, "status": "audited",
         })
-        table = F.reflag(F.ensure_schema(table, names), 0.3)
-        colors = F.label_colors(table, "flag")
+        table = labels_features.reflag(labels_features.ensure_schema(table, names), 0.3)
+        colors = labels_features.label_colors(table, "flag")
         widget = ResultsTable()
         widget.resize(700, 500)
         widget.show()

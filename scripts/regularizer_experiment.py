@@ -26,14 +26,23 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
-from napari_gradcamo.experiment import CLASS_NAMES, CROP_SHAPE, TARGET_LAYER, VOXEL_SIZE, FIELD_SHAPE, accuracy, audit_fields
-from napari_gradcamo.models import ModelBundle, ModelMetadata, build_model
-from napari_gradcamo.synthetic import STAINS, generate_dataset
-from napari_gradcamo.training import crops_from_fields, fit_normalization, train_classifier
+from napari_gradcamo.crops.datasets import crops_from_fields
+from napari_gradcamo.models.architectures import build_model
+from napari_gradcamo.models.metadata import ModelBundle, ModelMetadata
+from napari_gradcamo.synthetic.experiment import (
+    CLASS_NAMES,
+    CROP_SHAPE,
+    FIELD_SHAPE,
+    TARGET_LAYER,
+    VOXEL_SIZE,
+    accuracy,
+    audit_fields,
+)
+from napari_gradcamo.synthetic.generator import STAINS, generate_dataset
+from napari_gradcamo.train.loop import fit_normalization, train_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +84,7 @@ def table_markdown(results: pd.DataFrame) -> str:
             "| accuracy, backgrounds swapped | accuracy, backgrounds shuffled |",
             "|---|---|---|---|---|---|---|"]
     for lam, part in g:
-        def ms(col, fmt="{:.3f}"):
+        def ms(col, fmt="{:.3f}", part=part):
             return f"{fmt.format(part[col].mean())} ± {fmt.format(part[col].std(ddof=0))}"
         rows.append(f"| {lam:g} | {len(part)} | {ms('val_accuracy', '{:.2f}')} | {ms('val_gradcamo')} | "
                     f"{ms('val_background_share', '{:.2f}')} | "

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from napari_gradcamo import results
-from napari_gradcamo.experiment import SCENARIOS, accuracy, audit_fields, scenario_fields, train_scenario
-from napari_gradcamo.models import save_checkpoint
+from napari_gradcamo.audit import results
+from napari_gradcamo.models.checkpoint import save_checkpoint
+from napari_gradcamo.synthetic.experiment import SCENARIOS, accuracy, audit_fields, scenario_fields, train_scenario
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "napari_gradcamo" / "data" / "models"
 

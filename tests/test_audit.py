@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_gradcamo import results
-from napari_gradcamo.audit import AuditSettings, iter_audit, rescore, resolve_channels, run_audit
-from napari_gradcamo.images import ImageError, make_image
-from napari_gradcamo.models import ModelBundle, ModelMetadata, build_model
+from napari_gradcamo.audit import results
+from napari_gradcamo.audit.run import AuditSettings, iter_audit, rescore, resolve_channels, run_audit
+from napari_gradcamo.io.images import ImageError, make_image
+from napari_gradcamo.models.architectures import build_model
+from napari_gradcamo.models.metadata import ModelBundle, ModelMetadata
 from napari_gradcamo.progress import CancelToken
 
 CHANNELS = ["DNA", "ER", "RNA"]
@@ -116,7 +117,7 @@ def test_rescore_after_mask_edit_uses_cached_map():
     edited[1:5, 2:12, 26:36] = 3  # repaint it bigger, same centre region
     after = rescore(cam, edited)
     grid = cam.on_crop_grid()
-    from napari_gradcamo.crops import window
+    from napari_gradcamo.crops.extract import window
 
     crop, _ = window(edited, cam.origin, cam.crop_shape)
     assert after.gradcamo == pytest.approx(grid[crop == 3].sum() / grid.sum(), rel=1e-5)

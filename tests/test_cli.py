@@ -9,12 +9,12 @@ import tifffile
 import torch
 
 from napari_gradcamo.cli import main
-from napari_gradcamo.demo import bundled_model_path
+from napari_gradcamo.models.bundled import bundled_model_path
 
 
 @pytest.fixture(scope="module")
 def field_files(tmp_path_factory):
-    from napari_gradcamo.experiment import scenario_fields
+    from napari_gradcamo.synthetic.experiment import scenario_fields
 
     field = scenario_fields("honest", seed=5, n_fields=1)[0]
     folder = tmp_path_factory.mktemp("field")
@@ -49,7 +49,7 @@ def test_headless_demo_writes_tables_for_both_models(tmp_path, capsys):
     assert main(["demo", "--headless", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
     assert set(summary["models"]) == {"honest", "shortcut"}
-    for name, info in summary["models"].items():
+    for info in summary["models"].values():
         assert len(pd.read_csv(info["table"])) == summary["cells"] == 40
     assert tifffile.imread(tmp_path / "demo_masks.tif").max() == 40
 

@@ -1,7 +1,7 @@
 import numpy as np
 
-from napari_gradcamo.crops import cell_table, extract_crop, iter_crops
-from napari_gradcamo.images import make_image
+from napari_gradcamo.crops.extract import cell_table, extract_crop, iter_crops
+from napari_gradcamo.io.images import make_image
 
 
 def _scene():

@@ -5,24 +5,24 @@ import pandas as pd
 import pytest
 import tifffile
 
-from napari_gradcamo import features as F
-from napari_gradcamo.audit import AuditSettings, run_audit
-from napari_gradcamo.crops import window
-from napari_gradcamo.export import ExportExistsError, export_flagged
-from napari_gradcamo.images import read_image
-from napari_gradcamo.models import load_checkpoint
+from napari_gradcamo.audit import labels_features
+from napari_gradcamo.audit.run import AuditSettings, run_audit
+from napari_gradcamo.crops.extract import window
+from napari_gradcamo.io.export import ExportExistsError, export_flagged
+from napari_gradcamo.io.images import read_image
+from napari_gradcamo.models.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
 def audit(plugin_field, plugin_checkpoint):
     bundle = load_checkpoint(plugin_checkpoint)
     result = run_audit(plugin_field.image, plugin_field.labels, bundle, AuditSettings(batch_size=6))
-    table = F.merge_rows(F.init_features(plugin_field.labels), result.table, 0.5)
+    table = labels_features.merge_rows(labels_features.init_features(plugin_field.labels), result.table, 0.5)
     # flag two cells: the lowest score by threshold, one more by hand
     low = float(table["gradcamo"].min())
-    table = F.reflag(table, low + 1e-6)
+    table = labels_features.reflag(table, low + 1e-6)
     other = int(table.loc[table["gradcamo"].idxmax(), "label"])
-    table = F.set_override(table, [other], F.OVERRIDE_FLAGGED, low + 1e-6)
+    table = labels_features.set_override(table, [other], labels_features.OVERRIDE_FLAGGED, low + 1e-6)
     return table, result.cams, bundle
 
 
@@ -81,7 +81,7 @@ def test_export_never_overwrites_unless_asked(tmp_path, plugin_field, audit):
 
 def test_export_cells_without_cam_and_all_rows(tmp_path, plugin_field, audit):
     table, cams, bundle = audit
-    not_audited = F.set_override(F.init_features(plugin_field.labels), [1], F.OVERRIDE_FLAGGED, 0.5)
+    not_audited = labels_features.set_override(labels_features.init_features(plugin_field.labels), [1], labels_features.OVERRIDE_FLAGGED, 0.5)
     with pytest.raises(ValueError, match="crop_shape"):
         export_flagged(tmp_path / "a", plugin_field.image, plugin_field.labels, not_audited, {})
     out = export_flagged(tmp_path / "a", plugin_field.image, plugin_field.labels, not_audited, {},
@@ -95,7 +95,7 @@ def test_export_cells_without_cam_and_all_rows(tmp_path, plugin_field, audit):
 
 def test_export_refuses_mismatched_labels(tmp_path, plugin_field, audit):
     table, cams, _ = audit
-    from napari_gradcamo.images import ImageError
+    from napari_gradcamo.io.images import ImageError
 
     with pytest.raises(ImageError, match="differs"):
         export_flagged(tmp_path, plugin_field.image, plugin_field.labels[:, :10], table, cams)

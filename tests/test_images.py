@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_gradcamo.images import ImageError, as_label_volume, check_labels_match, make_image, read_image
+from napari_gradcamo.io.images import ImageError, as_label_volume, check_labels_match, make_image, read_image
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_gradcamo.models import (
-    CheckpointError, ModelMetadata, build_model, load_checkpoint, normalize_crops, save_checkpoint,
-)
+from napari_gradcamo.models.architectures import build_model
+from napari_gradcamo.models.checkpoint import load_checkpoint, normalize_crops, save_checkpoint
+from napari_gradcamo.models.metadata import CheckpointError, ModelMetadata
 
 META = dict(architecture="small-cnn-3d", class_names=["ctrl", "drug"], channel_names=["DNA", "ER"], crop_shape=[4, 16, 16],
             architecture_kwargs={"width": 4})

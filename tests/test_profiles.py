@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_gradcamo.audit import AuditSettings, run_audit
+from napari_gradcamo.audit.run import AuditSettings, run_audit
 from napari_gradcamo.cli import main
-from napari_gradcamo.demo import bundled_model_path, load_demo_model
-from napari_gradcamo.profiles import (
+from napari_gradcamo.crops.datasets import cropset_from_image
+from napari_gradcamo.models.bundled import bundled_model_path, load_demo_model
+from napari_gradcamo.profiles.extract import (
     aggregate_wells,
-    cropset_from_image,
     default_feature_layer,
     extract_profiles,
     feature_columns,
@@ -35,7 +35,8 @@ def test_profiles_have_one_row_per_cell_and_the_audits_gradcamo(plugin_field):
     assert (merged["predicted_class"] == merged["predicted_class_audit"]).all()
     # the spatially averaged layer is what the head pools: the features equal the pooled vector
     import torch
-    from napari_gradcamo.models import normalize_crops
+
+    from napari_gradcamo.models.checkpoint import normalize_crops
 
     with torch.no_grad():
         pooled = bundle.model.pool(bundle.model.stage3(bundle.model.stage2(bundle.model.stage1(

@@ -7,11 +7,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from napari_gradcamo.cam import CamEngine, upsample
-from napari_gradcamo.models import ModelMetadata, build_model
-from napari_gradcamo.regularizer import LayerCapture, differentiable_gradcam, gradcamo_penalty, soft_gradcamo
-from napari_gradcamo.scoring import score_cam
-from napari_gradcamo.training import CropSet, train_classifier
+from napari_gradcamo.audit.cam import CamEngine, upsample
+from napari_gradcamo.audit.scoring import score_cam
+from napari_gradcamo.crops.datasets import CropSet
+from napari_gradcamo.models.architectures import build_model
+from napari_gradcamo.models.metadata import ModelMetadata
+from napari_gradcamo.train.loop import train_classifier
+from napari_gradcamo.train.regularizer import LayerCapture, differentiable_gradcam, gradcamo_penalty, soft_gradcamo
 
 CROP = (4, 16, 16)
 

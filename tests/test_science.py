@@ -1,11 +1,10 @@
 """The core claim, tested: a model that learned a background shortcut scores clearly lower than one that
 learned the cells, although both classify well. Real training (seeded, small 3D CNN, CPU)."""
 
-import numpy as np
 import pytest
 
-from napari_gradcamo.demo import DEMO_MODELS, load_demo_model
-from napari_gradcamo.experiment import accuracy, audit_fields, demo_field, scenario_fields, train_scenario
+from napari_gradcamo.models.bundled import DEMO_MODELS, load_demo_model
+from napari_gradcamo.synthetic.experiment import accuracy, audit_fields, demo_field, scenario_fields, train_scenario
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_gradcamo.scoring import inside_image_mask, score_cam
+from napari_gradcamo.audit.scoring import inside_image_mask, score_cam
 
 
 def test_shares_partition_attention():

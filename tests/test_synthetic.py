@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_gradcamo.images import Image
-from napari_gradcamo.synthetic import (
+from napari_gradcamo.io.images import Image
+from napari_gradcamo.synthetic.generator import (
     CONFOUND_CHANNELS,
     STAINS,
     SyntheticField,

@@ -9,15 +9,17 @@ import pytest
 import torch
 
 from napari_gradcamo.cli import main
-from napari_gradcamo.manifest import ManifestError, build_cache, read_manifest, write_synthetic_manifest
-from napari_gradcamo.models import load_checkpoint
-from napari_gradcamo.progress import CancelToken, Cancelled
-from napari_gradcamo.training import (
+from napari_gradcamo.crops.cache import build_cache
+from napari_gradcamo.crops.datasets import crops_from_fields
+from napari_gradcamo.io.field_list import ManifestError, read_manifest
+from napari_gradcamo.models.checkpoint import load_checkpoint
+from napari_gradcamo.progress import Cancelled, CancelToken
+from napari_gradcamo.synthetic.files import write_synthetic_manifest
+from napari_gradcamo.train.loop import (
     TrainConfig,
     augment,
     augment_with_masks,
     class_weights_for,
-    crops_from_fields,
     epoch_order,
     fit,
     fit_normalization,
@@ -103,7 +105,7 @@ def test_manifest_errors_name_the_problem(tmp_path):
 
 
 def test_cache_equals_in_memory_crops_and_is_reused(synthetic_manifest, cache, tmp_path):
-    from napari_gradcamo.experiment import scenario_fields
+    from napari_gradcamo.synthetic.experiment import scenario_fields
 
     fields = scenario_fields("honest", 3, 8, n_cells=6, shape=SHAPE, sites_per_well=1)
     direct = crops_from_fields(fields, CROP)
@@ -174,7 +176,7 @@ def test_resume_continues_exactly(cache, tmp_path):
 
 
 def test_early_stopping_keeps_the_best_epoch(cache, tmp_path, monkeypatch):
-    import napari_gradcamo.training as T
+    import napari_gradcamo.train.loop as T
 
     losses = iter([1.0, 0.5, 0.8, 0.9, 0.7, 0.6])
     monkeypatch.setattr(T, "evaluate", lambda *a, **k: {"loss": next(losses), "accuracy": 0.5})

@@ -15,7 +15,8 @@ def build_demo(viewer, model: str | None = DEFAULT_MODEL):
     """
     from pathlib import Path
 
-    from ._sample_data import bundled_models, field_layers, sample_field
+    from napari_gradcamo._sample_data import field_layers, sample_field
+    from napari_gradcamo.models.bundled import bundled_models
 
     for data, kwargs, kind in field_layers(sample_field()):
         getattr(viewer, f"add_{kind}")(data, **kwargs)
@@ -31,7 +32,7 @@ def build_demo(viewer, model: str | None = DEFAULT_MODEL):
             widget.panel.say("No demo model is bundled in this install: load a checkpoint with Open….", error=True)
     if widget.labels_layer is not None:
         widget.labels_layer.contour = 2  # outlines coloured by flag, the stains stay visible
-    from .demo import DEMO_THRESHOLD
+    from napari_gradcamo.demo import DEMO_THRESHOLD
 
     widget.threshold.setValue(DEMO_THRESHOLD)
     viewer.dims.ndisplay = 2

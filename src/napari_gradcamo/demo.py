@@ -4,39 +4,22 @@ from __future__ import annotations
 
 import json
 import time
-from importlib import resources
 from pathlib import Path
 
-from . import results
-from .audit import AuditSettings, run_audit
-from .models import ModelBundle, load_checkpoint
+from napari_gradcamo.audit import results
+from napari_gradcamo.audit.run import AuditSettings, run_audit
+from napari_gradcamo.models.bundled import DEMO_MODELS, load_demo_model
 
-DEMO_MODELS = ("honest", "shortcut")
 #: The demo's cells are small in their crops (chance ≈ 0.08): 0.15 separates the two models' cells,
 #: where the paper's 0.5 ("most attention on the cell") would flag every cell of both.
 DEMO_THRESHOLD = 0.15
-
-
-def bundled_model_path(name: str) -> Path:
-    """Path of a bundled demo checkpoint ('honest' or 'shortcut')."""
-    path = Path(str(resources.files("napari_gradcamo") / "data" / "models" / f"{name}.safetensors"))
-    if not path.exists():
-        raise FileNotFoundError(
-            f"Bundled demo model {path.name} is missing; reinstall napari-gradcamo or run "
-            "'python scripts/train_demo_models.py'."
-        )
-    return path
-
-
-def load_demo_model(name: str) -> ModelBundle:
-    return load_checkpoint(bundled_model_path(name))
 
 
 def run_headless_demo(out: Path, threshold: float = DEMO_THRESHOLD) -> dict:
     """Audit the demo field with both bundled models; write image, masks, tables and a summary."""
     import tifffile
 
-    from .experiment import demo_field
+    from napari_gradcamo.synthetic.experiment import demo_field
 
     out.mkdir(parents=True, exist_ok=True)
     field = demo_field()

@@ -1,7 +1,7 @@
 """'Grad-CAMO audit': load a model, run the audit in a worker, and explore the per-cell results.
 
 The widget is wiring only: the audit, scores, flags, colours, edits and export are the core's
-(:mod:`napari_gradcamo.audit`, :mod:`napari_gradcamo.features`, :mod:`napari_gradcamo.export`).
+(:mod:`napari_gradcamo.audit.run`, :mod:`napari_gradcamo.audit.labels_features`, :mod:`napari_gradcamo.io.export`).
 ``labels.features`` is the one source of truth: the table, the label colours and the export all
 read it, and every change goes through it.
 """
@@ -35,16 +35,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .. import features as F
-from .. import results
-from ..images import ImageError
-from ..progress import CancelToken, Cancelled
-from . import layers as L
-from ._compat import avoid_llvm_clash
-from .panel import JobPanel
-from .pickers import ImageLayersPicker, LabelsLayerPicker, guarded
-from .table import ResultsTable
-from .workers import default_synchronous, start_job, with_progress
+from napari_gradcamo._qt import layers as L
+from napari_gradcamo._qt._compat import avoid_llvm_clash
+from napari_gradcamo._qt.panel import JobPanel
+from napari_gradcamo._qt.pickers import ImageLayersPicker, LabelsLayerPicker, guarded
+from napari_gradcamo._qt.table import ResultsTable
+from napari_gradcamo._qt.workers import default_synchronous, start_job, with_progress
+from napari_gradcamo.audit import labels_features, results
+from napari_gradcamo.io.images import ImageError
+from napari_gradcamo.progress import Cancelled, CancelToken
 
 UNMAPPED = "— choose —"
 INVALID_STYLE = "border: 2px solid #e0443e;"
@@ -56,7 +55,7 @@ def _swatch(rgba, width: int = 14) -> str:
     return f'<span style="background-color: rgb({r},{g},{b});">{"&nbsp;" * 4}</span>'
 
 
-def legend_html(legend: F.Legend) -> str:
+def legend_html(legend: labels_features.Legend) -> str:
     """The legend as rich text: colour swatches (and a Grad-CAMO gradient with the threshold)."""
     from html import escape
 
@@ -70,7 +69,7 @@ def legend_html(legend: F.Legend) -> str:
 
 def _audit_job(image, labels, bundle, settings, only, cancel):
     """Worker body: yield each finished batch of the core audit; return 'done' or 'cancelled'."""
-    from ..audit import iter_audit
+    from napari_gradcamo.audit.run import iter_audit
 
     try:
         for batch in iter_audit(image, labels, bundle, settings, only, cancel):
@@ -114,7 +113,7 @@ class AuditWidget(QWidget):
 
     # ================================================================== UI
     def _build_ui(self) -> None:
-        from ..cam import CAM_METHODS
+        from napari_gradcamo.audit.cam import CAM_METHODS
 
         v = self.viewer
         self.picker = ImageLayersPicker(v, self)
@@ -266,7 +265,7 @@ class AuditWidget(QWidget):
 
     # ================================================================== model
     def _populate_models(self) -> None:
-        from .._sample_data import bundled_models
+        from napari_gradcamo.models.bundled import bundled_models
 
         self.model_combo.clear()
         self.model_combo.addItem("— choose a checkpoint —", None)
@@ -287,8 +286,9 @@ class AuditWidget(QWidget):
 
     def load_model(self, path) -> bool:
         """Load a checkpoint, list its target layers and map its channels; False (with the reason) on failure."""
-        from ..cam import default_target_layer, list_target_layers
-        from ..models import CheckpointError, load_checkpoint
+        from napari_gradcamo.audit.cam import default_target_layer, list_target_layers
+        from napari_gradcamo.models.checkpoint import load_checkpoint
+        from napari_gradcamo.models.metadata import CheckpointError
 
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
@@ -350,7 +350,7 @@ class AuditWidget(QWidget):
     @guarded
     def _refresh_mapping(self) -> None:
         """One combo per model channel, pre-set by name (case-insensitive); unmatched ones are flagged."""
-        from ..audit import resolve_channels
+        from napari_gradcamo.audit.run import resolve_channels
 
         image_names = self.picker.channel_names()
         previous = {c.property("model_channel"): c.currentText() for c in self.mapping_combos}
@@ -472,7 +472,7 @@ class AuditWidget(QWidget):
                 stack = getattr(layer, replayed_stack, None)
                 if w is not None and stack:
                     try:
-                        w._apply_edit(F.labels_in_edit(stack[-1]), layer)
+                        w._apply_edit(labels_features.labels_in_edit(stack[-1]), layer)
                     except RuntimeError:
                         pass
                 return result
@@ -495,16 +495,16 @@ class AuditWidget(QWidget):
 
     def features(self, layer=None) -> pd.DataFrame:
         layer = layer or self.labels_layer
-        return F.ensure_schema(layer.features if layer is not None else None)
+        return labels_features.ensure_schema(layer.features if layer is not None else None)
 
     def _ensure_features(self, layer) -> None:
         """Give every label a row (keeping rows and other tools' columns already in ``labels.features``)."""
         existing = layer.features
         keep = existing if isinstance(existing, pd.DataFrame) and ("label" in existing or "index" in existing) else None
-        names = None if keep is not None and F.class_names_of(keep) else (
+        names = None if keep is not None and labels_features.class_names_of(keep) else (
             self.bundle.metadata.class_names if self.bundle is not None else []
         )
-        table = F.init_features(L.labels_volume(layer), keep, names, self.threshold.value())
+        table = labels_features.init_features(L.labels_volume(layer), keep, names, self.threshold.value())
         self._set_features(layer, table)
 
     def _set_features(self, layer, table: pd.DataFrame) -> None:
@@ -526,8 +526,8 @@ class AuditWidget(QWidget):
 
     def run(self, only_selected: bool = False) -> bool:
         """Start the audit on all cells (or the selected ones); False with the reason shown if it cannot start."""
-        from ..audit import AuditSettings
-        from ..images import check_labels_match
+        from napari_gradcamo.audit.run import AuditSettings
+        from napari_gradcamo.io.images import check_labels_match
 
         if self.job is not None and self.job.running:
             self.panel.say("An audit is already running; Cancel it first.", error=True)
@@ -562,7 +562,7 @@ class AuditWidget(QWidget):
         if only is None:
             cams.clear()
             self._composites.pop(layer, None)
-            table = F.restart(self.features(layer), labels, meta.class_names, settings.threshold)
+            table = labels_features.restart(self.features(layer), labels, meta.class_names, settings.threshold)
         else:
             for label in only:
                 cams.pop(label, None)
@@ -600,10 +600,10 @@ class AuditWidget(QWidget):
         run["done"] = batch.done
         cams = self.cams(layer)
         cams.update(batch.cams)
-        self._set_features(layer, F.merge_rows(self.features(layer), batch.rows, self.threshold.value()))
+        self._set_features(layer, labels_features.merge_rows(self.features(layer), batch.rows, self.threshold.value()))
         composite = self._composite(layer)
         for cam in batch.cams.values():
-            F.paste_cam(composite, cam)
+            labels_features.paste_cam(composite, cam)
         self._show_composite(layer)
         elapsed = time.perf_counter() - run["started"]
         self.panel.step(batch.done, batch.total, f"{batch.done}/{batch.total} cells · {elapsed:.1f} s")
@@ -692,14 +692,14 @@ class AuditWidget(QWidget):
         threshold = self.threshold.value()
         if layer is None:
             self.table.set_table(None)
-            self.legend.setText(legend_html(F.legend(mode, threshold)))
+            self.legend.setText(legend_html(labels_features.legend(mode, threshold)))
             self.summary.setText("")
             return
         table = self.features(layer)
-        colors = F.label_colors(table, mode)
+        colors = labels_features.label_colors(table, mode)
         L.set_label_colors(layer, colors)
         self.table.set_table(table, colors)
-        self.legend.setText(legend_html(F.legend(mode, threshold, table)))
+        self.legend.setText(legend_html(labels_features.legend(mode, threshold, table)))
         s = results.summary(table)
         if s["cells"]:
             self.summary.setText(
@@ -713,7 +713,7 @@ class AuditWidget(QWidget):
         shape = L.labels_volume(layer).shape
         comp = self._composites.get(layer)
         if comp is None or comp.shape != shape:
-            comp = F.composite_cam(shape, self.cams(layer).values())
+            comp = labels_features.composite_cam(shape, self.cams(layer).values())
             self._composites[layer] = comp
         return comp
 
@@ -755,7 +755,7 @@ class AuditWidget(QWidget):
             label = int(label)
             self.table.select_label(label)
             layer.selected_label = label
-            row = F.row_of(self.features(layer), label)
+            row = labels_features.row_of(self.features(layer), label)
             if row is not None and center:
                 L.focus_on(self.viewer, layer, (row["centroid_z"], row["centroid_y"], row["centroid_x"]))
             self._show_cell_cam(layer, label)
@@ -768,17 +768,17 @@ class AuditWidget(QWidget):
         if cam is None:
             if existing is not None:
                 existing.visible = False
-            row = F.row_of(self.features(layer), label)
+            row = labels_features.row_of(self.features(layer), label)
             if row is not None and row["status"] == results.STATUS_AUDITED:
                 self.panel.say(f"Cell {label} was audited before this session: its Grad-CAM is not in memory "
                                "('Run on selected' recomputes it).")
             else:
                 self.panel.say(f"Cell {label} has no Grad-CAM yet (not audited).")
             return
-        data = F.cam_volume(cam)
+        data = labels_features.cam_volume(cam)
         origin = tuple(cam.origin)
         scale = L.spatial_scale(layer)
-        translate = F.crop_world_translate(origin, scale, L.spatial_translate(layer))
+        translate = labels_features.crop_world_translate(origin, scale, L.spatial_translate(layer))
         if layer.ndim == 2:
             data, scale, translate = data[0], scale[1:], translate[1:]
         L.upsert_image(
@@ -827,11 +827,11 @@ class AuditWidget(QWidget):
             self.threshold.setValue(value)  # comes back here through _on_threshold
             return
         if self.labels_layer is not None:
-            self._set_features(self.labels_layer, F.reflag(self.features(), float(value)))
+            self._set_features(self.labels_layer, labels_features.reflag(self.features(), float(value)))
 
     def _on_flag_toggled(self, label: int) -> None:
         if self.labels_layer is not None:
-            self._set_features(self.labels_layer, F.toggle_flag(self.features(), label, self.threshold.value()))
+            self._set_features(self.labels_layer, labels_features.toggle_flag(self.features(), label, self.threshold.value()))
 
     def _flag_selected(self) -> None:
         chosen = self.table.selected_labels()
@@ -840,15 +840,15 @@ class AuditWidget(QWidget):
             return
         table = self.features()
         flagged = table.set_index("label").loc[chosen, "flagged"]
-        value = F.OVERRIDE_UNFLAGGED if bool(flagged.all()) else F.OVERRIDE_FLAGGED
-        self._set_features(self.labels_layer, F.set_override(table, chosen, value, self.threshold.value()))
+        value = labels_features.OVERRIDE_UNFLAGGED if bool(flagged.all()) else labels_features.OVERRIDE_FLAGGED
+        self._set_features(self.labels_layer, labels_features.set_override(table, chosen, value, self.threshold.value()))
 
     # ================================================================== mask edits
     @guarded
     def _on_paint(self, event) -> None:
         # napari emits `paint` as it records the undo step, which for a single paint/fill call is
         # *before* the pixels are written: read the masks once the event loop is back.
-        self._queued_edits.update(F.labels_in_edit(event.value))
+        self._queued_edits.update(labels_features.labels_in_edit(event.value))
         if not self._edit_scheduled:
             self._edit_scheduled = True
             QTimer.singleShot(0, self._flush_edits)
@@ -863,7 +863,7 @@ class AuditWidget(QWidget):
         if layer is None or layer is not self.labels_layer or not touched:
             return
         cams = self.cams(layer)
-        outcome = F.apply_mask_edit(self.features(layer), L.labels_volume(layer), touched, cams, self.threshold.value())
+        outcome = labels_features.apply_mask_edit(self.features(layer), L.labels_volume(layer), touched, cams, self.threshold.value())
         for label in outcome.removed + outcome.moved:
             cams.pop(label, None)
         if outcome.removed or outcome.moved:
@@ -893,7 +893,7 @@ class AuditWidget(QWidget):
         layer = self.labels_layer
         if layer is None:
             return
-        from ..crops import cell_table
+        from napari_gradcamo.crops.extract import cell_table
 
         table = self.features(layer)
         current = {c.label: c for c in cell_table(L.labels_volume(layer))}
@@ -921,7 +921,7 @@ class AuditWidget(QWidget):
             if found is not None:
                 found.visible = False
         names = self.bundle.metadata.class_names if self.bundle is not None else []
-        self._set_features(layer, F.init_features(L.labels_volume(layer), None, names, self.threshold.value()))
+        self._set_features(layer, labels_features.init_features(L.labels_volume(layer), None, names, self.threshold.value()))
         self.panel.say("The label image was replaced: earlier results were cleared; every cell is 'not audited'.")
 
     # ================================================================== export
@@ -968,7 +968,7 @@ class AuditWidget(QWidget):
 
     @guarded
     def _on_export_error(self, error) -> None:
-        from ..export import ExportExistsError
+        from napari_gradcamo.io.export import ExportExistsError
 
         if isinstance(error, ExportExistsError):
             answer = QMessageBox.question(
@@ -1020,7 +1020,7 @@ def _prewarm_cam_library() -> None:
 
 
 def _export_job(args, overwrite):
-    from ..export import export_flagged
+    from napari_gradcamo.io.export import export_flagged
 
     result = yield from with_progress(export_flagged, *args, overwrite=overwrite)
     return result

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..images import Image, ImageError, make_image
+from napari_gradcamo.io.images import Image, ImageError, make_image
 
 ROLE = "gradcamo_role"  # layer.metadata key naming what a layer is to this plugin
 CHANNEL = "gradcamo_channel"  # layer.metadata key: the stain shown by a single-channel layer

@@ -8,7 +8,7 @@ import numpy as np
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QComboBox, QListWidget, QListWidgetItem, QVBoxLayout, QWidget
 
-from . import layers as L
+from napari_gradcamo._qt import layers as L
 
 
 def guarded(method):
@@ -107,13 +107,6 @@ class ImageLayersPicker(QWidget):
         if 0 <= row < len(self._layers):
             self._checked[id(self._layers[row])] = item.checkState() == Qt.CheckState.Checked
             self.changed.emit()
-
-    def set_layers(self, layers) -> None:
-        """Tick exactly ``layers`` (for scripts and tests)."""
-        wanted = {id(l) for l in layers}
-        for layer in self._layers:
-            self._checked[id(layer)] = id(layer) in wanted
-        self.refresh()
 
     def layers(self) -> list:
         return [l for l in self._layers if self._checked.get(id(l)) and l in self.viewer.layers]

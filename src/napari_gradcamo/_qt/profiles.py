@@ -4,7 +4,7 @@ Compute profiles for the cells of the current image + labels (features of a chos
 averaged, with each cell's Grad-CAMO; sphered; UMAP), or load the ``cells.parquet`` / ``umap.parquet``
 that ``gradcamo profile`` wrote. Clicking a point selects its cell in the labels layer (and centres the
 view on it); selecting or clicking a cell in the labels layer rings its point. The computing lives in
-:mod:`napari_gradcamo.profiles`; this module only wires it to napari.
+:mod:`napari_gradcamo.profiles.extract`; this module only wires it to napari.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..progress import CancelToken, Cancelled
-from . import layers as L
-from ._compat import avoid_llvm_clash
-from .panel import JobPanel
-from .pickers import ImageLayersPicker, LabelsLayerPicker, guarded
-from .workers import default_synchronous, start_job, with_progress
+from napari_gradcamo._qt import layers as L
+from napari_gradcamo._qt._compat import avoid_llvm_clash
+from napari_gradcamo._qt.panel import JobPanel
+from napari_gradcamo._qt.pickers import ImageLayersPicker, LabelsLayerPicker, guarded
+from napari_gradcamo._qt.workers import default_synchronous, start_job, with_progress
+from napari_gradcamo.progress import Cancelled, CancelToken
 
 COLOR_CHOICES = ("class", "predicted_class", "site", "gradcamo")
 ALL_IMAGES = "— all rows —"
@@ -38,7 +38,8 @@ BROWSE = "Browse…"
 
 
 def _compute(image, labels, bundle, layer, seed, progress=None, cancel=None):
-    from ..profiles import cropset_from_image, profile_table
+    from napari_gradcamo.crops.datasets import cropset_from_image
+    from napari_gradcamo.profiles.extract import profile_table
 
     data = cropset_from_image(image, labels, bundle)
     table, info = profile_table(bundle, data, layer=layer, seed=seed, progress=progress, cancel=cancel)
@@ -91,7 +92,9 @@ class ProfilesWidget(QWidget):
         model_box = QGroupBox("Model and layer", self)
         mform = QFormLayout(model_box)
         self.model_combo = QComboBox(self)
-        self.model_combo.addItems(["— choose —", "honest (bundled demo)", "shortcut (bundled demo)", BROWSE])
+        from napari_gradcamo.models.bundled import bundled_models
+
+        self.model_combo.addItems(["— choose —", *(f"{name} (bundled demo)" for name in bundled_models()), BROWSE])
         self.model_combo.activated.connect(self._on_model_combo)
         self.model_label = QLabel("no model", self)
         self.model_label.setWordWrap(True)
@@ -151,14 +154,15 @@ class ProfilesWidget(QWidget):
             if path:
                 self.load_model(path)
         elif "bundled" in text:
-            from ..demo import bundled_model_path
+            from napari_gradcamo.models.bundled import bundled_model_path
 
             self.load_model(bundled_model_path(text.split()[0]))
 
     def load_model(self, path) -> bool:
-        from ..models import CheckpointError, load_checkpoint
-        from ..profiles import default_feature_layer
-        from ..cam import list_target_layers
+        from napari_gradcamo.audit.cam import list_target_layers
+        from napari_gradcamo.models.checkpoint import load_checkpoint
+        from napari_gradcamo.models.metadata import CheckpointError
+        from napari_gradcamo.profiles.extract import default_feature_layer
 
         try:
             bundle = load_checkpoint(path)

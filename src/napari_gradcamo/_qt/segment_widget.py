@@ -16,12 +16,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..progress import CancelToken, Cancelled
-from . import layers as L
-from ._compat import avoid_llvm_clash
-from .panel import JobPanel
-from .pickers import ImageLayersPicker, guarded
-from .workers import default_synchronous, start_job, with_progress
+from napari_gradcamo._qt import layers as L
+from napari_gradcamo._qt._compat import avoid_llvm_clash
+from napari_gradcamo._qt.panel import JobPanel
+from napari_gradcamo._qt.pickers import ImageLayersPicker, guarded
+from napari_gradcamo._qt.workers import default_synchronous, start_job, with_progress
+from napari_gradcamo.progress import Cancelled, CancelToken
 
 NONE = "— none —"
 INVALID_STYLE = "border: 2px solid #e0443e;"
@@ -46,7 +46,7 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         avoid_llvm_clash()
-        from ..segmentation import GENERALIST_MODEL
+        from napari_gradcamo.segment.cellpose import GENERALIST_MODEL
 
         self.viewer = napari_viewer
         self.synchronous = default_synchronous()
@@ -182,7 +182,7 @@ class SegmentWidget(QWidget):
             self.model.setEditText(path)
 
     def settings(self):
-        from ..segmentation import SegmentationSettings
+        from napari_gradcamo.segment.cellpose import SegmentationSettings
 
         diameter = float(self.diameter.value())
         return SegmentationSettings(
@@ -218,8 +218,8 @@ class SegmentWidget(QWidget):
     # -- run ----------------------------------------------------------------------------------
     def run(self) -> bool:
         """Validate and start cellpose; returns False (with the reason shown) when it cannot start."""
-        from ..images import ImageError
-        from ..segmentation import SegmentationError, validate_settings
+        from napari_gradcamo.io.images import ImageError
+        from napari_gradcamo.segment.cellpose import SegmentationError, validate_settings
 
         if self.job is not None and self.job.running:
             self.panel.say("Segmentation is already running; Cancel it first.", error=True)
@@ -315,7 +315,7 @@ class SegmentWidget(QWidget):
 
 def _segment_job(image, settings, cancel):
     """Worker body: cellpose with progress updates; returns the label volume."""
-    from ..segmentation import segment
+    from napari_gradcamo.segment.cellpose import segment
 
     labels = yield from with_progress(segment, image, settings, cancel=cancel)
     return labels

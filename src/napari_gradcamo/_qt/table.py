@@ -25,8 +25,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .. import results
-from ..features import INDEX, OVERRIDE
+from napari_gradcamo.audit import results
+from napari_gradcamo.audit.labels_features import INDEX, OVERRIDE
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 LABEL_ROLE = Qt.ItemDataRole.UserRole + 2
@@ -118,9 +118,6 @@ class ResultsModel(QAbstractTableModel):
         self._refresh_arrays()
         self.version += 1
         self.endResetModel()
-
-    def label_at(self, row: int) -> int:
-        return int(self._labels[row])
 
     def row_of(self, label: int) -> int | None:
         hits = np.nonzero(self._labels == int(label))[0]

@@ -1,0 +1,1 @@
+"""The Grad-CAMO audit: CAM engine, scoring, the batch loop and the results table."""

@@ -1,0 +1,76 @@
+"""The one batch loop: a batch of crops in, probabilities, raw maps and scored rows out.
+
+The audit, profile extraction and the benchmarks all call :func:`score_batch`, so a crop is normalised,
+explained and scored the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from napari_gradcamo.audit import results
+from napari_gradcamo.audit.cam import CamEngine, upsample
+from napari_gradcamo.audit.scoring import Score, inside_image_mask, score_cam
+from napari_gradcamo.models.checkpoint import normalize_crops
+
+Padding = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+@dataclass
+class BatchCrops:
+    """What the loop needs of each cell: its raw crop (C, z, y, x), its mask, its neighbours' mask and
+    the zero-padding of the crop at the image border (``None``: the crop lies inside the image)."""
+
+    images: np.ndarray  # (N, C, z, y, x), not normalised
+    cell_masks: np.ndarray  # (N, z, y, x) bool
+    other_masks: np.ndarray  # (N, z, y, x) bool
+    paddings: Sequence[Padding | None]
+
+
+@dataclass
+class ScoredBatch:
+    """The model's answer for a batch: class probabilities, the explained class, raw maps and scores."""
+
+    probabilities: np.ndarray  # (N, K)
+    targets: np.ndarray  # (N,) class index each map explains
+    raw_maps: np.ndarray  # (N, z', y', x') at the target layer's resolution, ≥ 0
+    scores: list[Score]
+
+    def result_columns(self, class_names: Sequence[str], method: str, layer: str) -> list[dict]:
+        """Per cell, the results-table columns the model decides: prediction, class probabilities, the
+        explained class, every score, and how the map was made."""
+        rows = []
+        for p, t, s in zip(self.probabilities, self.targets, self.scores):
+            rows.append({
+                "predicted_class": class_names[int(np.argmax(p))],
+                "probability": float(np.max(p)),
+                "target_class": class_names[int(t)],
+                **s.columns(),
+                "status": results.STATUS_AUDITED,
+                "cam_method": method,
+                "target_layer": layer,
+                **{results.PROBABILITY_PREFIX + n: float(v) for n, v in zip(class_names, p)},
+            })
+        return rows
+
+
+def batch_of(crops) -> BatchCrops:
+    """:class:`BatchCrops` from :class:`~napari_gradcamo.crops.extract.CellCrop` objects."""
+    return BatchCrops(np.stack([c.image for c in crops]), np.stack([c.cell_mask for c in crops]),
+                      np.stack([c.other_mask for c in crops]), [c.padding for c in crops])
+
+
+def score_batch(engine: CamEngine, crops: BatchCrops, normalization: dict, targets: Sequence[int | None] | None = None
+                ) -> ScoredBatch:
+    """Normalise ``crops`` as the model was trained, run the CAM engine once, score every map."""
+    batch = normalize_crops(crops.images, normalization)
+    probs, chosen, raw = engine.compute(batch, list(targets) if targets is not None else None)
+    maps = upsample(raw, crops.images.shape[2:])
+    scores = [
+        score_cam(m, cell, other, inside_image_mask(m.shape, pad) if pad is not None else None)
+        for m, cell, other, pad in zip(maps, crops.cell_masks, crops.other_masks, crops.paddings)
+    ]
+    return ScoredBatch(np.asarray(probs), np.asarray(chosen), np.asarray(raw), scores)

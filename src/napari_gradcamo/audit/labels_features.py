@@ -1,0 +1,416 @@
+"""Per-cell result bookkeeping for a label image, without Qt.
+
+The napari plugin keeps one table per Labels layer in ``labels.features``: one row per label id, the
+columns of :data:`napari_gradcamo.audit.results.SCHEMA` (``prob_<class>`` included), plus
+
+* ``index`` = the label id (napari looks rows up by this column for its status bar),
+* ``flag_override``: ``""`` (follow the threshold), ``"flagged"`` or ``"not flagged"`` (set by hand).
+
+Every function here takes a table and returns a new one; nothing is changed in place. The same
+functions serve the table view, the label colours and the export, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from napari_gradcamo.audit import results
+from napari_gradcamo.crops.extract import CellInfo, cell_table, crop_origin
+
+INDEX = "index"
+OVERRIDE = "flag_override"
+OVERRIDE_FLAGGED = "flagged"
+OVERRIDE_UNFLAGGED = "not flagged"
+OVERRIDE_VALUES = ("", OVERRIDE_FLAGGED, OVERRIDE_UNFLAGGED)
+REASON_NOT_AUDITED = "not audited yet"
+REASON_MOVED = "mask edited: the cell's crop moved, its Grad-CAM must be recomputed"
+REASON_NEW = "new label (painted after the audit)"
+
+#: colours (RGBA, 0..1) of the "flag" colouring; blue / orange is safe for red-green colour blindness
+COLOR_OK = (0.22, 0.55, 0.96, 1.0)
+COLOR_FLAGGED = (1.0, 0.48, 0.0, 1.0)
+COLOR_NOT_AUDITED = (0.62, 0.62, 0.62, 1.0)
+COLOR_UNDEFINED = (0.85, 0.05, 0.15, 1.0)
+TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
+SCORE_COLORMAP = "viridis"
+COLOR_MODES = ("flag", "score")
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def class_names_of(table: pd.DataFrame) -> list[str]:
+    """Model classes named by the table's ``prob_<class>`` columns, in column order."""
+    p = results.PROBABILITY_PREFIX
+    return [c[len(p):] for c in table.columns if isinstance(c, str) and c.startswith(p)]
+
+
+def ensure_schema(table: pd.DataFrame | None, class_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """The table with every schema column (plus ``index`` and ``flag_override``), sorted by label."""
+    if table is not None and "label" not in table and INDEX in table:
+        table = table.assign(label=table[INDEX])
+    if table is None or "label" not in table:
+        table = pd.DataFrame({"label": pd.Series(dtype="int64")})
+    names = list(class_names) if class_names is not None else class_names_of(table)
+    out = results.conform(table, names)
+    for column in results.column_order(names):
+        if column == "label":
+            continue
+        if column in ("reason", "status", "cam_method", "target_layer", "predicted_class", "target_class"):
+            out[column] = out[column].fillna("").astype(object)
+    out["status"] = out["status"].replace("", results.STATUS_NOT_AUDITED)
+    if OVERRIDE not in out:
+        out[OVERRIDE] = ""
+    out[OVERRIDE] = out[OVERRIDE].fillna("").astype(object)
+    out["label"] = out["label"].astype("int64")
+    out[INDEX] = out["label"].to_numpy()
+    out["flagged"] = out["flagged"].fillna(False).astype(bool)
+    out["touches_border"] = out["touches_border"].fillna(False).astype(bool)
+    out = out.sort_values("label", kind="stable").reset_index(drop=True)
+    front = [INDEX] + [c for c in out.columns if c != INDEX]
+    return out[front]
+
+
+def _not_audited(cells: Iterable[CellInfo], class_names: Sequence[str], reason: str = REASON_NOT_AUDITED) -> pd.DataFrame:
+    records = [
+        {
+            "label": c.label,
+            "centroid_z": c.centroid[0],
+            "centroid_y": c.centroid[1],
+            "centroid_x": c.centroid[2],
+            "volume_voxels": c.volume,
+            "status": results.STATUS_NOT_AUDITED,
+            "reason": reason,
+            "flagged": False,
+        }
+        for c in cells
+    ]
+    table = pd.DataFrame.from_records(records) if records else pd.DataFrame({"label": pd.Series(dtype="int64")})
+    return ensure_schema(table, class_names)
+
+
+def init_features(
+    labels: np.ndarray,
+    existing: pd.DataFrame | None = None,
+    class_names: Sequence[str] | None = None,
+    threshold: float = 0.5,
+) -> pd.DataFrame:
+    """One row per label of ``labels``: rows of ``existing`` are kept, other labels are 'not audited'.
+
+    Rows of ``existing`` whose label is gone are dropped; columns from other tools are kept.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels[np.newaxis]
+    cells = cell_table(labels)
+    names = list(class_names) if class_names is not None else (class_names_of(existing) if existing is not None else [])
+    fresh = _not_audited(cells, names)
+    if existing is None or len(existing) == 0 or "label" not in existing:
+        return reflag(fresh, threshold)
+    old = ensure_schema(existing, names)
+    present = set(fresh["label"])
+    old = old[old["label"].isin(present)]
+    missing = fresh[~fresh["label"].isin(set(old["label"]))]
+    table = pd.concat([old, missing], ignore_index=True) if len(missing) else old
+    return reflag(ensure_schema(table, names), threshold)
+
+
+# --------------------------------------------------------------------------- rows and flags
+
+
+def reflag(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """``flagged`` = below ``threshold`` or undefined (audited cells), unless set by hand."""
+    if len(table) == 0:
+        out = table.copy()
+        out["flagged"] = out["flagged"].astype(bool)
+        return out
+    out = results.apply_threshold(table, float(threshold))
+    override = out[OVERRIDE].astype(str) if OVERRIDE in out else pd.Series("", index=out.index)
+    out.loc[override == OVERRIDE_FLAGGED, "flagged"] = True
+    out.loc[override == OVERRIDE_UNFLAGGED, "flagged"] = False
+    out["flagged"] = out["flagged"].astype(bool)
+    return out
+
+
+def merge_rows(table: pd.DataFrame, rows: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Replace (or add) the rows of ``rows``' labels by those rows, keeping hand flags and other tools' columns."""
+    names = class_names_of(rows) or class_names_of(table)
+    table = ensure_schema(table, names)
+    rows = ensure_schema(rows, names)
+    if len(rows) == 0:
+        return reflag(table, threshold)
+    previous = table.set_index("label")
+    rows = rows.copy()
+    for column in table.columns:
+        if column in ("label", INDEX):
+            continue
+        if column == OVERRIDE or column not in rows.columns:
+            rows[column] = rows["label"].map(previous[column])
+    rows[OVERRIDE] = rows[OVERRIDE].fillna("")
+    keep = table[~table["label"].isin(set(rows["label"]))]
+    merged = pd.concat([keep, rows], ignore_index=True) if len(keep) else rows
+    return reflag(ensure_schema(merged, names), threshold)
+
+
+def restart(table: pd.DataFrame | None, labels: np.ndarray, class_names: Sequence[str], threshold: float) -> pd.DataFrame:
+    """A fresh 'not audited' table for a new run over all cells, keeping only the hand flags."""
+    fresh = init_features(labels, None, class_names, threshold)
+    if table is not None and OVERRIDE in table and len(table):
+        hand = table.set_index("label")[OVERRIDE]
+        fresh[OVERRIDE] = fresh["label"].map(hand).fillna("")
+    return reflag(fresh, threshold)
+
+
+def set_override(table: pd.DataFrame, labels: Iterable[int], value: str, threshold: float) -> pd.DataFrame:
+    """Flag (``"flagged"``), unflag (``"not flagged"``) or hand back to the threshold (``""``) some cells."""
+    if value not in OVERRIDE_VALUES:
+        raise ValueError(f"flag override must be one of {OVERRIDE_VALUES}, got {value!r}.")
+    out = table.copy()
+    out.loc[out["label"].isin({int(l) for l in labels}), OVERRIDE] = value
+    return reflag(out, threshold)
+
+
+def toggle_flag(table: pd.DataFrame, label: int, threshold: float) -> pd.DataFrame:
+    """Invert one cell's current flag by hand (a second toggle back to the threshold's verdict clears it)."""
+    row = table.index[table["label"] == int(label)]
+    if len(row) == 0:
+        raise KeyError(f"label {label} has no row")
+    now = bool(table.loc[row[0], "flagged"])
+    auto = bool(reflag(set_override(table.loc[row], [label], "", threshold), threshold)["flagged"].iloc[0])
+    wanted = not now
+    value = "" if wanted == auto else (OVERRIDE_FLAGGED if wanted else OVERRIDE_UNFLAGGED)
+    return set_override(table, [label], value, threshold)
+
+
+def row_of(table: pd.DataFrame, label: int) -> pd.Series | None:
+    hit = table.index[table["label"] == int(label)]
+    return table.loc[hit[0]] if len(hit) else None
+
+
+# --------------------------------------------------------------------------- mask edits
+
+
+def cell_stats(labels: np.ndarray, label: int) -> CellInfo | None:
+    """Centroid, volume and bounding box of one label (None when the label no longer exists)."""
+    coords = np.nonzero(labels == int(label))
+    if coords[0].size == 0:
+        return None
+    bbox = tuple(slice(int(c.min()), int(c.max()) + 1) for c in coords)
+    return CellInfo(int(label), tuple(float(c.mean()) for c in coords), int(coords[0].size), bbox)
+
+
+def labels_in_edit(atoms: Sequence) -> set[int]:
+    """Label ids touched by a napari ``labels.events.paint`` history item (old and new values).
+
+    Accepts napari's 3-tuples ``(indices, old_values, new_values)`` and its masked paint atoms
+    (objects with ``old_values`` and ``new_value``).
+    """
+    touched: set[int] = set()
+    for atom in atoms or ():
+        if hasattr(atom, "old_values"):
+            values = (atom.old_values, getattr(atom, "new_value", 0))
+        elif isinstance(atom, (tuple, list)) and len(atom) == 3:
+            values = (atom[1], atom[2])
+        else:
+            continue
+        for v in values:
+            touched.update(int(x) for x in np.unique(np.asarray(v)).ravel())
+    touched.discard(0)
+    return touched
+
+
+@dataclass
+class EditOutcome:
+    """What a mask edit did to the table."""
+
+    table: pd.DataFrame
+    removed: list[int] = field(default_factory=list)
+    added: list[int] = field(default_factory=list)
+    rescored: list[int] = field(default_factory=list)
+    moved: list[int] = field(default_factory=list)
+
+
+def apply_mask_edit(
+    table: pd.DataFrame,
+    labels: np.ndarray,
+    touched: Iterable[int],
+    cams: Mapping[int, object],
+    threshold: float,
+) -> EditOutcome:
+    """Update rows after ``touched`` labels were painted, erased or filled.
+
+    A deleted label loses its row; a new label gets a 'not audited' row; an audited cell whose crop
+    did not move is rescored with its cached CAM (``cams[label]``, an :class:`~napari_gradcamo.audit.run.CellCam`);
+    one whose crop moved is marked 'not audited' and listed in ``moved`` for the caller to recompute.
+    """
+    from napari_gradcamo.audit.run import rescore
+
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels[np.newaxis]
+    names = class_names_of(table)
+    out = ensure_schema(table, names).set_index("label", drop=False)
+    outcome = EditOutcome(out)
+    new_rows = []
+    for label in sorted({int(l) for l in touched if int(l) > 0}):
+        info = cell_stats(labels, label)
+        if info is None:
+            if label in out.index:
+                out = out.drop(index=label)
+                outcome.removed.append(label)
+            continue
+        if label not in out.index:
+            new_rows.append(info)
+            outcome.added.append(label)
+            continue
+        out.loc[label, ["centroid_z", "centroid_y", "centroid_x"]] = info.centroid
+        out.loc[label, "volume_voxels"] = info.volume
+        cam = cams.get(label)
+        if cam is None:
+            continue
+        if tuple(crop_origin(info.centroid, cam.crop_shape)) == tuple(cam.origin):
+            s = rescore(cam, labels)
+            out.loc[label, ["gradcamo", "chance", "neighbour_share", "background_share", "outside_share"]] = (
+                s.gradcamo, s.chance, s.neighbour_share, s.background_share, s.outside_share
+            )
+            out.loc[label, "reason"] = s.reason
+            out.loc[label, "status"] = results.STATUS_AUDITED
+            outcome.rescored.append(label)
+        else:
+            out.loc[label, "status"] = results.STATUS_NOT_AUDITED
+            out.loc[label, "reason"] = REASON_MOVED
+            outcome.moved.append(label)
+    out = out.reset_index(drop=True)
+    if new_rows:
+        out = pd.concat([out, _not_audited(new_rows, names, REASON_NEW)], ignore_index=True)
+    outcome.table = reflag(ensure_schema(out, names), threshold)
+    return outcome
+
+
+# --------------------------------------------------------------------------- colours and legend
+
+
+def _score_rgba(values: np.ndarray) -> np.ndarray:
+    from matplotlib import colormaps
+
+    return colormaps[SCORE_COLORMAP](np.clip(values, 0.0, 1.0))
+
+
+def label_colors(table: pd.DataFrame, mode: str = "flag") -> dict:
+    """``{label: RGBA}`` for a ``DirectLabelColormap``: by flag (blue ok / orange flagged) or by score.
+
+    Labels without a row (``None`` key) and 'not audited' cells are grey; background (0) is transparent.
+    """
+    if mode not in COLOR_MODES:
+        raise ValueError(f"colour mode must be one of {COLOR_MODES}, got {mode!r}.")
+    colors: dict = {None: np.array(COLOR_NOT_AUDITED), 0: np.array(TRANSPARENT)}
+    if len(table) == 0:
+        return colors
+    labels = table["label"].to_numpy(dtype=np.int64)
+    audited = (table["status"] == results.STATUS_AUDITED).to_numpy()
+    score = table["gradcamo"].to_numpy(dtype=float)
+    flagged = table["flagged"].to_numpy(dtype=bool)
+    rgba = np.tile(np.array(COLOR_NOT_AUDITED), (len(table), 1))
+    if mode == "flag":
+        rgba[audited & ~flagged] = COLOR_OK
+        rgba[flagged] = COLOR_FLAGGED
+    else:
+        defined = audited & np.isfinite(score)
+        if defined.any():
+            rgba[defined] = _score_rgba(score[defined])
+        rgba[audited & ~np.isfinite(score)] = COLOR_UNDEFINED
+    for label, color in zip(labels, rgba):
+        colors[int(label)] = color
+    return colors
+
+
+@dataclass
+class Legend:
+    """What the colours mean: swatches (text, RGBA) and, in score mode, a gradient with the threshold."""
+
+    title: str
+    swatches: list[tuple[str, tuple[float, ...]]]
+    gradient: list[tuple[float, ...]] | None = None
+    threshold: float | None = None
+
+
+def legend(mode: str, threshold: float, table: pd.DataFrame | None = None) -> Legend:
+    """Legend entries for the colours of :func:`label_colors`, with counts when ``table`` is given."""
+    counts = {"ok": None, "flagged": None, "not audited": None, "undefined": None}
+    if table is not None and len(table):
+        audited = table["status"] == results.STATUS_AUDITED
+        counts["flagged"] = int(table["flagged"].sum())
+        counts["ok"] = int((audited & ~table["flagged"]).sum())
+        counts["not audited"] = int((~audited).sum())
+        counts["undefined"] = int((audited & table["gradcamo"].isna()).sum())
+
+    def n(key):
+        return f" ({counts[key]})" if counts[key] is not None else ""
+
+    if mode == "flag":
+        return Legend(
+            "Cells coloured by flag",
+            [
+                (f"looks at the cell: Grad-CAMO ≥ {threshold:.2f}{n('ok')}", COLOR_OK),
+                (f"flagged: < {threshold:.2f}, undefined, or by hand{n('flagged')}", COLOR_FLAGGED),
+                (f"not audited{n('not audited')}", COLOR_NOT_AUDITED),
+            ],
+        )
+    stops = [tuple(float(v) for v in c) for c in _score_rgba(np.linspace(0.0, 1.0, 11))]
+    return Legend(
+        "Cells coloured by Grad-CAMO (0 → 1)",
+        [(f"undefined (NaN){n('undefined')}", COLOR_UNDEFINED), (f"not audited{n('not audited')}", COLOR_NOT_AUDITED)],
+        stops,
+        float(threshold),
+    )
+
+
+# --------------------------------------------------------------------------- CAM placement
+
+
+def crop_world_translate(origin: Sequence[int], scale: Sequence[float], translate: Sequence[float]) -> np.ndarray:
+    """World translate of a crop whose first voxel is image voxel ``origin`` of a layer (scale, translate)."""
+    origin = np.asarray(origin, dtype=float)
+    scale = np.asarray(scale, dtype=float)[-len(origin):]
+    translate = np.asarray(translate, dtype=float)[-len(origin):]
+    return origin * scale + translate
+
+
+def cam_volume(cam) -> np.ndarray:
+    """A cell's CAM on its crop grid (float32, ≥ 0)."""
+    return np.asarray(cam.on_crop_grid(), dtype=np.float32)
+
+
+def paste_cam(composite: np.ndarray, cam, normalise: bool = True) -> None:
+    """Add one cell's CAM to an image-sized ``composite`` (voxel-wise maximum), clipped at the image border.
+
+    With ``normalise`` each cell's map is divided by its own maximum, so every cell shows where *its*
+    attention went whatever the model's gradient scale.
+    """
+    grid = cam_volume(cam)
+    if normalise:
+        peak = float(grid.max())
+        grid = grid / peak if peak > 0 else grid
+    src, dst = [], []
+    for o, s, n in zip(cam.origin, grid.shape, composite.shape):
+        start, stop = max(int(o), 0), min(int(o) + s, n)
+        if stop <= start:
+            return
+        dst.append(slice(start, stop))
+        src.append(slice(start - int(o), stop - int(o)))
+    region = composite[tuple(dst)]
+    np.maximum(region, grid[tuple(src)], out=region)
+
+
+def composite_cam(shape: Sequence[int], cams: Iterable, normalise: bool = True) -> np.ndarray:
+    """The 'all cells' map: every cell's CAM placed at its crop, voxel-wise maximum where crops overlap."""
+    out = np.zeros(tuple(int(s) for s in shape), dtype=np.float32)
+    for cam in cams:
+        paste_cam(out, cam, normalise)
+    return out
+
+

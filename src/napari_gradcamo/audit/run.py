@@ -1,0 +1,234 @@
+"""The audit: crops → model → raw Grad-CAM → Grad-CAMO, as a generator of finished batches."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from napari_gradcamo.audit import results
+from napari_gradcamo.audit.batch import ScoredBatch, batch_of, score_batch
+from napari_gradcamo.audit.cam import CamEngine, default_target_layer, list_target_layers, upsample
+from napari_gradcamo.audit.scoring import Score, inside_image_mask, score_cam
+from napari_gradcamo.crops.extract import CellCrop, CellInfo, cell_table, extract_crop, window
+from napari_gradcamo.io.images import Image, ImageError, check_labels_match
+from napari_gradcamo.models.metadata import ModelBundle
+from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
+
+_GENERIC_NAME = "ch"
+
+
+@dataclass
+class AuditSettings:
+    """How to audit: CAM method, layer (None = default), target class (None = predicted), batching."""
+
+    method: str = "gradcam"
+    target_layer: str | None = None
+    target_class: str | int | None = None
+    batch_size: int = 8
+    device: str | None = "auto"
+    threshold: float = 0.5
+    channel_map: Sequence[int] | None = None
+
+
+@dataclass
+class CellCam:
+    """A cell's raw Grad-CAM map and where its crop sits in the image (voxel index of its first voxel)."""
+
+    label: int
+    raw: np.ndarray  # (z', y', x') at the target layer's resolution, ≥ 0
+    origin: tuple[int, int, int]
+    crop_shape: tuple[int, int, int]
+
+    def on_crop_grid(self) -> np.ndarray:
+        """The map upsampled trilinearly to the crop grid (z, y, x)."""
+        return upsample(self.raw[None], self.crop_shape)[0]
+
+
+@dataclass
+class AuditBatch:
+    """Rows and maps for the cells finished in one batch, with overall progress."""
+
+    rows: pd.DataFrame
+    cams: dict[int, CellCam]
+    done: int
+    total: int
+
+
+@dataclass
+class AuditResult:
+    table: pd.DataFrame
+    cams: dict[int, CellCam] = field(default_factory=dict)
+    cancelled: bool = False
+
+
+def resolve_channels(image_names: Sequence[str], model_names: Sequence[str], explicit: Sequence[int] | None = None) -> list[int]:
+    """Image channel index for each model channel: explicit, else by name, else in order for unnamed channels."""
+    n_img, n_mod = len(image_names), len(model_names)
+    if explicit is not None:
+        explicit = [int(i) for i in explicit]
+        if len(explicit) != n_mod or any(i < 0 or i >= n_img for i in explicit):
+            raise ImageError(
+                f"The channel map {explicit} must give one image channel (0..{n_img - 1}) for each of the "
+                f"model's {n_mod} channels ({', '.join(model_names)})."
+            )
+        return explicit
+    lower = [n.lower() for n in image_names]
+    if all(m.lower() in lower for m in model_names):
+        return [lower.index(m.lower()) for m in model_names]
+    unnamed = all(n.lower().startswith(_GENERIC_NAME) and n[len(_GENERIC_NAME):].isdigit() for n in image_names)
+    if unnamed and n_img == n_mod:
+        return list(range(n_mod))
+    if n_img != n_mod:
+        raise ImageError(
+            f"The model expects {n_mod} channels ({', '.join(model_names)}) but the image has {n_img} "
+            f"({', '.join(image_names)}); give an image with those stains or a channel map."
+        )
+    missing = [m for m in model_names if m.lower() not in lower]
+    raise ImageError(
+        f"The image's channels ({', '.join(image_names)}) do not name the model's channels "
+        f"{', '.join(missing)}; map them explicitly (channel_map / --channel-map)."
+    )
+
+
+def resolve_target_class(target: str | int | None, class_names: Sequence[str]) -> int | None:
+    """Index of a target class given by name or index; None means 'predicted class'."""
+    if target is None or target == "" or (isinstance(target, str) and target.lower() == "predicted"):
+        return None
+    if isinstance(target, str) and target in class_names:
+        return class_names.index(target)
+    try:
+        index = int(target)
+    except (TypeError, ValueError):
+        raise ValueError(f"Unknown target class '{target}'; the model's classes are {', '.join(class_names)}.") from None
+    if not 0 <= index < len(class_names):
+        raise ValueError(f"Target class index {index} is out of range for {len(class_names)} classes.")
+    return index
+
+
+def _select_channels(data, channels: Sequence[int]):
+    """The model's channels of ``data`` (C, z, y, x): a view when they are a run of consecutive channels
+    (no copy of a whole, possibly huge, image), a copy otherwise. Crops are copied out of it anyway."""
+    channels = [int(c) for c in channels]
+    start = channels[0] if channels else 0
+    if channels == list(range(start, start + len(channels))):
+        return data[start : start + len(channels)]
+    return data[channels]
+
+
+def prepare(image: Image, labels: np.ndarray, bundle: ModelBundle, settings: AuditSettings):
+    """Validate inputs; return (image restricted to the model's channels, target layer name, cells)."""
+    check_labels_match(image, labels)
+    meta = bundle.metadata
+    channels = resolve_channels(image.channel_names, meta.channel_names, settings.channel_map)
+    model_image = Image(_select_channels(image.data, channels), [meta.channel_names[i] for i in range(len(channels))],
+                        image.voxel_size, image.source)
+    layer = settings.target_layer or meta.target_layer
+    if layer is None:
+        layer = _default_layer(bundle.model, meta.crop_shape, len(meta.channel_names))
+    return model_image, layer, cell_table(labels)
+
+
+_DEFAULT_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _default_layer(model, crop_shape: Sequence[int], in_channels: int) -> str:
+    """:func:`default_target_layer` of ``model``, remembered per model, crop shape and module structure
+    (finding it runs the model once, which costs as much as auditing a few cells with a large model)."""
+    key = (tuple(int(s) for s in crop_shape), int(in_channels), tuple(name for name, _ in model.named_modules()))
+    try:
+        known = _DEFAULT_LAYERS.setdefault(model, {})
+    except TypeError:  # a model that cannot be weakly referenced: no cache
+        known = {}
+    if key not in known:
+        known[key] = default_target_layer(list_target_layers(model, crop_shape, in_channels))
+    return known[key]
+
+
+def _rows(crops: Sequence[CellCrop], cells: Sequence[CellInfo], scored: ScoredBatch, meta, settings, layer
+          ) -> pd.DataFrame:
+    names = meta.class_names
+    records = []
+    for crop, cell, columns in zip(crops, cells, scored.result_columns(names, settings.method, layer)):
+        records.append({
+            "label": cell.label,
+            "centroid_z": cell.centroid[0],
+            "centroid_y": cell.centroid[1],
+            "centroid_x": cell.centroid[2],
+            "volume_voxels": cell.volume,
+            "touches_border": crop.padded_fraction > 0,
+            "padded_fraction": crop.padded_fraction,
+            **columns,
+        })
+    table = results.conform(pd.DataFrame.from_records(records), names)
+    return results.apply_threshold(table, settings.threshold)
+
+
+def iter_audit(
+    image: Image,
+    labels: np.ndarray,
+    bundle: ModelBundle,
+    settings: AuditSettings | None = None,
+    only_labels: Sequence[int] | None = None,
+    cancel: CancelToken | None = None,
+) -> Iterator[AuditBatch]:
+    """Audit every cell (or ``only_labels``), yielding each finished batch; stop iterating to cancel."""
+    settings = settings or AuditSettings()
+    meta = bundle.metadata
+    model_image, layer, cells = prepare(image, labels, bundle, settings)
+    if only_labels is not None:
+        wanted = {int(l) for l in only_labels}
+        unknown = wanted - {c.label for c in cells}
+        if unknown:
+            raise ImageError(f"Labels {sorted(unknown)} are not in the label image.")
+        cells = [c for c in cells if c.label in wanted]
+    target = resolve_target_class(settings.target_class, meta.class_names)
+    crop_shape = tuple(meta.crop_shape)
+    batch_size = max(1, int(settings.batch_size))
+    done = 0
+    with CamEngine(bundle.model, layer, settings.method, settings.device) as engine:
+        for start in range(0, len(cells), batch_size):
+            check(cancel, "the audit")
+            chunk = cells[start : start + batch_size]
+            crops = [extract_crop(model_image, labels, c, crop_shape) for c in chunk]
+            scored = score_batch(engine, batch_of(crops), meta.normalization, [target] * len(chunk))
+            rows = _rows(crops, chunk, scored, meta, settings, layer)
+            cams = {c.label: CellCam(c.label, r, c.origin, crop_shape) for c, r in zip(crops, scored.raw_maps)}
+            done += len(chunk)
+            yield AuditBatch(rows, cams, done, len(cells))
+
+
+def run_audit(
+    image: Image,
+    labels: np.ndarray,
+    bundle: ModelBundle,
+    settings: AuditSettings | None = None,
+    only_labels: Sequence[int] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> AuditResult:
+    """Run :func:`iter_audit` to the end (or to a cancel) and gather the table and maps."""
+    from napari_gradcamo.progress import Cancelled
+
+    meta = bundle.metadata
+    tables, cams, cancelled = [], {}, False
+    try:
+        for batch in iter_audit(image, labels, bundle, settings, only_labels, cancel):
+            tables.append(batch.rows)
+            cams.update(batch.cams)
+            report(progress, batch.done, batch.total, f"{batch.done}/{batch.total} cells")
+    except Cancelled:
+        cancelled = True
+    table = pd.concat(tables, ignore_index=True) if tables else results.empty_table(meta.class_names)
+    return AuditResult(results.conform(table, meta.class_names), cams, cancelled)
+
+
+def rescore(cam: CellCam, labels: np.ndarray) -> Score:
+    """Recompute one cell's scores from its cached map after its mask was edited (crop position unchanged)."""
+    label_crop, padding = window(labels, cam.origin, cam.crop_shape)
+    cell_mask = label_crop == cam.label
+    grid = cam.on_crop_grid()
+    return score_cam(grid, cell_mask, (label_crop > 0) & ~cell_mask, inside_image_mask(grid.shape, padding))

@@ -1,0 +1,71 @@
+"""The Grad-CAMO score: the share of a cell's Grad-CAM attention that lies on the cell itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Score:
+    """Where the attention of one crop went. The four shares sum to 1 when defined.
+
+    ``gradcamo`` = Σ cam·M / Σ cam with M the central cell's mask; ``chance`` = |M| / |crop|, the score
+    of a uniform map; ``outside_share`` is attention on padding beyond the image border.
+    """
+
+    gradcamo: float
+    chance: float
+    neighbour_share: float
+    background_share: float
+    outside_share: float
+    reason: str = ""
+
+    def columns(self) -> dict:
+        """The score columns of the results table."""
+        return {"gradcamo": self.gradcamo, "chance": self.chance, "neighbour_share": self.neighbour_share,
+                "background_share": self.background_share, "outside_share": self.outside_share,
+                "reason": self.reason}
+
+
+def score_cam(
+    cam: np.ndarray,
+    cell_mask: np.ndarray,
+    other_mask: np.ndarray | None = None,
+    inside_image: np.ndarray | None = None,
+) -> Score:
+    """Score a non-negative ``cam`` already on the crop grid (same shape as ``cell_mask``).
+
+    ``inside_image`` marks voxels that lie in the image (False on border padding); everything that is
+    neither the cell, a neighbour nor padding is background.
+    """
+    cam = np.asarray(cam, dtype=np.float64)
+    if cam.shape != cell_mask.shape:
+        raise ValueError(f"CAM shape {cam.shape} differs from mask shape {cell_mask.shape}.")
+    if np.any(cam < 0):
+        raise ValueError("Grad-CAMO needs a non-negative map; apply ReLU to the CAM first.")
+    cell_mask = cell_mask.astype(bool)
+    other_mask = np.zeros_like(cell_mask) if other_mask is None else other_mask.astype(bool)
+    outside = np.zeros_like(cell_mask) if inside_image is None else ~inside_image.astype(bool)
+    chance = float(cell_mask.mean())
+    total = float(cam.sum())
+    nan = float("nan")
+    if not cell_mask.any():
+        return Score(nan, chance, nan, nan, nan, "the cell's mask is empty in its crop")
+    if not np.isfinite(total):
+        return Score(nan, chance, nan, nan, nan, "the Grad-CAM map is not finite")
+    if total <= 0.0:
+        return Score(nan, chance, nan, nan, nan, "the Grad-CAM map is zero everywhere (no positive evidence)")
+    on_cell = float(cam[cell_mask].sum()) / total
+    on_neighbours = float(cam[other_mask & ~cell_mask].sum()) / total
+    on_outside = float(cam[outside & ~cell_mask & ~other_mask].sum()) / total
+    background = max(0.0, 1.0 - on_cell - on_neighbours - on_outside)
+    return Score(on_cell, chance, on_neighbours, background, on_outside)
+
+
+def inside_image_mask(shape, padding) -> np.ndarray:
+    """Boolean mask of a crop's voxels that lie inside the image, from its per-axis padding."""
+    mask = np.zeros(shape, dtype=bool)
+    mask[tuple(slice(before, size - after) for size, (before, after) in zip(shape, padding))] = True
+    return mask

@@ -1,0 +1,37 @@
+"""Command line: ``gradcamo audit | layers | demo | train | profile | synthetic``.
+
+Each subcommand lives in its own module with a ``register(subparsers)`` function; the option defaults
+come from the settings dataclasses of the core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = ("audit", "demo", "train", "profile")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradcamo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"napari_gradcamo.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from napari_gradcamo.io.images import ImageError
+    from napari_gradcamo.models.metadata import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ImageError, CheckpointError, ValueError) as error:
+        print(f"gradcamo: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Cell-centred crops cut from an image and its labels."""

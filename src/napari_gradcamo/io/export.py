@@ -1,0 +1,250 @@
+"""Export flagged cells (no Qt): the table, one OME-TIFF per cell and a PNG gallery.
+
+Layout under the chosen folder (``stem`` defaults to ``gradcamo``)::
+
+    gradcamo_table.csv / gradcamo_table.parquet   every row of the table (flagged column included),
+                                                  plus crop_file and crop_origin_z/y/x for exported cells
+    cells/cell_00007.ome.tif                      CZYX float32: the image channels, 'mask' (the cell, 1/0)
+                                                  and 'gradcam' (the raw map on the crop grid); voxel size
+                                                  and channel names in the OME metadata
+    gallery/gallery_001.png                       per cell: max projection, mask outline, CAM overlay,
+                                                  Grad-CAMO, chance and predicted class
+
+Nothing is overwritten unless ``overwrite=True``: when any target file exists, :class:`ExportExistsError`
+lists them before a single file is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from napari_gradcamo.crops.extract import crop_origin, window
+from napari_gradcamo.io.images import Image, ImageError
+from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
+
+CELLS_DIR = "cells"
+GALLERY_DIR = "gallery"
+PANELS_PER_PAGE = 24
+GALLERY_COLUMNS = 6
+
+
+class ExportExistsError(FileExistsError):
+    """Some files of the export already exist; nothing was written."""
+
+    def __init__(self, existing: Sequence[Path]):
+        self.existing = [Path(p) for p in existing]
+        shown = ", ".join(str(p) for p in self.existing[:5])
+        more = f" and {len(self.existing) - 5} more" if len(self.existing) > 5 else ""
+        super().__init__(
+            f"{len(self.existing)} file(s) of this export already exist ({shown}{more}); nothing was written. "
+            "Choose an empty folder or allow overwriting."
+        )
+
+
+@dataclass
+class ExportResult:
+    """Where the export went."""
+
+    folder: Path
+    table_csv: Path
+    table_parquet: Path
+    cell_files: dict[int, Path] = field(default_factory=dict)
+    gallery: list[Path] = field(default_factory=list)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.table_csv, self.table_parquet, *self.cell_files.values(), *self.gallery]
+
+    def describe(self) -> str:
+        return (
+            f"Exported {len(self.cell_files)} cell(s) to {self.folder}: table {self.table_csv.name} "
+            f"(+ .parquet), {len(self.cell_files)} OME-TIFF(s) in {CELLS_DIR}/, "
+            f"{len(self.gallery)} gallery page(s) in {GALLERY_DIR}/."
+        )
+
+
+def _targets(folder: Path, stem: str, labels: Sequence[int], gallery: bool) -> tuple[Path, Path, dict[int, Path], list[Path]]:
+    csv, parquet = folder / f"{stem}_table.csv", folder / f"{stem}_table.parquet"
+    cells = {int(l): folder / CELLS_DIR / f"cell_{int(l):05d}.ome.tif" for l in labels}
+    pages = int(np.ceil(len(labels) / PANELS_PER_PAGE)) if gallery else 0
+    pngs = [folder / GALLERY_DIR / f"{stem}_gallery_{i + 1:03d}.png" for i in range(pages)]
+    return csv, parquet, cells, pngs
+
+
+def _cell_origin(row: pd.Series, cams: Mapping, crop_shape: Sequence[int]) -> tuple[int, int, int]:
+    cam = cams.get(int(row["label"]))
+    if cam is not None:
+        return tuple(int(o) for o in cam.origin)
+    return crop_origin((row["centroid_z"], row["centroid_y"], row["centroid_x"]), crop_shape)
+
+
+def _cam_on_grid(cam, crop_shape: Sequence[int]) -> np.ndarray:
+    if cam is None:
+        return np.zeros(tuple(crop_shape), np.float32)
+    return np.asarray(cam.on_crop_grid(), dtype=np.float32)
+
+
+def write_cell_tiff(path: Path, pixels: np.ndarray, channel_names: Sequence[str], voxel_size: Sequence[float]) -> Path:
+    """One ``CZYX`` float32 OME-TIFF with channel names and physical voxel size (µm)."""
+    import tifffile
+
+    z, y, x = (float(v) for v in voxel_size)
+    metadata = {
+        "axes": "CZYX",
+        "PhysicalSizeX": x,
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": y,
+        "PhysicalSizeYUnit": "µm",
+        "PhysicalSizeZ": z,
+        "PhysicalSizeZUnit": "µm",
+        "Channel": {"Name": list(channel_names)},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, np.ascontiguousarray(pixels, dtype=np.float32), ome=True, photometric="minisblack",
+                     metadata=metadata, compression="zlib")
+    return path
+
+
+def _display(pixels: np.ndarray) -> np.ndarray:
+    """A grey max projection of all channels, each scaled to its 1st-99.8th percentile."""
+    proj = pixels.max(axis=1)  # (C, y, x)
+    out = np.zeros(proj.shape[1:], np.float32)
+    for channel in proj:
+        lo, hi = np.percentile(channel, [1.0, 99.8])
+        if hi > lo:
+            out += np.clip((channel - lo) / (hi - lo), 0, 1)
+    return out / max(len(proj), 1)
+
+
+def _fmt(value, digits: int = 2) -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return "NaN" if not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def write_gallery(pages: Sequence[Path], panels: Sequence[dict], title: str = "") -> list[Path]:
+    """Draw panels (dicts with image, mask, cam, text) on pages of :data:`PANELS_PER_PAGE`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    written = []
+    for page, path in enumerate(pages):
+        chunk = panels[page * PANELS_PER_PAGE : (page + 1) * PANELS_PER_PAGE]
+        cols = min(GALLERY_COLUMNS, max(len(chunk), 1))
+        rows = int(np.ceil(len(chunk) / cols))
+        fig = Figure(figsize=(2.3 * cols, 2.6 * rows + 0.4), dpi=110)
+        FigureCanvasAgg(fig)
+        for i, panel in enumerate(chunk):
+            ax = fig.add_subplot(rows, cols, i + 1)
+            ax.imshow(panel["image"], cmap="gray", interpolation="nearest")
+            cam = panel["cam"]
+            if cam is not None and cam.max() > 0:
+                shown = np.ma.masked_less_equal(cam / cam.max(), 0.05)
+                ax.imshow(shown, cmap="inferno", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+            if panel["mask"].any():
+                ax.contour(panel["mask"].astype(float), levels=[0.5], colors=["#00e5ff"], linewidths=1.0)
+            ax.set_title(panel["text"], fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if title:
+            fig.suptitle(f"{title} (page {page + 1}/{len(pages)})", fontsize=9)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        written.append(path)
+    return written
+
+
+def export_flagged(
+    out_dir: str | Path,
+    image: Image,
+    labels: np.ndarray,
+    table: pd.DataFrame,
+    cams: Mapping | None = None,
+    crop_shape: Sequence[int] | None = None,
+    *,
+    only_flagged: bool = True,
+    overwrite: bool = False,
+    gallery: bool = True,
+    stem: str = "gradcamo",
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> ExportResult:
+    """Export the table and, for each flagged cell (or every row), an OME-TIFF crop and a gallery panel.
+
+    ``cams`` maps label → :class:`~napari_gradcamo.audit.run.CellCam` (crop position and raw map);
+    ``crop_shape`` (z, y, x) is needed only for cells without a CAM (default: the CAMs' crop shape).
+    Returns the paths written; raises :class:`ExportExistsError` (before writing) when files exist.
+    """
+    cams = dict(cams or {})
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels[np.newaxis]
+    if tuple(labels.shape) != image.spatial_shape:
+        raise ImageError(f"Labels shape {tuple(labels.shape)} differs from the image's ZYX shape {image.spatial_shape}.")
+    if "label" not in table or "flagged" not in table:
+        raise ValueError("The table needs 'label' and 'flagged' columns (see napari_gradcamo.audit.results.SCHEMA).")
+    chosen = table[table["flagged"].astype(bool)] if only_flagged else table
+    chosen = chosen.sort_values("label")
+    if crop_shape is None:
+        shapes = {tuple(c.crop_shape) for c in cams.values()}
+        if len(shapes) > 1:
+            raise ValueError(f"The CAMs have different crop shapes {sorted(shapes)}; pass crop_shape.")
+        crop_shape = shapes.pop() if shapes else None
+    if crop_shape is None and len(chosen):
+        raise ValueError("No Grad-CAM maps were given, so the crop size is unknown: pass crop_shape (z, y, x).")
+    folder = Path(out_dir)
+    ids = [int(l) for l in chosen["label"]]
+    csv, parquet, cell_paths, pages = _targets(folder, stem, ids, gallery and bool(ids))
+    existing = [p for p in [csv, parquet, *cell_paths.values(), *pages] if p.exists()]
+    if existing and not overwrite:
+        raise ExportExistsError(existing)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    out_table = table.copy()
+    out_table["crop_file"] = ""
+    for axis in "zyx":
+        out_table[f"crop_origin_{axis}"] = np.nan
+    names = [*image.channel_names, "mask", "gradcam"]
+    panels = []
+    total = len(chosen) + 1
+    for done, (_, row) in enumerate(chosen.iterrows()):
+        check(cancel, "the export")
+        label = int(row["label"])
+        origin = _cell_origin(row, cams, crop_shape)
+        pixels, _ = window(image.data, origin, crop_shape)
+        label_crop, _ = window(labels, origin, crop_shape)
+        mask = (label_crop == label).astype(np.float32)
+        cam = _cam_on_grid(cams.get(label), crop_shape)
+        stack = np.concatenate([pixels.astype(np.float32), mask[None], cam[None]], axis=0)
+        write_cell_tiff(cell_paths[label], stack, names, image.voxel_size)
+        where = out_table["label"] == label
+        out_table.loc[where, "crop_file"] = str(cell_paths[label].relative_to(folder))
+        out_table.loc[where, ["crop_origin_z", "crop_origin_y", "crop_origin_x"]] = origin
+        if gallery:
+            text = (
+                f"cell {label} · Grad-CAMO {_fmt(row.get('gradcamo'))} (chance {_fmt(row.get('chance'))})\n"
+                f"{row.get('predicted_class') or '?'} p={_fmt(row.get('probability'))}"
+                + ("" if label in cams else " · no Grad-CAM")
+            )
+            panels.append({
+                "image": _display(pixels),
+                "mask": mask.max(axis=0) > 0,
+                "cam": cam.max(axis=0) if label in cams else None,
+                "text": text,
+            })
+        report(progress, done + 1, total, f"cell {label}")
+    for column in ("crop_file",):
+        out_table[column] = out_table[column].astype(str)
+    out_table.to_csv(csv, index=False)
+    out_table.to_parquet(parquet, index=False)
+    written = write_gallery(pages, panels, f"{image.source or 'image'}: flagged cells") if gallery and panels else []
+    report(progress, total, total, f"exported {len(cell_paths)} cell(s)")
+    return ExportResult(folder, csv, parquet, cell_paths, written)

@@ -1,0 +1,1 @@
+"""Checkpoint format and the architectures it can build."""

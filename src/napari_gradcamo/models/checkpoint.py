@@ -1,0 +1,125 @@
+"""Checkpoint files: safetensors weights + JSON metadata in the header (or a .pt state dict + sidecar JSON).
+
+Never pickle: a pickled whole model is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_gradcamo.models.architectures import build_model
+from napari_gradcamo.models.metadata import CheckpointError, ModelBundle, ModelMetadata
+
+METADATA_KEY = "napari_gradcamo"
+
+
+def save_checkpoint(path: str | Path, model, metadata: ModelMetadata) -> Path:
+    """Write ``model``'s weights and ``metadata`` to one ``.safetensors`` file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={METADATA_KEY: metadata.to_json()})
+    return path
+
+
+def _read_safetensors(path: Path):
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as error:  # safetensors raises its own SafetensorError and OSError variants
+        raise CheckpointError(
+            f"{path.name} is not a readable safetensors file ({error}); the file is corrupt or truncated. "
+            "Copy it again or re-export it with napari_gradcamo.models.checkpoint.save_checkpoint."
+        ) from error
+    if METADATA_KEY in header:
+        return state, json.loads(header[METADATA_KEY])
+    return state, None
+
+
+def _read_state_dict_pt(path: Path):
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"Refused {path.name}: it is a pickled Python object (e.g. a whole model saved with torch.save(model)), "
+            "and loading it could run arbitrary code. Save only the weights: "
+            "torch.save(model.state_dict(), 'model.pt') plus a JSON metadata file, or use save_checkpoint()."
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path.name} is not a readable PyTorch weights file ({error}); it looks corrupt.") from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
+        raise CheckpointError(f"{path.name} does not hold a state dict (a mapping of names to tensors).")
+    return state
+
+
+def _sidecar_metadata(path: Path) -> dict | None:
+    sidecar = path.with_suffix(".json")
+    if not sidecar.exists():
+        return None
+    try:
+        return json.loads(sidecar.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"Metadata file {sidecar.name} is not valid JSON: {error}.") from error
+
+
+def load_checkpoint(path: str | Path) -> ModelBundle:
+    """Load a classifier safely from ``.safetensors`` (metadata inside or beside) or a ``.pt`` state dict."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint {path} does not exist.")
+    if path.suffix == ".safetensors":
+        state, meta = _read_safetensors(path)
+    elif path.suffix in (".pt", ".pth", ".bin"):
+        state, meta = _read_state_dict_pt(path), None
+    else:
+        raise CheckpointError(f"{path.name}: unknown checkpoint type; use .safetensors (preferred) or a .pt state dict.")
+    meta = meta or _sidecar_metadata(path)
+    if meta is None:
+        raise CheckpointError(
+            f"{path.name} carries no napari-gradcamo metadata and no {path.with_suffix('.json').name} lies beside it; "
+            "write one with architecture, class_names, channel_names and crop_shape."
+        )
+    metadata = ModelMetadata.from_dict(meta, path.name)
+    model = build_model(metadata)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"The weights in {path.name} do not fit architecture '{metadata.architecture}' "
+            f"with {len(metadata.channel_names)} channels and {len(metadata.class_names)} classes: {error}"
+        ) from error
+    model.eval()
+    return ModelBundle(model, metadata, str(path))
+
+
+def normalize_crops(crops: np.ndarray, normalization: dict[str, Any]) -> np.ndarray:
+    """Normalise a batch of crops (B, C, z, y, x) as the model was trained."""
+    method = normalization.get("method", "none")
+    crops = crops.astype(np.float32, copy=False)
+    if method == "none":
+        return crops
+    if method == "fixed":
+        mean = np.asarray(normalization["mean"], np.float32)[None, :, None, None, None]
+        std = np.asarray(normalization["std"], np.float32)[None, :, None, None, None]
+        return (crops - mean) / np.maximum(std, 1e-6)
+    if method == "percentile":
+        flat = crops.reshape(crops.shape[0], crops.shape[1], -1)
+        low = np.percentile(flat, normalization.get("low", 1.0), axis=-1)[..., None, None, None]
+        high = np.percentile(flat, normalization.get("high", 99.8), axis=-1)[..., None, None, None]
+        return (crops - low) / np.maximum(high - low, 1e-6)
+    raise CheckpointError(f"Unknown normalization method '{method}'; use 'fixed', 'percentile' or 'none'.")

@@ -1,0 +1,1 @@
+"""Single-cell profiles from a model layer: extraction, sphering, UMAP."""

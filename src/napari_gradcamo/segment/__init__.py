@@ -1,0 +1,1 @@
+"""Cell segmentation: the cellpose adapter and the offline generalist weights."""

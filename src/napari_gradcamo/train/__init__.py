@@ -1,0 +1,1 @@
+"""Training classifiers on cell crops: field lists, the loop, the Grad-CAMO regulariser."""

@@ -1,0 +1,84 @@
+"""Profiles dock: compute profiles for the viewer's cells, UMAP ↔ labels linking both ways, loaded tables."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_gradcamo._qt.profiles import ALL_IMAGES, ProfilesWidget
+from napari_gradcamo._sample_data import field_layers
+
+
+@pytest.fixture
+def setup(make_napari_viewer, plugin_field, plugin_checkpoint, monkeypatch):
+    import napari_gradcamo.profiles.extract as P
+
+    # the UMAP itself is tested in test_profiles.py; a 2-component PCA keeps this test fast
+    monkeypatch.setattr(P, "embed_umap", lambda x, seed=0, **kw: np.linalg.svd(x - x.mean(0), full_matrices=False)[0][:, :2])
+    viewer = make_napari_viewer()
+    added = [getattr(viewer, f"add_{kind}")(data, **kw) for data, kw, kind in field_layers(plugin_field)]
+    widget = ProfilesWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.synchronous = True
+    return viewer, widget, added[-1]
+
+
+def test_compute_then_click_a_point_selects_its_cell_and_back(setup, plugin_field, plugin_checkpoint):
+    viewer, widget, labels = setup
+    assert widget.labels_layer is labels and not widget.compute_button.isEnabled()
+    assert widget.load_model(plugin_checkpoint) and widget.feature_layer() == "stage3"
+    assert widget.compute_button.isEnabled()
+    assert widget.compute()
+    table = widget.table
+    assert len(table) == plugin_field.n_cells and {"gradcamo", "umap_1", "umap_2", "s_000"} <= set(table.columns)
+    assert "Profiles failed" not in widget.panel.status.text()
+    assert widget._scatter.get_offsets().shape == (plugin_field.n_cells, 2)
+    # point → cell (a matplotlib pick on the scatter)
+    row = 3
+    widget._on_pick(SimpleNamespace(artist=widget._scatter, ind=np.array([row])))
+    assert labels.selected_label == int(table["label"].iat[row])
+    assert widget.highlighted == [row]
+    # cell → point
+    labels.selected_label = int(table["label"].iat[1])
+    assert widget.highlighted == [1]
+    np.testing.assert_allclose(widget._highlight.get_offsets()[0], table.loc[1, ["umap_1", "umap_2"]].to_numpy(float))
+    for key in ("class", "site", "gradcamo", "predicted_class"):
+        widget.color_combo.setCurrentText(key)
+        assert widget._scatter is not None
+
+
+def test_loaded_table_links_only_the_chosen_images_rows(setup, tmp_path):
+    viewer, widget, labels = setup
+    rng = np.random.default_rng(0)
+    rows = [{"image": image, "label": k, "umap_1": rng.normal(), "umap_2": rng.normal(), "class": "control",
+             "site": 1, "gradcamo": 0.5} for image in ("a.tif", "b.tif") for k in (1, 2, 3)]
+    path = tmp_path / "umap.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    assert widget.load_table(path)
+    assert [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())] == [ALL_IMAGES, "a.tif", "b.tif"]
+    widget.image_combo.setCurrentText("b.tif")
+    assert widget.linked_rows().tolist() == [3, 4, 5]
+    widget._on_pick(SimpleNamespace(artist=widget._scatter, ind=np.array([1])))  # the 2nd linked point: b.tif, label 2
+    assert labels.selected_label == 2 and widget.highlighted == [4]
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"x": [1]}).to_parquet(bad)
+    assert not widget.load_table(bad) and "lacks" in widget.panel.status.text()
+
+
+def test_a_checkpoint_from_gradcamo_train_loads_in_the_audit_widget(make_napari_viewer, plugin_field, tmp_path):
+    from napari_gradcamo._qt import AuditWidget
+    from napari_gradcamo.crops.datasets import crops_from_fields
+    from napari_gradcamo.synthetic.experiment import scenario_fields
+    from napari_gradcamo.train.loop import TrainConfig, fit
+
+    data = crops_from_fields(scenario_fields("honest", 4, 2, n_cells=6, shape=(12, 48, 48), sites_per_well=1), [8, 32, 32])
+    config = TrainConfig(architecture_kwargs={"width": 4}, epochs=1, batch_size=8, val_fraction=0.0, device="cpu")
+    result = fit(data, ["control", "treated"], ["DNA", "ER", "RNA", "AGP", "Mito"], [8, 32, 32], config, tmp_path)
+    viewer = make_napari_viewer()
+    for layer_data, kw, kind in field_layers(plugin_field):
+        getattr(viewer, f"add_{kind}")(layer_data, **kw)
+    widget = AuditWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.load_model(result.checkpoint)
+    assert widget.bundle.metadata.training["config"]["epochs"] == 1
