@@ -371,6 +371,7 @@ BAD_OPTIONS = {
     "--device mps": (["--device", "mps"], "no such device"),
     "--channel-map a,b": (["--channel-map", "a,b"], "whole numbers separated by commas"),
     "--target-class unknown": (["--target-class", "mutant"], "Unknown target class 'mutant'"),
+    "--batch-size beyond memory": (["--batch-size", "100000000"], "Lower --batch-size"),
 }
 if not torch.cuda.is_available():
     BAD_OPTIONS["--device cuda"] = (["--device", "cuda"], "no such device")
@@ -405,6 +406,14 @@ def test_non_finite_model_outputs_give_nan_and_a_reason(data, tmp_path, capsys):
     assert table[[c for c in table if c.startswith("prob_")]].isna().all().all()
     assert table["gradcamo"].isna().all() and table["reason"].str.contains("not finite").all()
     assert table["flagged"].all()
+
+
+def test_run_record_of_in_memory_data_says_so():
+    from napari_gradcamo.audit.provenance import start_record
+
+    record = start_record("audit", "honest (trained)", {}, {"image": "", "layer": "nuclei"}, {})
+    assert record["checkpoint"]["note"].startswith("not a file") and "sha256" not in record["checkpoint"]
+    assert record["inputs"] == {"image": None, "layer": {"path": "nuclei", "note": record["checkpoint"]["note"]}}
 
 
 def test_float32_overflow_is_refused_by_the_api(data):

@@ -43,6 +43,16 @@ def file_record(path: str | Path, with_hash: bool = False) -> dict[str, Any]:
     return record
 
 
+def _source_record(path: str | Path | None, with_hash: bool = False) -> dict[str, Any] | None:
+    """:func:`file_record` for a file; for something that is not a file (a napari layer, a model built in
+    memory) its name only, said plainly."""
+    if path is None or str(path) == "":
+        return None
+    if not Path(path).is_file():
+        return {"path": str(path), "note": "not a file (in-memory data or a napari layer)"}
+    return file_record(path, with_hash)
+
+
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in _PACKAGES:
@@ -63,9 +73,9 @@ def start_record(kind: str, checkpoint: str | Path | None, checkpoint_metadata: 
     return {
         "record_version": RECORD_VERSION,
         "kind": kind,
-        "checkpoint": None if checkpoint is None else {**file_record(checkpoint, with_hash=True),
+        "checkpoint": None if checkpoint is None else {**_source_record(checkpoint, with_hash=True),
                                                        "metadata": checkpoint_metadata},
-        "inputs": {name: (None if path is None else file_record(path)) for name, path in inputs.items()},
+        "inputs": {name: _source_record(path) for name, path in inputs.items()},
         "settings": json.loads(json.dumps({name: _plain(value) for name, value in settings.items()}, default=str)),
         "versions": package_versions(),
         "started": now(),

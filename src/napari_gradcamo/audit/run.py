@@ -198,6 +198,7 @@ def iter_audit(
     target = resolve_target_class(settings.target_class, meta.class_names)
     crop_shape = tuple(meta.crop_shape)
     batch_size = settings.batch_size
+    meta.check_batch_memory(batch_size)  # estimated before any crop is allocated
     done = 0
     with CamEngine(bundle.model, layer, settings.method, settings.device) as engine:
         for start in range(0, len(cells), batch_size):

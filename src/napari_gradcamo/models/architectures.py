@@ -166,6 +166,30 @@ def requested_factory(metadata: ModelMetadata) -> str | None:
     return checked_factory_spec(metadata.architecture_kwargs.get(FACTORY_KEY), "architecture_kwargs.factory")
 
 
+def factory_location(spec: str) -> str:
+    """Where the module of ``spec`` would be imported from — found without importing (or running) anything:
+    the top-level package is located by the import system's finders, the rest by path."""
+    import importlib.util
+    from pathlib import Path
+
+    module_name = checked_factory_spec(spec).partition(":")[0]
+    top, *rest = module_name.split(".")
+    try:
+        found = importlib.util.find_spec(top)  # a top-level name: located, not executed
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        return f"module '{module_name}' is not installed (nothing to import)"
+    if not rest:
+        return found.origin or "a built-in module"
+    for folder in found.submodule_search_locations or []:
+        base = Path(folder, *rest)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return str(candidate)
+    return f"inside {found.origin} (file of '{module_name}' not found by path)"
+
+
 def untrusted_message(spec: str, source: str = "") -> str:
     return (
         f"The checkpoint{' ' + source if source else ''} asks to run the Python function '{spec}' to build its "

@@ -182,6 +182,27 @@ class ModelMetadata(BaseModel):
         """Memory (bytes) of ``batch_size`` float32 crops with every channel: estimated before allocating."""
         return 4 * batch_size * len(self.channel_names) * math.prod(self.crop_shape)
 
+    def check_batch_memory(self, batch_size: int) -> None:
+        """Refuse a batch whose crops (raw, normalised, on the device: ×3) would not fit in the free memory."""
+        need = 3 * self.crop_bytes(batch_size)
+        free = _free_memory()
+        if free is not None and need > free:
+            raise ValueError(
+                f"A batch of {batch_size} crops of {'×'.join(map(str, self.crop_shape))} voxels × "
+                f"{len(self.channel_names)} channels needs about {need / 1e9:.1f} GB; {free / 1e9:.1f} GB are free. "
+                "Lower --batch-size (or use a checkpoint with a smaller crop)."
+            )
+
+
+def _free_memory() -> int | None:
+    """Bytes of memory free now (Linux/macOS ``sysconf``); None where unknown."""
+    import os
+
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
 
 def _unique(names: list[str], key) -> list[str]:
     seen: dict[str, str] = {}
