@@ -20,6 +20,7 @@ import tifffile
 import torch
 
 from napari_gradcamo.audit import results
+from napari_gradcamo.audit.provenance import describe
 from napari_gradcamo.audit.run import AuditSettings, run_audit
 from napari_gradcamo.cli import main
 from napari_gradcamo.io.atomic import TEMP_PREFIX
@@ -340,9 +341,19 @@ def test_bad_labels_are_refused_by_cli_and_api_alike(data, tmp_path, capsys, kin
 
 @pytest.mark.parametrize("big_id", [2**31 - 1, 2**40, 2**62])
 def test_huge_label_ids_keep_their_id_and_cost_no_memory(data, big_id):
+    import tracemalloc
+
+    from napari_gradcamo.crops.extract import cell_table
+
     labels = tifffile.imread(data["masks"]).astype(np.uint64)
     first = int(labels.max())
     labels[labels == first] = big_id
+    tracemalloc.start()
+    cells = cell_table(labels)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 40 * labels.nbytes  # one entry per id up to 2**31 alone would be 17 GB
+    assert [c.label for c in cells][-1] == big_id
     table = run_audit(read_image(data["image"]), labels, load_checkpoint(HONEST)).table
     assert big_id in set(table["label"].astype(np.uint64).tolist())
     assert len(table) == len(np.unique(labels)) - 1
@@ -498,6 +509,8 @@ def test_run_record_names_checkpoint_image_settings_and_versions(data, tmp_path,
     assert record["versions"]["torch"] == torch.__version__.split("+")[0] or record["versions"]["torch"] == torch.__version__
     assert record["completed"] is True and record["started"] <= record["ended"]
     assert record["cells_done"] == record["cells_total"] == summary["cells"]
+    assert describe(record).startswith(f"made by honest.safetensors (SHA-256 {record['checkpoint']['sha256'][:12]}")
+    assert describe(record).endswith("complete")
 
 
 def test_failed_parquet_write_leaves_the_previous_pair_untouched(tmp_path):
@@ -557,6 +570,7 @@ def test_interrupt_writes_finished_rows_marked_incomplete_and_resume_finishes(da
     partial = pd.read_parquet(parquet)
     record = results.read_run_record(parquet)
     assert record["completed"] is False and record["cells_done"] == len(partial) == 2 < record["cells_total"]
+    assert f"INCOMPLETE: 2 of {record['cells_total']} cells" in describe(record)
     monkeypatch.setattr(audit_cli, "progress_bar", real_bar)
     code, err = run(audit_argv(data, out, "--batch-size", "1"), capsys)
     assert_refused(code, err, "Results already exist")  # a plain re-run does not wipe the finished rows

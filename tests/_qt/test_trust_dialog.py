@@ -9,7 +9,6 @@ from napari_gradcamo.models.bundled import bundled_model_path
 
 def _custom_checkpoint(tmp_path, factory):
     from analytic_models import channel_mean_classifier
-
     from napari_gradcamo.models.checkpoint import save_checkpoint
     from napari_gradcamo.models.metadata import ModelMetadata
 

@@ -101,3 +101,15 @@ def same_run(record: dict[str, Any], other: dict[str, Any]) -> list[str]:
     if record.get("settings") != other.get("settings"):
         differences.append("settings")
     return differences
+
+
+def describe(record: dict[str, Any] | None) -> str:
+    """One line for a GUI or a log: which checkpoint made the table, when, and whether the run completed."""
+    if not record:
+        return "no run record (made before records existed, or outside napari-gradcamo)"
+    ckpt = record.get("checkpoint") or {}
+    name = Path(str(ckpt.get("path", "?"))).name
+    digest = f" (SHA-256 {ckpt['sha256'][:12]}…)" if ckpt.get("sha256") else ""
+    state = "complete" if record.get("completed") else (
+        f"INCOMPLETE: {record.get('cells_done', '?')} of {record.get('cells_total', '?')} cells")
+    return f"made by {name}{digest}, {record.get('ended') or record.get('started')}, {state}"

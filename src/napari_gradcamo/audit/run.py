@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import weakref
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -35,9 +36,9 @@ class AuditSettings:
 
     def validate(self) -> None:
         """Refuse out-of-range values (never coerce them): batch size ≥ 1, threshold a number in 0..1."""
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
             raise ValueError(f"batch_size {self.batch_size!r} must be a whole number ≥ 1.")
-        if not isinstance(self.threshold, (int, float)) or not 0.0 <= float(self.threshold) <= 1.0:
+        if not isinstance(self.threshold, numbers.Real) or not 0.0 <= float(self.threshold) <= 1.0:
             raise ValueError(f"threshold {self.threshold!r} must be a number in 0..1 (NaN flags nothing).")
 
 
@@ -197,7 +198,7 @@ def iter_audit(
         cells = [c for c in cells if c.label in wanted]
     target = resolve_target_class(settings.target_class, meta.class_names)
     crop_shape = tuple(meta.crop_shape)
-    batch_size = settings.batch_size
+    batch_size = int(settings.batch_size)
     meta.check_batch_memory(batch_size)  # estimated before any crop is allocated
     done = 0
     with CamEngine(bundle.model, layer, settings.method, settings.device) as engine:
