@@ -513,6 +513,23 @@ def test_run_record_names_checkpoint_image_settings_and_versions(data, tmp_path,
     assert describe(record).endswith("complete")
 
 
+def test_export_carries_the_run_record_and_refuses_to_replace_it(data, tmp_path):
+    from napari_gradcamo.audit.provenance import finish_record, start_record
+    from napari_gradcamo.io.export import ExportExistsError, export_flagged
+
+    image, labels, bundle = read_image(data["image"]), tifffile.imread(data["masks"]), load_checkpoint(HONEST)
+    result = run_audit(image, labels, bundle, AuditSettings(threshold=1.0))
+    record = finish_record(start_record("audit", HONEST, bundle.metadata.model_dump(), {"image": data["image"]}, {}),
+                           True, cells_done=len(result.table), cells_total=len(result.table))
+    export = export_flagged(tmp_path / "export", image, labels, result.table, result.cams, run_record=record)
+    assert results.read_run_record(export.table_parquet) == json.loads(json.dumps(record)) == \
+        results.read_run_record(export.table_csv)
+    before = snapshot(tmp_path / "export")
+    with pytest.raises(ExportExistsError, match="nothing was written"):
+        export_flagged(tmp_path / "export", image, labels, result.table, result.cams, run_record=record, gallery=False)
+    assert snapshot(tmp_path / "export") == before
+
+
 def test_failed_parquet_write_leaves_the_previous_pair_untouched(tmp_path):
     good = pd.DataFrame({"label": [1, 2], "gradcamo": [0.5, 0.7]})
     results.write_table(good, tmp_path, "t", {"completed": True})

@@ -25,6 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from napari_gradcamo.audit.provenance import describe
 from napari_gradcamo.audit.results import write_table
 from napari_gradcamo.crops.extract import crop_origin, window
 from napari_gradcamo.io.atomic import write_with
@@ -256,6 +257,7 @@ def export_flagged(
     for column in ("crop_file",):
         out_table[column] = out_table[column].astype(str)
     write_table(out_table, folder, csv.stem, run_record)
-    written = write_gallery(pages, panels, f"{image.source or 'image'}: flagged cells") if gallery and panels else []
+    title = f"{Path(image.source).name or 'image'}: flagged cells" + (f"\n{describe(run_record)}" if run_record else "")
+    written = write_gallery(pages, panels, title) if gallery and panels else []
     report(progress, total, total, f"exported {len(cell_paths)} cell(s)")
     return ExportResult(folder, csv, parquet, cell_paths, written)
