@@ -3,17 +3,9 @@ imported before the user trusts it."""
 
 import sys
 
+from bad_inputs_common import custom_checkpoint
 from napari_gradcamo._qt.trust_dialog import load_checkpoint_confirmed, trust_message_box
 from napari_gradcamo.models.bundled import bundled_model_path
-
-
-def _custom_checkpoint(tmp_path, factory):
-    from analytic_models import channel_mean_classifier
-    from napari_gradcamo.models.checkpoint import save_checkpoint
-    from napari_gradcamo.models.metadata import ModelMetadata
-
-    meta = ModelMetadata("custom", ["on", "off"], ["a", "b"], [2, 8, 8], architecture_kwargs={"factory": factory})
-    return save_checkpoint(tmp_path / "lab.safetensors", channel_mean_classifier(2, 2), meta)
 
 
 def test_dialog_names_module_function_and_file_and_imports_nothing(qtbot, tmp_path, monkeypatch):
@@ -21,7 +13,7 @@ def test_dialog_names_module_function_and_file_and_imports_nothing(qtbot, tmp_pa
     (tmp_path / "lab_factory_gui.py").write_text(
         f"open({str(marker)!r}, 'w').write('x')\nfrom analytic_models import channel_mean_classifier as build\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    ckpt = _custom_checkpoint(tmp_path, "lab_factory_gui:build")
+    ckpt = custom_checkpoint(tmp_path, "lab_factory_gui:build")
     shown = []
 
     def decline(box):
