@@ -104,7 +104,12 @@ def test_any_torch_classifier_via_factory(tmp_path):
     meta = ModelMetadata("custom", ["on", "off"], ["a", "b"], [2, 8, 8],
                          architecture_kwargs={"factory": "analytic_models:channel_mean_classifier"})
     path = save_checkpoint(tmp_path / "c.safetensors", channel_mean_classifier(2, 2), meta)
-    assert type(load_checkpoint(path).model).__name__ == "ChannelMeanClassifier"
+    with pytest.raises(CheckpointError, match="--trust-factory analytic_models:channel_mean_classifier"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="Nothing was imported"):
+        load_checkpoint(path, trusted_factory="analytic_models:other_function")
+    bundle = load_checkpoint(path, trusted_factory="analytic_models:channel_mean_classifier")
+    assert type(bundle.model).__name__ == "ChannelMeanClassifier"
 
 
 @pytest.mark.parametrize("name", ["efficientnet-b0", "efficientnet-b3", "efficientnet-b7"])

@@ -16,6 +16,11 @@ from napari_gradcamo.audit.cam import CamEngine, upsample
 from napari_gradcamo.audit.scoring import Score, inside_image_mask, score_cam
 from napari_gradcamo.models.checkpoint import normalize_crops
 
+#: Scores of a cell whose model output (probabilities or map) is NaN/Inf: undefined, with the reason.
+NON_FINITE_SCORES = {"gradcamo": float("nan"), "neighbour_share": float("nan"), "background_share": float("nan"),
+                     "outside_share": float("nan"),
+                     "reason": "model output not finite (NaN/Inf): check the weights, normalisation and image range"}
+
 Padding = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
 
@@ -43,16 +48,18 @@ class ScoredBatch:
         """Per cell, the results-table columns the model decides: prediction, class probabilities, the
         explained class, every score, and how the map was made."""
         rows = []
-        for p, t, s in zip(self.probabilities, self.targets, self.scores):
+        for p, t, s, m in zip(self.probabilities, self.targets, self.scores, self.raw_maps):
+            finite = bool(np.isfinite(p).all() and np.isfinite(m).all())
+            scores = s.columns() if finite else {**s.columns(), **NON_FINITE_SCORES}
             rows.append({
-                "predicted_class": class_names[int(np.argmax(p))],
-                "probability": float(np.max(p)),
-                "target_class": class_names[int(t)],
-                **s.columns(),
+                "predicted_class": class_names[int(np.argmax(p))] if finite else "",
+                "probability": float(np.max(p)) if finite else float("nan"),
+                "target_class": class_names[int(t)] if finite else "",
+                **scores,
                 "status": results.STATUS_AUDITED,
                 "cam_method": method,
                 "target_layer": layer,
-                **{results.PROBABILITY_PREFIX + n: float(v) for n, v in zip(class_names, p)},
+                **{results.PROBABILITY_PREFIX + n: float(v) if finite else float("nan") for n, v in zip(class_names, p)},
             })
         return rows
 

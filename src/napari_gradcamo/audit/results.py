@@ -16,6 +16,7 @@ SCHEMA: dict[str, str] = {
     "centroid_x": "cell centroid, x (voxels)",
     "volume_voxels": "cell volume in voxels",
     "touches_border": "the cell's crop reaches past the image border (zero-padded)",
+    "pieces": "separate connected pieces of the cell's mask (> 1: one id on several objects; check the labels)",
     "padded_fraction": "fraction of the crop that lies outside the image",
     "predicted_class": "class the model predicts for the crop",
     "probability": "softmax probability of the predicted class",
@@ -50,7 +51,7 @@ def empty_table(class_names: Sequence[str]) -> pd.DataFrame:
 
 
 def _dtype(column: str) -> str:
-    if column in ("label", "volume_voxels"):
+    if column in ("label", "volume_voxels", "pieces"):
         return "int64"
     if column in ("touches_border", "flagged"):
         return "bool"
@@ -82,14 +83,54 @@ def apply_threshold(table: pd.DataFrame, threshold: float, manual: pd.Series | N
     return table
 
 
-def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str = "gradcamo") -> tuple[Path, Path]:
-    """Write the table as CSV and Parquet; returns both paths."""
+#: Key of the run record in the Parquet file's schema metadata.
+RUN_RECORD_KEY = b"napari_gradcamo.run"
+
+
+def table_paths(out_dir: str | Path, stem: str) -> tuple[Path, Path, Path]:
+    """The CSV, Parquet and run-record JSON paths of a table called ``stem`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    return out_dir / f"{stem}.csv", out_dir / f"{stem}.parquet", out_dir / f"{stem}.run.json"
+
+
+def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str = "gradcamo", record: dict | None = None
+                ) -> tuple[Path, Path]:
+    """Write the table as CSV and Parquet (and ``record``, the run's provenance, as JSON beside them and in
+    the Parquet metadata), all from this one call: every file goes to a temporary first and all are renamed
+    into place together, so a failure (disk full, interrupt) leaves any previous files untouched."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from napari_gradcamo.io.atomic import write_group
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv, parquet = out_dir / f"{stem}.csv", out_dir / f"{stem}.parquet"
-    table.to_csv(csv, index=False)
-    table.to_parquet(parquet, index=False)
+    csv, parquet, record_path = table_paths(out_dir, stem)
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    writers = [(csv, lambda p: table.to_csv(p, index=False))]
+    if record is not None:
+        text = json.dumps(record, indent=2, default=str)
+        arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), RUN_RECORD_KEY: text.encode()})
+        writers.append((record_path, lambda p: Path(p).write_text(text, encoding="utf-8")))
+    writers.insert(1, (parquet, lambda p: pq.write_table(arrow, p)))
+    write_group(writers)
     return csv, parquet
+
+
+def read_run_record(path: str | Path) -> dict | None:
+    """The run record of a table: from a Parquet file's metadata, or the ``.run.json`` beside a CSV."""
+    import json
+
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        text = (pq.read_schema(path).metadata or {}).get(RUN_RECORD_KEY)
+        return json.loads(text) if text else None
+    sidecar = path.with_name(path.stem + ".run.json")
+    return json.loads(sidecar.read_text()) if sidecar.is_file() else None
 
 
 def summary(table: pd.DataFrame) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import weakref
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -14,7 +15,7 @@ from napari_gradcamo.audit.batch import ScoredBatch, batch_of, score_batch
 from napari_gradcamo.audit.cam import CamEngine, default_target_layer, list_target_layers, upsample
 from napari_gradcamo.audit.scoring import Score, inside_image_mask, score_cam
 from napari_gradcamo.crops.extract import CellCrop, CellInfo, cell_table, extract_crop, window
-from napari_gradcamo.io.images import Image, ImageError, check_labels_match
+from napari_gradcamo.io.images import Image, ImageError, as_label_volume, check_labels_match
 from napari_gradcamo.models.metadata import ModelBundle
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
 
@@ -32,6 +33,13 @@ class AuditSettings:
     device: str | None = "auto"
     threshold: float = 0.5
     channel_map: Sequence[int] | None = None
+
+    def validate(self) -> None:
+        """Refuse out-of-range values (never coerce them): batch size ≥ 1, threshold a number in 0..1."""
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
+            raise ValueError(f"batch_size {self.batch_size!r} must be a whole number ≥ 1.")
+        if not isinstance(self.threshold, numbers.Real) or not 0.0 <= float(self.threshold) <= 1.0:
+            raise ValueError(f"threshold {self.threshold!r} must be a number in 0..1 (NaN flags nothing).")
 
 
 @dataclass
@@ -160,6 +168,7 @@ def _rows(crops: Sequence[CellCrop], cells: Sequence[CellInfo], scored: ScoredBa
             "centroid_x": cell.centroid[2],
             "volume_voxels": cell.volume,
             "touches_border": crop.padded_fraction > 0,
+            "pieces": cell.pieces,
             "padded_fraction": crop.padded_fraction,
             **columns,
         })
@@ -177,7 +186,9 @@ def iter_audit(
 ) -> Iterator[AuditBatch]:
     """Audit every cell (or ``only_labels``), yielding each finished batch; stop iterating to cancel."""
     settings = settings or AuditSettings()
+    settings.validate()
     meta = bundle.metadata
+    labels = as_label_volume(labels)  # the same checks as the CLI's: integer ids ≥ 0, not a bool mask
     model_image, layer, cells = prepare(image, labels, bundle, settings)
     if only_labels is not None:
         wanted = {int(l) for l in only_labels}
@@ -187,7 +198,8 @@ def iter_audit(
         cells = [c for c in cells if c.label in wanted]
     target = resolve_target_class(settings.target_class, meta.class_names)
     crop_shape = tuple(meta.crop_shape)
-    batch_size = max(1, int(settings.batch_size))
+    batch_size = int(settings.batch_size)
+    meta.check_batch_memory(batch_size)  # estimated before any crop is allocated
     done = 0
     with CamEngine(bundle.model, layer, settings.method, settings.device) as engine:
         for start in range(0, len(cells), batch_size):

@@ -31,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ImageError, CheckpointError, ValueError) as error:
         print(f"gradcamo: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("gradcamo: interrupted; no output of this step was written (files are replaced only when "
+              "complete).", file=sys.stderr)
+        return 130
+    except OSError as error:  # disk full, permissions changed mid-run: the atomic writers left old files intact
+        print(f"gradcamo: error: could not read or write {error.filename or 'a file'}: "
+              f"{error.strerror or error}. Files already there were left as they were.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import hashlib
+import math
+import signal
+import sys
+from pathlib import Path
 
 from napari_gradcamo.audit.run import AuditSettings
 from napari_gradcamo.segment.cellpose import SegmentationSettings
@@ -56,14 +62,111 @@ def add_audit_options(p: argparse.ArgumentParser) -> None:
                    help="gradcam, gradcam++, hirescam, layercam, xgradcam or eigencam")
     g.add_argument("--layer", default=d("target_layer"), help="target layer (see 'gradcamo layers'); default: the model's")
     g.add_argument("--target-class", default=d("target_class"), help="class name or index; default: the predicted class")
-    g.add_argument("--batch-size", type=int, default=d("batch_size"))
-    g.add_argument("--device", default=d("device"), help="auto, cpu, cuda or mps")
-    g.add_argument("--threshold", type=float, default=d("threshold"), help="flag cells with Grad-CAMO below this")
+    g.add_argument("--batch-size", type=positive_int, default=d("batch_size"))
+    g.add_argument("--device", type=device_name, default=d("device"), help="auto, cpu, cuda[:N] or mps")
+    g.add_argument("--threshold", type=unit_float, default=d("threshold"),
+                   help="flag cells with Grad-CAMO below this (0..1)")
     g.add_argument("--channel-map", default=None, help="image channel index per model channel, e.g. 0,1,2,3,4")
 
 
 def audit_settings(args) -> AuditSettings:
-    channel_map = [int(i) for i in args.channel_map.split(",")] if args.channel_map else None
+    try:
+        channel_map = [int(i) for i in args.channel_map.split(",")] if args.channel_map else None
+    except ValueError:
+        raise ValueError(f"--channel-map {args.channel_map!r} must be whole numbers separated by commas, "
+                         "e.g. 0,1,2,3,4.") from None
     return AuditSettings(method=args.method, target_layer=args.layer, target_class=args.target_class,
                          batch_size=args.batch_size, device=args.device, threshold=args.threshold,
                          channel_map=channel_map)
+
+
+# ------------------------------------------------------------------ option types: refuse, never coerce
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (no nan, no inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """argparse type: a finite number in 0..1."""
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must lie in 0..1")
+    return value
+
+
+def device_name(text: str) -> str:
+    """argparse type: auto, cpu, cuda, cuda:N or mps (whether it exists is checked by :func:`check_device`)."""
+    name = text.strip().lower()
+    base, _, index = name.partition(":")
+    if name in ("auto", "cpu", "mps", "cuda") or (base == "cuda" and index.isdigit()):
+        return name
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+
+
+def check_device(name: str) -> None:
+    """Refuse a device this machine does not have (before any compute), naming the ones it has."""
+    import torch
+
+    base, _, index = name.partition(":")
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    available = base in ("auto", "cpu") or (base == "mps" and has_mps) or (
+        base == "cuda" and torch.cuda.is_available() and int(index or 0) < torch.cuda.device_count())
+    if not available:
+        have = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] + (["mps"] if has_mps else [])
+        raise ValueError(f"--device {name}: this machine has no such device (it has {', '.join(have)}); "
+                         "use --device auto or cpu.")
+
+
+def add_trust_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-factory", default=None, metavar="PKG.MOD:FN",
+                   help="run this Python function to build a 'custom' checkpoint's network — only if you trust "
+                        "its code (a checkpoint never runs code on its own)")
+
+
+def output_stem(path: str | Path) -> str:
+    """A file stem unique per input file, not only per name: ``p1/field.tif`` and ``p2/field.tif`` differ."""
+    path = Path(path)
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+    return f"{path.name.split('.')[0]}-{digest}"
+
+
+@contextlib.contextmanager
+def interrupts_cancel(token):
+    """While inside, Ctrl-C (SIGINT) and SIGTERM cancel ``token`` so the finished work can be written;
+    a second signal stops at once."""
+    signals = [signal.SIGINT, signal.SIGTERM]
+    previous = {s: signal.getsignal(s) for s in signals}
+
+    def handler(signum, frame):
+        if token.cancelled:
+            raise KeyboardInterrupt
+        print("\ngradcamo: interrupted — finishing the current batch and writing the finished rows "
+              "(signal again to stop at once)", file=sys.stderr)
+        token.cancel()
+
+    for s in signals:
+        signal.signal(s, handler)
+    try:
+        yield token
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)

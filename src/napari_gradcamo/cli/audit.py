@@ -3,55 +3,125 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-from napari_gradcamo.audit import results
+import numpy as np
+import pandas as pd
+
+from napari_gradcamo.audit import provenance, results
 from napari_gradcamo.cli._common import (
     add_audit_options,
     add_segmentation_options,
+    add_trust_option,
     audit_settings,
+    check_device,
+    interrupts_cancel,
+    output_stem,
     progress_bar,
     segmentation_settings,
 )
+from napari_gradcamo.io.atomic import OutputError
 
 
 def cmd_audit(args) -> int:
-    import tifffile
-
     from napari_gradcamo.audit.run import run_audit
+    from napari_gradcamo.io.atomic import check_writable_folder, refuse_existing
     from napari_gradcamo.io.images import read_image, read_labels
     from napari_gradcamo.models.checkpoint import load_checkpoint
+    from napari_gradcamo.progress import CancelToken
 
+    out = check_writable_folder(args.out)  # before any compute
+    check_device(args.device)
+    settings = audit_settings(args)
     names = args.channel_names.split(",") if args.channel_names else None
     image = read_image(args.image, axes=args.axes, channel_names=names, voxel_size=args.voxel_size)
-    bundle = load_checkpoint(args.model)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    bundle = load_checkpoint(args.model, trusted_factory=args.trust_factory)
+    stem = output_stem(args.image)
+    csv, parquet, record_path = results.table_paths(out, f"{stem}_gradcamo")
+    masks_out = None if args.masks else out / f"{stem}_masks.tif"
+    seg = None if args.masks else segmentation_settings(args)
+    record = provenance.start_record(
+        "audit", args.model, bundle.metadata.model_dump(), {"image": args.image, "masks": args.masks},
+        {"audit": settings, "segmentation": seg, "axes": args.axes, "channel_names": names,
+         "voxel_size": args.voxel_size, "trusted_factory": args.trust_factory})
+    if args.resume:
+        done = _previous_rows(parquet, record)
+    else:
+        refuse_existing([csv, parquet, record_path, *([masks_out] if masks_out else [])], args.overwrite)
+        done = None
     if args.masks:
         labels = read_labels(args.masks)
+    elif args.resume and masks_out.exists():
+        labels = read_labels(masks_out)  # the masks this run wrote before it was interrupted
     else:
-        from napari_gradcamo.segment.cellpose import segment
-
-        settings = segmentation_settings(args)
-        bar, update = progress_bar("cellpose")
-        bar.unit = "plane"
-        labels = segment(image, settings, progress=update)
-        bar.close()
-        tifffile.imwrite(out / "masks.tif", labels, compression="zlib")
+        labels = _segment(image, seg, masks_out)
+    all_ids = [int(i) for i in np.unique(labels) if i != 0]
+    finished = set() if done is None else set(done["label"].astype(int))
     bar, update = progress_bar("Grad-CAMO")
-    result = run_audit(image, labels, bundle, audit_settings(args), progress=update)
-    bar.close()
+    with interrupts_cancel(CancelToken()) as cancel:
+        try:
+            result = run_audit(image, labels, bundle, settings, [i for i in all_ids if i not in finished],
+                               progress=update, cancel=cancel)
+        finally:
+            bar.close()
     table = result.table.assign(image=Path(args.image).name)
-    csv, parquet = results.write_table(table, out, Path(args.image).stem + "_gradcamo")
-    print(json.dumps({"table": str(csv), "parquet": str(parquet), **results.summary(table)}, indent=2))
+    if done is not None:
+        table = pd.concat([done, table], ignore_index=True).sort_values("label", ignore_index=True)
+    complete = not result.cancelled
+    record = provenance.finish_record(record, complete, cells_done=len(table), cells_total=len(all_ids))
+    results.write_table(table, out, f"{stem}_gradcamo", record)
+    split = int((table["pieces"] > 1).sum()) if "pieces" in table else 0
+    if split:
+        print(f"gradcamo: warning: {split} label(s) consist of several separate pieces (column 'pieces'); "
+              "each is scored on the mask inside its crop — check the label image.", file=sys.stderr)
+    print(json.dumps({"table": str(csv), "parquet": str(parquet), "run_record": str(record_path),
+                      "completed": complete, **results.summary(table)}, indent=2))
+    if not complete:
+        print(f"gradcamo: interrupted: {len(table)} of {len(all_ids)} cells written, marked incomplete in "
+              f"{record_path.name}; run the same command with --resume to continue.", file=sys.stderr)
+        return 130
     return 0
+
+
+def _segment(image, settings, masks_out: Path):
+    import tifffile
+
+    from napari_gradcamo.io.atomic import write_with
+    from napari_gradcamo.segment.cellpose import segment
+
+    bar, update = progress_bar("cellpose")
+    bar.unit = "plane"
+    try:
+        labels = segment(image, settings, progress=update)
+    finally:
+        bar.close()
+    write_with(masks_out, lambda temp: tifffile.imwrite(temp, labels, compression="zlib"))
+    return labels
+
+
+def _previous_rows(parquet: Path, record: dict) -> pd.DataFrame:
+    """The finished rows of the interrupted run to continue; refuse when there is none or it differs."""
+    if not parquet.exists():
+        raise OutputError(f"Nothing to resume: {parquet} does not exist. Run without --resume.")
+    previous = results.read_run_record(parquet)
+    if previous is None:
+        raise OutputError(f"Cannot resume: {parquet.name} has no run record; run again with --overwrite.")
+    if previous.get("completed"):
+        raise OutputError(f"Nothing to resume: the run that wrote {parquet.name} completed. "
+                          "Use --overwrite to audit again.")
+    differs = provenance.same_run(previous, record)
+    if differs:
+        raise OutputError(f"Cannot resume: the {', '.join(differs)} differ from the interrupted run's; "
+                          "run the same command as before, or start again with --overwrite.")
+    return pd.read_parquet(parquet)
 
 
 def cmd_layers(args) -> int:
     from napari_gradcamo.audit.cam import default_target_layer, list_target_layers
     from napari_gradcamo.models.checkpoint import load_checkpoint
 
-    bundle = load_checkpoint(args.model)
+    bundle = load_checkpoint(args.model, trusted_factory=args.trust_factory)
     meta = bundle.metadata
     layers = list_target_layers(bundle.model, meta.crop_shape, len(meta.channel_names))
     default = meta.target_layer or default_target_layer(layers)
@@ -65,7 +135,11 @@ def register(sub) -> None:
     p = sub.add_parser("audit", help="score every cell of an image: where does the model look?")
     p.add_argument("image", help="TIFF / OME-TIFF / .npy image")
     p.add_argument("--model", required=True, help="checkpoint (.safetensors, or .pt state dict + .json)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (checked writable before any compute)")
+    p.add_argument("--overwrite", action="store_true", help="replace this image's results already in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted audit of this image in --out (same model, image and settings)")
+    add_trust_option(p)
     p.add_argument("--axes", default=None, help="image axes, e.g. ZCYX (default: from the file)")
     p.add_argument("--channel-names", default=None, help="comma-separated channel names")
     p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"))
@@ -75,7 +149,7 @@ def register(sub) -> None:
     add_audit_options(p)
     p.set_defaults(func=cmd_audit)
 
-
     p = sub.add_parser("layers", help="list a model's candidate target layers and their output shapes")
     p.add_argument("model")
+    add_trust_option(p)
     p.set_defaults(func=cmd_layers)

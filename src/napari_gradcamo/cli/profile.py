@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from napari_gradcamo.cli._cache import add_cache_options, load_cache
-from napari_gradcamo.cli._common import progress_bar
+from napari_gradcamo.cli._common import add_trust_option, check_device, device_name, positive_int, progress_bar
 
 
 def cmd_profile(args) -> int:
+    from napari_gradcamo.io.atomic import check_writable_folder
     from napari_gradcamo.models.checkpoint import load_checkpoint
     from napari_gradcamo.profiles.extract import run_profiles
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    bundle = load_checkpoint(args.model)
+    out = check_writable_folder(args.out)  # before any compute
+    check_device(args.device)
+    bundle = load_checkpoint(args.model, trusted_factory=args.trust_factory)
     meta = bundle.metadata
     manifest, cache = load_cache(args, args.manifest, out, meta.crop_shape, meta.channel_names, meta.class_names)
     bar, update = progress_bar("profiles", "cell")
@@ -40,9 +40,10 @@ def register(sub) -> None:
     p.add_argument("--cam-layer", default=None, help="Grad-CAM layer for Grad-CAMO (default: the model's)")
     p.add_argument("--control", default=None, help="class whose wells fit the sphering (default: the first class)")
     p.add_argument("--aggregate", choices=("median", "mean"), default="median", help="well-level aggregation")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--device", type=device_name, default="auto")
     p.add_argument("--seed", type=int, default=0, help="UMAP seed")
     p.add_argument("--no-umap", action="store_true")
+    add_trust_option(p)
     add_cache_options(p)
     p.set_defaults(func=cmd_profile)

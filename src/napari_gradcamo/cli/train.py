@@ -7,24 +7,39 @@ import sys
 from pathlib import Path
 
 from napari_gradcamo.cli._cache import add_cache_options, load_cache
-from napari_gradcamo.cli._common import progress_bar
+from napari_gradcamo.cli._common import check_device, device_name, finite_float, positive_int, progress_bar
+from napari_gradcamo.io.atomic import write_text
 
 
 def cmd_train(args) -> int:
-    from napari_gradcamo.train.loop import BEST_FILE, TrainConfig, fit
+    from napari_gradcamo.crops.cache import check_class_list, check_images_once
+    from napari_gradcamo.io.atomic import check_writable_folder, refuse_existing
+    from napari_gradcamo.io.field_list import read_manifest
+    from napari_gradcamo.models.architectures import check_layer
+    from napari_gradcamo.train.loop import BEST_FILE, LAST_FILE, RESUME_FILE, TrainConfig, fit
+    from napari_gradcamo.train.resume import load_resume
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_folder(args.out)  # before any compute
+    check_device(args.device)
+    if args.resume:
+        load_resume(out / RESUME_FILE)  # a missing, corrupt or foreign resume.pt: refused before the cache
+    else:
+        refuse_existing([out / name for name in (BEST_FILE, LAST_FILE, RESUME_FILE, "history.csv", "summary.json")],
+                        args.overwrite)
     channels = args.channels.split(",") if args.channels else None
-    classes = args.classes.split(",") if args.classes else None
-    manifest, cache = load_cache(args, args.manifest, out, args.crop_shape, channels, classes)
-    kwargs = json.loads(args.arch_kwargs) if args.arch_kwargs else ({"width": args.width} if args.arch == "small-cnn-3d" else {})
+    manifest = read_manifest(args.manifest)
+    check_images_once(manifest)
+    classes = check_class_list(manifest, args.classes.split(",") if args.classes else None)
+    kwargs = _arch_kwargs(args)
+    check_layer(args.arch, kwargs, args.crop_shape, args.layer)  # unknown arch, kwargs or layer: before the cache
     config = TrainConfig(
         architecture=args.arch, architecture_kwargs=kwargs, target_layer=args.layer, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, patience=args.patience, balance=args.balance, jitter=args.jitter,
         gradcamo_weight=args.gradcamo_weight, seed=args.seed, device=args.device, amp=not args.no_amp,
     )
+    config.validate()
+    manifest, cache = load_cache(args, args.manifest, out, args.crop_shape, channels, classes)
     print(f"{len(cache.data)} crops of {len(manifest)} fields, classes {cache.class_names}, channels "
           f"{cache.channel_names}; cache {cache.folder} ({'reused' if cache.reused else 'built'})", file=sys.stderr)
     bar, update = progress_bar("train", "batch")
@@ -51,9 +66,21 @@ def cmd_train(args) -> int:
         "test": result.test, "crops": {k: int(len(v)) for k, v in result.split.items()},
         "target_layer": result.metadata.target_layer,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _arch_kwargs(args) -> dict:
+    if not args.arch_kwargs:
+        return {"width": args.width} if args.arch == "small-cnn-3d" else {}
+    try:
+        kwargs = json.loads(args.arch_kwargs)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--arch-kwargs is not valid JSON ({error}); give an object, e.g. '{{\"width\": 8}}'.") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--arch-kwargs must be a JSON object such as '{{\"width\": 8}}', not {args.arch_kwargs!r}.")
+    return kwargs
 
 
 def cmd_synthetic(args) -> int:
@@ -73,27 +100,28 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a 3D crop classifier from a manifest (CSV) of images and masks")
     p.add_argument("manifest", help="CSV with image, class, plate, well, site and masks (or cellpose settings)")
     p.add_argument("--out", required=True, help="output folder: model.safetensors, last.safetensors, resume.pt, history.csv")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished training's files in --out")
     p.add_argument("--arch", default="small-cnn-3d", help="small-cnn-3d or efficientnet-b0 … efficientnet-b7")
-    p.add_argument("--width", type=int, default=8, help="small CNN width")
+    p.add_argument("--width", type=positive_int, default=8, help="small CNN width")
     p.add_argument("--arch-kwargs", default=None, help="JSON architecture keyword arguments (overrides --width)")
-    p.add_argument("--crop-shape", type=int, nargs=3, default=[8, 32, 32], metavar=("Z", "Y", "X"))
+    p.add_argument("--crop-shape", type=positive_int, nargs=3, default=[8, 32, 32], metavar=("Z", "Y", "X"))
     p.add_argument("--channels", default=None, help="comma-separated stains to use, in order (default: the first image's)")
     p.add_argument("--classes", default=None, help="comma-separated class order (default: sorted class names)")
     p.add_argument("--layer", default=None, help="Grad-CAM layer stored in the checkpoint and used by the regulariser")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule (AdamW)")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of wells (per class) for validation")
-    p.add_argument("--test-fraction", type=float, default=0.0, help="share of wells (per class) held out as a test split")
+    p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--lr", type=finite_float, default=2e-3, help="peak learning rate of the one-cycle schedule (AdamW)")
+    p.add_argument("--weight-decay", type=finite_float, default=1e-4)
+    p.add_argument("--val-fraction", type=finite_float, default=0.2, help="share of wells (per class) for validation")
+    p.add_argument("--test-fraction", type=finite_float, default=0.0, help="share of wells (per class) held out as a test split")
     p.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a lower validation loss (0: never)")
     p.add_argument("--balance", choices=("loss", "sampler", "none"), default="loss",
                    help="class balance: weighted loss, balanced sampling, or none")
-    p.add_argument("--jitter", type=float, default=0.1, help="per-channel intensity jitter (s.d. of the gain)")
-    p.add_argument("--gradcamo-weight", type=float, default=0.0, metavar="LAMBDA",
+    p.add_argument("--jitter", type=finite_float, default=0.1, help="per-channel intensity jitter (s.d. of the gain)")
+    p.add_argument("--gradcamo-weight", type=finite_float, default=0.0, metavar="LAMBDA",
                    help="weight λ of the Grad-CAMO penalty λ·(1 − Grad-CAMO) (0: plain training)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda[:N] or mps")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (resume.pt)")
     add_cache_options(p)

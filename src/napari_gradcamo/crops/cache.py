@@ -21,8 +21,10 @@ import pandas as pd
 
 from napari_gradcamo.crops.datasets import CropSet, cell_record, crop_mask_codes
 from napari_gradcamo.crops.extract import cell_table, crop_origin, extract_crop
+from napari_gradcamo.io.atomic import write_text, write_with
 from napari_gradcamo.io.field_list import ManifestError, blank, file_stamp, read_row_image, row_labels, row_settings
 from napari_gradcamo.io.images import ImageError
+from napari_gradcamo.models.metadata import check_crop_shape
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
 
 CACHE_VERSION = 1
@@ -62,6 +64,44 @@ def cache_key(manifest: pd.DataFrame, crop_shape, channel_names, class_names, ma
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def check_images_once(manifest: pd.DataFrame) -> None:
+    """Refuse a manifest that lists one image file twice (e.g. in two wells): its cells would land in two
+    splits (training and validation) or be counted twice."""
+    seen: dict[str, int] = {}
+    for i, path in enumerate(manifest["image"].astype(str)):
+        key = str(Path(path).resolve())
+        if key in seen:
+            first = manifest.iloc[seen[key]]
+            raise ManifestError(
+                f"Manifest rows {seen[key] + 1} and {i + 1} list the same image {Path(path).name} (wells "
+                f"{first['group']} and {manifest.iloc[i]['group']}); list each image once, in its own well."
+            )
+        seen[key] = i
+
+
+def check_class_list(manifest: pd.DataFrame, class_names: Sequence[str] | None) -> list[str]:
+    """The class order for training: every manifest class exactly once (default: sorted); refuse a list with
+    unknown, missing or repeated names."""
+    present = sorted(set(manifest["class"].astype(str)))
+    if class_names is None:
+        classes = present
+    else:
+        classes = [str(c).strip() for c in class_names]
+        repeated = sorted({c for c in classes if classes.count(c) > 1})
+        unknown = [c for c in classes if c not in present]
+        missing = [c for c in present if c not in classes]
+        problems = ([f"repeats {', '.join(repeated)}"] if repeated else []) + (
+            [f"names {', '.join(unknown)}, which no manifest row has"] if unknown else []) + (
+            [f"leaves out {', '.join(missing)}"] if missing else [])
+        if problems:
+            raise ManifestError(f"--classes {','.join(classes)} {'; '.join(problems)}. List every class of the "
+                                f"manifest once ({', '.join(present)}), or remove the rows of unwanted classes "
+                                "from the manifest.")
+    if len(classes) < 2:
+        raise ManifestError(f"The manifest has only the class(es) {', '.join(classes)}; training needs two or more.")
+    return classes
+
+
 def open_cache(folder: str | Path) -> CropCache:
     """Open a finished cache folder (memory maps, read-only)."""
     folder = Path(folder)
@@ -94,9 +134,8 @@ def build_cache(
     from napari_gradcamo.audit.run import resolve_channels
 
     folder = Path(folder)
-    crop_shape = [int(s) for s in crop_shape]
-    if len(crop_shape) != 3 or min(crop_shape) < 1:
-        raise ValueError(f"crop shape {crop_shape} must be three positive sizes (z, y, x).")
+    crop_shape = check_crop_shape(crop_shape)
+    check_images_once(manifest)
     classes = list(class_names) if class_names is not None else sorted(set(manifest["class"].astype(str)))
     key = cache_key(manifest, crop_shape, channel_names, classes, max_padded_fraction, segmentation)
     info_path = folder / "cache.json"
@@ -154,10 +193,11 @@ def build_cache(
     del x, masks
     (folder / "crops.npy.tmp").replace(folder / "crops.npy")
     (folder / "masks.npy.tmp").replace(folder / "masks.npy")
-    pd.DataFrame.from_records(records).to_parquet(folder / "cells.parquet", index=False)
+    table = pd.DataFrame.from_records(records)
+    write_with(folder / "cells.parquet", lambda temp: table.to_parquet(temp, index=False))
     info = {"version": CACHE_VERSION, "key": key, "crop_shape": crop_shape, "channel_names": names,
             "class_names": classes, "n_cells": total, "max_padded_fraction": max_padded_fraction}
-    info_path.write_text(json.dumps(info, indent=2))
+    write_text(info_path, json.dumps(info, indent=2))
     cache = open_cache(folder)
     cache.reused = False
     return cache

@@ -19,6 +19,7 @@ class CellInfo:
     centroid: tuple[float, float, float]
     volume: int
     bbox: tuple[slice, slice, slice]
+    pieces: int = 1  # separate connected pieces of the label (> 1: one id on several objects)
 
 
 @dataclass
@@ -48,17 +49,35 @@ class CellCrop:
         return bool(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any() or m[:, :, 0].any() or m[:, :, -1].any())
 
 
+#: Above this id, labels are renumbered internally before locating cells, so memory follows the number of
+#: voxels, never the largest id (``find_objects`` allocates one entry per id up to the largest).
+_COMPACT_ABOVE = 65_535
+_FULL_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
+
+
+def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, compact labels 0..n) where ``ids[compact] == labels``; a no-op mapping for small ids."""
+    top = int(labels.max()) if labels.size else 0
+    if top <= _COMPACT_ABOVE:
+        return np.arange(top + 1), labels
+    ids, inverse = np.unique(labels, return_inverse=True)
+    if ids[0] != 0:
+        ids, inverse = np.concatenate([[0], ids]), inverse + 1
+    return ids, inverse.reshape(labels.shape).astype(np.uint32)
+
+
 def cell_table(labels: np.ndarray) -> list[CellInfo]:
-    """Centroid, volume and bounding box of every label > 0, sorted by label."""
-    objects = ndimage.find_objects(labels)
+    """Centroid, volume, bounding box and number of pieces of every label > 0, sorted by label."""
+    ids, compact = _compact(labels)
     cells = []
-    for index, bbox in enumerate(objects, start=1):
+    for index, bbox in enumerate(ndimage.find_objects(compact), start=1):
         if bbox is None:
             continue
-        local = labels[bbox] == index
+        local = compact[bbox] == index
         coords = np.nonzero(local)
         centroid = tuple(float(c.mean() + s.start) for c, s in zip(coords, bbox))
-        cells.append(CellInfo(index, centroid, int(local.sum()), bbox))
+        pieces = ndimage.label(local, _FULL_CONNECTIVITY)[1] if local.ndim == 3 else ndimage.label(local)[1]
+        cells.append(CellInfo(int(ids[index]), centroid, int(local.sum()), bbox, int(pieces)))
     return cells
 
 

@@ -4,6 +4,7 @@ Layout under the chosen folder (``stem`` defaults to ``gradcamo``)::
 
     gradcamo_table.csv / gradcamo_table.parquet   every row of the table (flagged column included),
                                                   plus crop_file and crop_origin_z/y/x for exported cells
+    gradcamo_table.run.json                       the run record (checkpoint path + SHA-256 …), when given
     cells/cell_00007.ome.tif                      CZYX float32: the image channels, 'mask' (the cell, 1/0)
                                                   and 'gradcam' (the raw map on the crop grid); voxel size
                                                   and channel names in the OME metadata
@@ -16,6 +17,7 @@ lists them before a single file is written.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -23,7 +25,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from napari_gradcamo.audit.provenance import describe
+from napari_gradcamo.audit.results import write_table
 from napari_gradcamo.crops.extract import crop_origin, window
+from napari_gradcamo.io.atomic import write_with
 from napari_gradcamo.io.images import Image, ImageError
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
 
@@ -105,9 +110,9 @@ def write_cell_tiff(path: Path, pixels: np.ndarray, channel_names: Sequence[str]
         "Channel": {"Name": list(channel_names)},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, np.ascontiguousarray(pixels, dtype=np.float32), ome=True, photometric="minisblack",
-                     metadata=metadata, compression="zlib")
-    return path
+    return write_with(path, lambda temp: tifffile.imwrite(
+        temp, np.ascontiguousarray(pixels, dtype=np.float32), ome=True, photometric="minisblack",
+        metadata=metadata, compression="zlib"))
 
 
 def _display(pixels: np.ndarray) -> np.ndarray:
@@ -127,6 +132,10 @@ def _fmt(value, digits: int = 2) -> str:
     except (TypeError, ValueError):
         return "–"
     return "NaN" if not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _save_png(fig, path: Path) -> None:
+    fig.savefig(path, format="png")
 
 
 def write_gallery(pages: Sequence[Path], panels: Sequence[dict], title: str = "") -> list[Path]:
@@ -157,7 +166,7 @@ def write_gallery(pages: Sequence[Path], panels: Sequence[dict], title: str = ""
             fig.suptitle(f"{title} (page {page + 1}/{len(pages)})", fontsize=9)
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        write_with(path, functools.partial(_save_png, fig))
         written.append(path)
     return written
 
@@ -174,6 +183,7 @@ def export_flagged(
     overwrite: bool = False,
     gallery: bool = True,
     stem: str = "gradcamo",
+    run_record: dict | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> ExportResult:
@@ -181,6 +191,8 @@ def export_flagged(
 
     ``cams`` maps label → :class:`~napari_gradcamo.audit.run.CellCam` (crop position and raw map);
     ``crop_shape`` (z, y, x) is needed only for cells without a CAM (default: the CAMs' crop shape).
+    ``run_record``: the audit's provenance (:mod:`napari_gradcamo.audit.provenance`): which checkpoint made
+    the table; written beside the table and into its Parquet metadata. Every file is written atomically.
     Returns the paths written; raises :class:`ExportExistsError` (before writing) when files exist.
     """
     cams = dict(cams or {})
@@ -203,7 +215,8 @@ def export_flagged(
     folder = Path(out_dir)
     ids = [int(l) for l in chosen["label"]]
     csv, parquet, cell_paths, pages = _targets(folder, stem, ids, gallery and bool(ids))
-    existing = [p for p in [csv, parquet, *cell_paths.values(), *pages] if p.exists()]
+    record_json = csv.with_name(csv.stem + ".run.json") if run_record is not None else None
+    existing = [p for p in [csv, parquet, record_json, *cell_paths.values(), *pages] if p is not None and p.exists()]
     if existing and not overwrite:
         raise ExportExistsError(existing)
     folder.mkdir(parents=True, exist_ok=True)
@@ -243,8 +256,8 @@ def export_flagged(
         report(progress, done + 1, total, f"cell {label}")
     for column in ("crop_file",):
         out_table[column] = out_table[column].astype(str)
-    out_table.to_csv(csv, index=False)
-    out_table.to_parquet(parquet, index=False)
-    written = write_gallery(pages, panels, f"{image.source or 'image'}: flagged cells") if gallery and panels else []
+    write_table(out_table, folder, csv.stem, run_record)
+    title = f"{Path(image.source).name or 'image'}: flagged cells" + (f"\n{describe(run_record)}" if run_record else "")
+    written = write_gallery(pages, panels, title) if gallery and panels else []
     report(progress, total, total, f"exported {len(cell_paths)} cell(s)")
     return ExportResult(folder, csv, parquet, cell_paths, written)

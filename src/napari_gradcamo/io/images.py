@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -9,6 +11,8 @@ from typing import Sequence
 import numpy as np
 
 CANONICAL_AXES = "CZYX"
+#: Largest label id accepted (the results table stores ids as int64).
+MAX_LABEL_ID = 2**63 - 1
 
 
 class ImageError(ValueError):
@@ -89,6 +93,7 @@ def validate(data: np.ndarray) -> None:
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         raise ImageError(f"The image has dtype {data.dtype}; expected integer or float pixels.")
     if np.issubdtype(data.dtype, np.floating):
+        _refuse_float32_overflow(data)
         bad = ~np.isfinite(data)
         if bad.any():
             channels = sorted({int(c) for c in np.nonzero(bad.reshape(data.shape[0], -1).any(1))[0]})
@@ -101,6 +106,22 @@ def validate(data: np.ndarray) -> None:
     if len(constant) == flat.shape[0]:
         raise ImageError(
             "Every channel of the image is constant; check that the right file or layer was given."
+        )
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _refuse_float32_overflow(data: np.ndarray) -> None:
+    """Images are computed in float32; refuse (never clip or scale silently) values float32 cannot hold."""
+    if data.dtype.itemsize <= 4:
+        return
+    finite = np.isfinite(data)
+    peak = float(np.abs(data[finite]).max()) if finite.any() else 0.0
+    if peak > FLOAT32_MAX:
+        raise ImageError(
+            f"The image holds values up to {peak:.3g}, beyond float32's range (±{FLOAT32_MAX:.3g}) in which the "
+            "model computes; every score would be NaN. Rescale the image (e.g. divide by its maximum) first."
         )
 
 
@@ -182,30 +203,92 @@ def read_image(
     """Read a TIFF / OME-TIFF (or ``.npy``) file; axes come from the file unless given."""
     import tifffile
 
+    path = _existing_file(path, "Image")
+    if path.suffix == ".npy":
+        return make_image(_load_npy(path), axes, channel_names, voxel_size, str(path))
+    try:
+        with _tiff_errors_raise(path), tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array = series.asarray()
+            _refuse_truncated(tif, path)
+            file_axes = series.axes.upper().replace("Q", "")
+            if axes is None and set(file_axes) <= set(CANONICAL_AXES) and len(file_axes) == array.ndim:
+                axes = file_axes
+            voxel_size = voxel_size or _tiff_voxel_size(tif)
+            channel_names = channel_names or _tiff_channel_names(tif)
+    except (ImageError, MemoryError):
+        raise
+    except Exception as error:  # tifffile raises TiffFileError, ValueError, IndexError, struct.error … on bad files
+        raise ImageError(f"{path.name} is not a readable TIFF ({type(error).__name__}: {error}); the file is "
+                         "truncated or not an image. Copy or export it again.") from None
+    return make_image(array, axes, channel_names, voxel_size, str(path))
+
+
+class _RecordErrors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _tiff_errors_raise(path: Path):
+    """tifffile logs (and skips) damaged tags and pages, then returns a smaller image: refuse instead."""
+    handler = _RecordErrors()
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if handler.messages:
+        raise ImageError(f"{path.name} is damaged ({handler.messages[0]}); it is truncated or corrupt. "
+                         "Copy or export it again.")
+
+
+def _refuse_truncated(tif, path: Path) -> None:
+    size = path.stat().st_size
+    for page in tif.pages:
+        if any(o + n > size for o, n in zip(page.dataoffsets, page.databytecounts)):
+            raise ImageError(f"{path.name} is truncated: its pixel data runs past the end of the file "
+                             f"({size} bytes). Copy or export it again.")
+
+
+def _existing_file(path: str | Path, what: str) -> Path:
     path = Path(path)
     if not path.exists():
-        raise ImageError(f"Image file {path} does not exist.")
-    if path.suffix == ".npy":
-        return make_image(np.load(path, allow_pickle=False), axes, channel_names, voxel_size, str(path))
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        array = series.asarray()
-        file_axes = series.axes.upper().replace("Q", "")
-        if axes is None and set(file_axes) <= set(CANONICAL_AXES) and len(file_axes) == array.ndim:
-            axes = file_axes
-        voxel_size = voxel_size or _tiff_voxel_size(tif)
-        channel_names = channel_names or _tiff_channel_names(tif)
-    return make_image(array, axes, channel_names, voxel_size, str(path))
+        raise ImageError(f"{what} file {path} does not exist.")
+    if not path.is_file():
+        raise ImageError(f"{what} path {path} is a folder, not a file; give the TIFF or .npy file itself.")
+    return path
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as error:  # an empty or cut file: EOFError / ValueError; a pickled array: ValueError
+        raise ImageError(f"{path.name} is not a readable .npy array ({type(error).__name__}: {error}); it is empty, "
+                         "truncated or holds Python objects. Save it again with numpy.save.") from None
 
 
 def read_labels(path: str | Path) -> np.ndarray:
     """Read a label image (TIFF or ``.npy``) as a ``ZYX`` integer array."""
     import tifffile
 
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"Label file {path} does not exist.")
-    labels = np.load(path, allow_pickle=False) if path.suffix == ".npy" else tifffile.imread(path)
+    path = _existing_file(path, "Label")
+    if path.suffix == ".npy":
+        return as_label_volume(_load_npy(path))
+    try:
+        with _tiff_errors_raise(path), tifffile.TiffFile(path) as tif:
+            labels = tif.asarray()
+            _refuse_truncated(tif, path)
+    except (ImageError, MemoryError):
+        raise
+    except Exception as error:
+        raise ImageError(f"{path.name} is not a readable label TIFF ({type(error).__name__}: {error}); the file is "
+                         "truncated or not an image.") from None
     return as_label_volume(labels)
 
 
@@ -219,13 +302,23 @@ def as_label_volume(labels: np.ndarray) -> np.ndarray:
             f"Labels must be 2D (YX) or 3D (ZYX), got shape {tuple(labels.shape)}; "
             "squeeze channel or time axes first."
         )
+    if labels.dtype == bool:
+        raise ImageError("Labels are a yes/no mask (bool), not one id per cell: every cell would merge into one. "
+                         "Label the cells first (e.g. scipy.ndimage.label(mask)[0]) or segment with cellpose.")
     if not np.issubdtype(labels.dtype, np.integer):
-        if np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
+        finite = np.issubdtype(labels.dtype, np.floating) and np.isfinite(labels).all()
+        if finite and np.all(np.mod(labels, 1) == 0) and (labels.size == 0 or np.abs(labels).max() <= MAX_LABEL_ID):
             labels = labels.astype(np.int64)
         else:
-            raise ImageError(f"Labels have dtype {labels.dtype}; expected integer label ids.")
+            raise ImageError(f"Labels have dtype {labels.dtype} with non-whole values; expected integer label ids.")
+    if labels.size == 0:
+        raise ImageError(f"The label image is empty (shape {tuple(labels.shape)}).")
     if labels.min() < 0:
-        raise ImageError("Labels contain negative ids; label images use 0 for background and 1..N for cells.")
+        raise ImageError(f"Labels contain negative ids (lowest {int(labels.min())}); label images use 0 for "
+                         "background and positive ids for cells. Relabel them (e.g. skimage.segmentation.relabel_sequential).")
+    if int(labels.max()) > MAX_LABEL_ID:
+        raise ImageError(f"Label id {int(labels.max())} exceeds {MAX_LABEL_ID} (the largest id a table can hold); "
+                         "relabel the cells 1..N (e.g. skimage.segmentation.relabel_sequential).")
     return labels
 
 

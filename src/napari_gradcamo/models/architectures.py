@@ -1,16 +1,38 @@
-"""The architectures a checkpoint can name: MONAI's 3D EfficientNet, a small 3D CNN, or a custom factory."""
+"""Where the code that builds a network comes from — never from the checkpoint file itself.
+
+A checkpoint names an architecture; the code for it comes only from
+
+1. the built-ins (``small-cnn-3d``, ``efficientnet-b0`` … ``efficientnet-b7``);
+2. factories that installed packages register under the entry-point group
+   ``napari_gradcamo.architectures`` (name = the architecture a checkpoint names, value =
+   ``package.module:function``); installing a package is the user's decision to trust its code;
+3. a factory the *user* names at load time (``load_checkpoint(path, trusted_factory="pkg.mod:fn")``,
+   ``--trust-factory pkg.mod:fn`` on the command line, or the GUI's confirmation). A checkpoint with
+   ``architecture: "custom"`` and ``architecture_kwargs.factory`` is refused unless that exact factory is
+   trusted: nothing is imported before that.
+
+A factory is called as ``factory(in_channels=C, num_classes=K, **architecture_kwargs)`` and must return a
+``torch.nn.Module``. Keyword arguments from a file are plain JSON values; built-ins accept only their own
+documented keywords with checked types; only a trusted factory receives arbitrary keywords.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.metadata
+import re
 from collections import OrderedDict
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from napari_gradcamo.models.metadata import CheckpointError, ModelMetadata
 
 EFFICIENTNET_NAMES = tuple(f"efficientnet-b{i}" for i in range(8))
 SMALL_CNN = "small-cnn-3d"
 CUSTOM = "custom"
+FACTORY_KEY = "factory"
+ENTRY_POINT_GROUP = "napari_gradcamo.architectures"
+_FACTORY_SPEC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 
 # MBConv stage definitions of EfficientNet-B0 (Tan & Le, 2019); b1..b7 scale them by width and depth.
 _EFFICIENTNET_BLOCKS = [
@@ -22,7 +44,6 @@ _EFFICIENTNET_BLOCKS = [
     "r4_k5_s22_e6_i112_o192_se0.25",
     "r1_k3_s11_e6_i192_o320_se0.25",
 ]
-
 
 
 def _small_cnn(in_channels: int, num_classes: int, width: int = 16):
@@ -71,32 +92,151 @@ def _efficientnet(name: str, in_channels: int, num_classes: int, crop_shape: Seq
     )
 
 
-def _import_factory(spec: str) -> Callable:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise CheckpointError(f"Factory '{spec}' must look like 'package.module:function'.")
+#: Keyword arguments each built-in accepts from a checkpoint: name → (type, lowest, highest).
+_BUILTIN_KWARGS: dict[str, dict[str, tuple[type, float, float]]] = {
+    SMALL_CNN: {"width": (int, 1, 512)},
+    **{name: {"dropout_rate": (float, 0.0, 1.0), "drop_connect_rate": (float, 0.0, 1.0)} for name in EFFICIENTNET_NAMES},
+}
+
+
+def _check_builtin_kwargs(arch: str, kwargs: dict[str, Any]) -> None:
+    allowed = _BUILTIN_KWARGS[arch]
+    for key, value in kwargs.items():
+        if key not in allowed:
+            raise CheckpointError(
+                f"architecture_kwargs: '{key}' is not a keyword of '{arch}'; it accepts "
+                f"{', '.join(allowed) or 'none'}. Remove it from the checkpoint metadata (or --arch-kwargs)."
+            )
+        kind, low, high = allowed[key]
+        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or isinstance(value, int))
+        if not ok_type or not low <= value <= high:
+            raise CheckpointError(
+                f"architecture_kwargs: '{key}' = {value!r} must be {'a whole number' if kind is int else 'a number'} "
+                f"in {low:g}..{high:g} for '{arch}'."
+            )
+
+
+def registered_architectures() -> dict[str, importlib.metadata.EntryPoint]:
+    """Architectures that installed packages register under :data:`ENTRY_POINT_GROUP` (not loaded yet)."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def checked_factory_spec(spec: Any, what: str = "factory") -> str:
+    """A ``package.module:function`` string, or :class:`CheckpointError`."""
+    if not isinstance(spec, str) or not _FACTORY_SPEC.match(spec.strip()):
+        raise CheckpointError(f"{what} {spec!r} must look like 'package.module:function'.")
+    return spec.strip()
+
+
+def import_factory(spec: str) -> Callable:
+    """Import the user-trusted factory ``spec`` (only ever called for a trusted spec)."""
+    module_name, _, attr = checked_factory_spec(spec).partition(":")
     try:
-        module = importlib.import_module(module_name)
-        return getattr(module, attr)
-    except (ImportError, AttributeError) as error:
-        raise CheckpointError(f"Cannot import model factory '{spec}': {error}. Install the package that defines it.") from error
+        factory = getattr(importlib.import_module(module_name), attr)
+    except Exception as error:  # ImportError, AttributeError, or anything the module raises at import
+        raise CheckpointError(f"Cannot import model factory '{spec}': {type(error).__name__}: {error}. "
+                              "Install the package that defines it.") from None
+    if not callable(factory):
+        raise CheckpointError(f"Model factory '{spec}' is not callable.")
+    return factory
 
 
-def build_model(metadata: ModelMetadata):
-    """Build an untrained network for ``metadata`` (weights are loaded separately)."""
+def call_factory(factory: Callable, in_channels: int, num_classes: int, kwargs: dict[str, Any]):
+    """The one place a network is built: ``factory(in_channels=, num_classes=, **kwargs)``; any failure, or a
+    result that is not a torch module, is a :class:`CheckpointError`."""
+    import torch
+
+    name = getattr(factory, "__name__", None) or getattr(getattr(factory, "func", None), "__name__", repr(factory))
+    try:
+        model = factory(in_channels=in_channels, num_classes=num_classes, **kwargs)
+    except Exception as error:
+        raise CheckpointError(
+            f"Building the network with '{name}' failed ({type(error).__name__}: {error}); check the checkpoint's "
+            "architecture_kwargs, channel and class counts."
+        ) from None
+    if not isinstance(model, torch.nn.Module):
+        raise CheckpointError(f"Model factory '{name}' returned {type(model).__name__}, not a torch.nn.Module.")
+    return model
+
+
+def requested_factory(metadata: ModelMetadata) -> str | None:
+    """The factory a ``custom`` checkpoint asks for (validated text, nothing imported), else None."""
+    if metadata.architecture != CUSTOM:
+        return None
+    return checked_factory_spec(metadata.architecture_kwargs.get(FACTORY_KEY), "architecture_kwargs.factory")
+
+
+def factory_location(spec: str) -> str:
+    """Where the module of ``spec`` would be imported from — found without importing (or running) anything:
+    the top-level package is located by the import system's finders, the rest by path."""
+    import importlib.util
+    from pathlib import Path
+
+    module_name = checked_factory_spec(spec).partition(":")[0]
+    top, *rest = module_name.split(".")
+    try:
+        found = importlib.util.find_spec(top)  # a top-level name: located, not executed
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        return f"module '{module_name}' is not installed (nothing to import)"
+    if not rest:
+        return found.origin or "a built-in module"
+    for folder in found.submodule_search_locations or []:
+        base = Path(folder, *rest)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return str(candidate)
+    return f"inside {found.origin} (file of '{module_name}' not found by path)"
+
+
+def untrusted_message(spec: str, source: str = "") -> str:
+    return (
+        f"The checkpoint{' ' + source if source else ''} asks to run the Python function '{spec}' to build its "
+        "model. Nothing was imported or run. Only if you trust that code, load it with "
+        f"--trust-factory {spec} (Python: load_checkpoint(path, trusted_factory='{spec}'))."
+    )
+
+
+def build_model(metadata: ModelMetadata, trusted_factory: str | None = None, source: str = ""):
+    """Build an untrained network for ``metadata`` (weights are loaded separately).
+
+    ``trusted_factory``: the ``package.module:function`` the user trusts for a ``custom`` checkpoint.
+    """
     arch = metadata.architecture
     kwargs = dict(metadata.architecture_kwargs)
     in_ch, n_cls = len(metadata.channel_names), len(metadata.class_names)
-    if arch in EFFICIENTNET_NAMES:
-        return _efficientnet(arch, in_ch, n_cls, metadata.crop_shape, **kwargs)
-    if arch == SMALL_CNN:
-        return _small_cnn(in_ch, n_cls, **kwargs)
+    if arch in _BUILTIN_KWARGS:
+        _check_builtin_kwargs(arch, kwargs)
+        factory = _small_cnn if arch == SMALL_CNN else functools.partial(_efficientnet, arch, crop_shape=metadata.crop_shape)
+        return call_factory(factory, in_ch, n_cls, kwargs)
     if arch == CUSTOM:
-        factory = kwargs.pop("factory", None)
-        if not factory:
-            raise CheckpointError("A 'custom' architecture needs architecture_kwargs.factory = 'package.module:function'.")
-        return _import_factory(factory)(in_channels=in_ch, num_classes=n_cls, **kwargs)
+        spec = requested_factory(metadata)
+        if trusted_factory is None or checked_factory_spec(trusted_factory, "--trust-factory") != spec:
+            raise CheckpointError(untrusted_message(spec, source))
+        kwargs.pop(FACTORY_KEY)
+        return call_factory(import_factory(spec), in_ch, n_cls, kwargs)
+    registered = registered_architectures()
+    if arch in registered:
+        try:
+            factory = registered[arch].load()
+        except Exception as error:
+            raise CheckpointError(f"The installed architecture '{arch}' ({registered[arch].value}) failed to load: "
+                                  f"{type(error).__name__}: {error}. Reinstall the package that provides it.") from None
+        return call_factory(factory, in_ch, n_cls, kwargs)
     raise CheckpointError(
-        f"Unknown architecture '{arch}'. Known: {', '.join(EFFICIENTNET_NAMES)}, {SMALL_CNN}, "
-        f"or '{CUSTOM}' with a factory."
+        f"Unknown architecture '{arch}'. Known: {', '.join(EFFICIENTNET_NAMES)}, {SMALL_CNN}"
+        + (f", {', '.join(sorted(registered))} (installed packages)" if registered else "")
+        + f", or '{CUSTOM}' with a factory you trust (--trust-factory). A lab's own architecture can be "
+        f"registered by its package under the entry-point group '{ENTRY_POINT_GROUP}'."
     )
+
+
+def check_layer(architecture: str, kwargs: dict, crop_shape: Sequence[int], layer: str | None) -> None:
+    """Build the architecture once (cheaply, before any crop is cut) to refuse an unknown architecture,
+    bad keyword arguments or a ``layer`` it does not have, naming the layers it has."""
+    model = build_model(ModelMetadata(architecture, ["a", "b"], ["c"], list(crop_shape), architecture_kwargs=kwargs))
+    names = [name for name, _ in model.named_modules() if name]
+    if layer is not None and layer not in names:
+        raise ValueError(f"--layer {layer!r} is not a layer of {architecture}; its layers include "
+                         f"{', '.join(names[:12])}{' …' if len(names) > 12 else ''} (see 'gradcamo layers').")

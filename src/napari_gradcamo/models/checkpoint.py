@@ -1,6 +1,8 @@
 """Checkpoint files: safetensors weights + JSON metadata in the header (or a .pt state dict + sidecar JSON).
 
-Never pickle: a pickled whole model is refused.
+Never pickle: a pickled whole model is refused. Nothing in the file decides what code runs: the metadata is
+validated data, and a ``custom`` architecture's factory runs only when the user trusts it by name
+(see :mod:`napari_gradcamo.models.architectures`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_gradcamo.models.architectures import build_model
+from napari_gradcamo.io.atomic import atomic_path
+from napari_gradcamo.models.architectures import build_model, requested_factory
 from napari_gradcamo.models.metadata import CheckpointError, ModelBundle, ModelMetadata
 
 METADATA_KEY = "napari_gradcamo"
@@ -24,7 +27,8 @@ def save_checkpoint(path: str | Path, model, metadata: ModelMetadata) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={METADATA_KEY: metadata.to_json()})
+    with atomic_path(path) as temp:
+        save_file(state, str(temp), metadata={METADATA_KEY: metadata.to_json()})
     return path
 
 
@@ -41,8 +45,15 @@ def _read_safetensors(path: Path):
             "Copy it again or re-export it with napari_gradcamo.models.checkpoint.save_checkpoint."
         ) from error
     if METADATA_KEY in header:
-        return state, json.loads(header[METADATA_KEY])
+        return state, _parse_json(header[METADATA_KEY], f"the metadata inside {path.name}")
     return state, None
+
+
+def _parse_json(text: str, what: str):
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{what} is not valid JSON ({error}); rewrite it with save_checkpoint().") from None
 
 
 def _read_state_dict_pt(path: Path):
@@ -58,8 +69,9 @@ def _read_state_dict_pt(path: Path):
             "and loading it could run arbitrary code. Save only the weights: "
             "torch.save(model.state_dict(), 'model.pt') plus a JSON metadata file, or use save_checkpoint()."
         ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path.name} is not a readable PyTorch weights file ({error}); it looks corrupt.") from error
+    except Exception as error:  # torch raises RuntimeError, EOFError, OSError, ValueError … on foreign files
+        raise CheckpointError(f"{path.name} is not a readable PyTorch weights file ({type(error).__name__}: {error}); "
+                              "it looks corrupt or is not a state dict.") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
@@ -72,30 +84,54 @@ def _sidecar_metadata(path: Path) -> dict | None:
     if not sidecar.exists():
         return None
     try:
-        return json.loads(sidecar.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"Metadata file {sidecar.name} is not valid JSON: {error}.") from error
+        text = sidecar.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"Metadata file {sidecar.name} cannot be read as text: {error}.") from None
+    return _parse_json(text, f"Metadata file {sidecar.name}")
 
 
-def load_checkpoint(path: str | Path) -> ModelBundle:
-    """Load a classifier safely from ``.safetensors`` (metadata inside or beside) or a ``.pt`` state dict."""
-    path = Path(path)
+def _read_checkpoint(path: Path):
+    """(state dict, validated metadata) of a checkpoint file; builds nothing, imports nothing."""
     if not path.exists():
         raise CheckpointError(f"Checkpoint {path} does not exist.")
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} is a folder, not a file; give the .safetensors file inside it.")
     if path.suffix == ".safetensors":
         state, meta = _read_safetensors(path)
     elif path.suffix in (".pt", ".pth", ".bin"):
         state, meta = _read_state_dict_pt(path), None
     else:
         raise CheckpointError(f"{path.name}: unknown checkpoint type; use .safetensors (preferred) or a .pt state dict.")
-    meta = meta or _sidecar_metadata(path)
+    if meta is None:
+        meta = _sidecar_metadata(path)
     if meta is None:
         raise CheckpointError(
             f"{path.name} carries no napari-gradcamo metadata and no {path.with_suffix('.json').name} lies beside it; "
             "write one with architecture, class_names, channel_names and crop_shape."
         )
-    metadata = ModelMetadata.from_dict(meta, path.name)
-    model = build_model(metadata)
+    return state, ModelMetadata.from_dict(meta, path.name)
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """The validated metadata of a checkpoint, without building (or importing) anything."""
+    return _read_checkpoint(Path(path))[1]
+
+
+def checkpoint_factory(path: str | Path) -> str | None:
+    """The ``package.module:function`` a ``custom`` checkpoint asks to run (nothing imported), else None."""
+    return requested_factory(read_metadata(path))
+
+
+def load_checkpoint(path: str | Path, trusted_factory: str | None = None) -> ModelBundle:
+    """Load a classifier safely from ``.safetensors`` (metadata inside or beside) or a ``.pt`` state dict.
+
+    ``trusted_factory``: for a ``custom`` checkpoint, the ``package.module:function`` you trust to build its
+    network; without it (or when it differs from the checkpoint's) the checkpoint is refused before anything
+    is imported.
+    """
+    path = Path(path)
+    state, metadata = _read_checkpoint(path)
+    model = build_model(metadata, trusted_factory, path.name)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -1,57 +1,253 @@
-"""What a checkpoint says about its model: the metadata record and the error for a bad checkpoint."""
+"""What a checkpoint says about its model: a validated, typed metadata record and the error for a bad checkpoint.
+
+Every field read from a file is checked against :class:`ModelMetadata` (pydantic): types, bounds on the
+crop size (per axis and in total, so a huge crop is refused before anything is allocated), unique
+non-empty stripped class and channel names, a known normalisation, and plain JSON keyword arguments.
+A violation is a :class:`CheckpointError` naming the field and the fix.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 FORMAT_VERSION = 1
+#: Largest crop edge and crop volume (voxels per channel) a checkpoint may ask for: 256³ = 16.8 M voxels,
+#: 67 MB per channel of a float32 crop. The paper's crop is 128×128×21 = 0.34 M voxels.
+MAX_CROP_EDGE = 1024
+MAX_CROP_VOXELS = 256**3
+MAX_CHANNELS = 64
+MAX_CLASSES = 10_000
+NORMALIZATION_METHODS = ("none", "fixed", "percentile")
 
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be loaded safely; the message names the problem and the fix."""
 
 
-@dataclass
-class ModelMetadata:
-    """Everything needed to rebuild a classifier and feed it crops."""
+def _exact_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"expected a whole number, got {value!r} ({type(value).__name__})")
+    return int(value)
 
-    architecture: str
-    class_names: list[str]
-    channel_names: list[str]
-    crop_shape: list[int]  # z, y, x
-    architecture_kwargs: dict[str, Any] = field(default_factory=dict)
-    normalization: dict[str, Any] = field(default_factory=lambda: {"method": "percentile", "low": 1.0, "high": 99.8})
-    target_layer: str | None = None
-    training: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
 
-    REQUIRED = ("architecture", "class_names", "channel_names", "crop_shape")
+def _clean_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a text name, got {value!r} ({type(value).__name__})")
+    value = value.strip()
+    if not value:
+        raise ValueError("names must not be empty or blank")
+    return value
+
+
+ExactInt = Annotated[int, BeforeValidator(_exact_int)]
+Name = Annotated[str, BeforeValidator(_clean_name)]
+
+#: How to fix each field, appended to its error message.
+FIXES = {
+    "architecture": "name a built-in architecture (small-cnn-3d, efficientnet-b0 … b7) or 'custom' with a factory",
+    "class_names": "list at least two unique, non-empty class names (text)",
+    "channel_names": "list one unique, non-empty name (text) per model input channel",
+    "crop_shape": f"give three whole numbers z, y, x, each 1..{MAX_CROP_EDGE}, at most {MAX_CROP_VOXELS:,} voxels in all",
+    "architecture_kwargs": "give a JSON object of plain values (numbers, text, true/false, null, lists, objects)",
+    "normalization": "give {\"method\": \"none\"}, {\"method\": \"fixed\", \"mean\": [...], \"std\": [...]} "
+                     "(one finite number per channel) or {\"method\": \"percentile\", \"low\": 1, \"high\": 99.8}",
+    "target_layer": "give a layer name as text (see 'gradcamo layers') or null",
+    "training": "give a JSON object",
+    "format_version": f"this version reads format_version ≤ {FORMAT_VERSION}; upgrade napari-gradcamo",
+}
+
+
+def _finite_numbers(values: Any, what: str, count: int) -> list[float]:
+    if not isinstance(values, list) or len(values) != count:
+        raise ValueError(f"{what} must be a list of {count} numbers (one per channel), got {values!r}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise ValueError(f"{what} must hold finite numbers only, got {values!r}")
+    return [float(v) for v in values]
+
+
+class ModelMetadata(BaseModel):
+    """Everything needed to rebuild a classifier and feed it crops (validated on construction)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    architecture: Name
+    class_names: list[Name] = Field(min_length=2, max_length=MAX_CLASSES)
+    channel_names: list[Name] = Field(min_length=1, max_length=MAX_CHANNELS)
+    crop_shape: list[ExactInt]  # z, y, x
+    architecture_kwargs: dict[str, JsonValue] = Field(default_factory=dict)
+    normalization: dict[str, JsonValue] = Field(
+        default_factory=lambda: {"method": "percentile", "low": 1.0, "high": 99.8})
+    target_layer: Name | None = None
+    training: dict[str, JsonValue] = Field(default_factory=dict)
+    format_version: ExactInt = FORMAT_VERSION
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("architecture", "class_names", "channel_names", "crop_shape")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Fields by keyword, or the four required ones by position (architecture, classes, channels, crop)."""
+        if len(args) > len(self.REQUIRED):
+            raise TypeError(f"ModelMetadata takes at most {len(self.REQUIRED)} positional arguments")
+        kwargs.update(zip(self.REQUIRED, args))
+        try:
+            super().__init__(**kwargs)
+        except ValidationError as error:
+            raise CheckpointError(describe_errors(error)) from None
+
+    @field_validator("class_names")
+    @classmethod
+    def _unique_classes(cls, names: list[str]) -> list[str]:
+        return _unique(names, str)
+
+    @field_validator("channel_names")
+    @classmethod
+    def _unique_channels(cls, names: list[str]) -> list[str]:
+        return _unique(names, str.lower)  # channels are matched to image channels case-insensitively
+
+    @field_validator("crop_shape")
+    @classmethod
+    def _crop_bounds(cls, shape: list[int]) -> list[int]:
+        return check_crop_shape(shape)
+
+    @field_validator("architecture_kwargs", "training")
+    @classmethod
+    def _clean_keys(cls, mapping: dict) -> dict:
+        if any(not key.strip() for key in mapping):
+            raise ValueError("keys must be non-empty text")
+        return mapping
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        if not 1 <= version <= FORMAT_VERSION:
+            raise ValueError(f"format_version {version} is not one this version reads")
+        return version
+
+    @model_validator(mode="after")
+    def _known_normalization(self) -> "ModelMetadata":
+        norm = self.normalization
+        method = norm.get("method", "none")
+        if method not in NORMALIZATION_METHODS:
+            raise ValueError(f"normalization: unknown method {method!r}; known: {', '.join(NORMALIZATION_METHODS)}")
+        if method == "fixed":
+            n = len(self.channel_names)
+            _finite_numbers(norm.get("mean"), "normalization: mean", n)
+            if min(_finite_numbers(norm.get("std"), "normalization: std", n)) < 0:
+                raise ValueError("normalization: std must not be negative")
+        if method == "percentile":
+            low, high = norm.get("low", 1.0), norm.get("high", 99.8)
+            numbers_ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+            if not numbers_ok or not 0 <= low < high <= 100:
+                raise ValueError(f"normalization: percentiles need 0 ≤ low < high ≤ 100, got low={low!r}, high={high!r}")
+        return self
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "") -> "ModelMetadata":
+    def from_dict(cls, data: Any, source: str = "") -> "ModelMetadata":
+        """Validate metadata read from a file; a :class:`CheckpointError` names every bad field and its fix."""
+        where = f" in {source}" if source else ""
+        if not isinstance(data, dict):
+            raise CheckpointError(
+                f"Checkpoint metadata{where} is not a JSON object (it is of type {type(data).__name__}); it needs the fields "
+                f"{', '.join(cls.REQUIRED)} (see README, 'Checkpoint format')."
+            )
         missing = [k for k in cls.REQUIRED if k not in data]
         if missing:
             raise CheckpointError(
-                f"Checkpoint metadata{' in ' + source if source else ''} lacks {', '.join(missing)}; "
+                f"Checkpoint metadata{where} lacks {', '.join(missing)}; "
                 f"it needs {', '.join(cls.REQUIRED)} (see README, 'Checkpoint format')."
             )
-        known = {f for f in cls.__dataclass_fields__}
-        meta = cls(**{k: v for k, v in data.items() if k in known})
-        if len(meta.crop_shape) != 3 or min(meta.crop_shape) < 1:
-            raise CheckpointError(f"crop_shape {meta.crop_shape} must be three positive sizes (z, y, x).")
-        if len(meta.class_names) < 2:
-            raise CheckpointError("class_names must list at least two classes.")
-        return meta
+        try:
+            return cls(**data)
+        except CheckpointError as error:
+            raise CheckpointError(f"Checkpoint metadata{where} is invalid: {error}") from None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return json.dumps(self.model_dump())
+
+    def crop_bytes(self, batch_size: int = 1) -> int:
+        """Memory (bytes) of ``batch_size`` float32 crops with every channel: estimated before allocating."""
+        return 4 * batch_size * len(self.channel_names) * math.prod(self.crop_shape)
+
+    def check_batch_memory(self, batch_size: int) -> None:
+        """Refuse a batch whose crops (raw, normalised, on the device: ×3) would not fit in the free memory."""
+        need = 3 * self.crop_bytes(batch_size)
+        free = _free_memory()
+        if free is not None and need > free:
+            raise ValueError(
+                f"A batch of {batch_size} crops of {'×'.join(map(str, self.crop_shape))} voxels × "
+                f"{len(self.channel_names)} channels needs about {need / 1e9:.1f} GB; {free / 1e9:.1f} GB are free. "
+                "Lower --batch-size (or use a checkpoint with a smaller crop)."
+            )
+
+
+def _free_memory() -> int | None:
+    """Bytes of memory free now (Linux/macOS ``sysconf``); None where unknown."""
+    import os
+
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _unique(names: list[str], key) -> list[str]:
+    seen: dict[str, str] = {}
+    for name in names:
+        if key(name) in seen:
+            raise ValueError(f"{name!r} appears twice (names must be unique)")
+        seen[key(name)] = name
+    return names
+
+
+def check_crop_shape(shape: Any) -> list[int]:
+    """Three whole numbers within the edge and volume bounds; ``ValueError`` otherwise."""
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3:
+        raise ValueError(f"crop_shape {shape!r} must be three sizes (z, y, x)")
+    shape = [_exact_int(s) for s in shape]
+    if min(shape) < 1 or max(shape) > MAX_CROP_EDGE:
+        raise ValueError(f"crop_shape {shape} must have each size in 1..{MAX_CROP_EDGE}")
+    if math.prod(shape) > MAX_CROP_VOXELS:
+        raise ValueError(f"crop_shape {shape} has {math.prod(shape):,} voxels, more than the {MAX_CROP_VOXELS:,} "
+                         f"allowed ({math.prod(shape) * 4 / 1e9:.1f} GB per channel per crop)")
+    return shape
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One sentence per bad field: where, what is wrong, how to fix it."""
+    parts = []
+    for item in error.errors():
+        loc = [str(p) for p in item["loc"]]
+        field = loc[0] if loc else "metadata"
+        where = ".".join(loc) or "metadata"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = f"unknown field; the known fields are {', '.join(ModelMetadata.model_fields)}"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        fix = FIXES.get(field)
+        if field not in FIXES and message.startswith("normalization:"):
+            where, message, fix = "normalization", message.removeprefix("normalization: "), FIXES["normalization"]
+        parts.append(f"{where}: {message}" + (f" (fix: {fix})" if fix and item["type"] != "extra_forbidden" else ""))
+    return "; ".join(parts) + "."
 
 
 @dataclass
 class ModelBundle:
-    """A ready-to-run classifier (eval mode, CPU) with its metadata."""
+    """A ready-to-run classifier (eval mode, CPU) with its metadata and where it came from."""
 
     model: Any  # torch.nn.Module
     metadata: ModelMetadata

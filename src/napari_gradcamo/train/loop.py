@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from napari_gradcamo.crops.datasets import MASK_CELL, CropSet
+from napari_gradcamo.io.atomic import write_with
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
 
 
@@ -374,6 +375,11 @@ class TrainConfig:
             raise ValueError("epochs must be ≥ 1 and batch_size ≥ 2 (batch norm needs two crops).")
         if self.gradcamo_weight < 0:
             raise ValueError("--gradcamo-weight must be ≥ 0.")
+        if not (self.lr > 0 and self.weight_decay >= 0 and self.jitter >= 0 and self.patience >= 0):
+            raise ValueError("--lr must be > 0; --weight-decay, --jitter and --patience must be ≥ 0.")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1):
+            raise ValueError("--val-fraction and --test-fraction must be in 0..1 and leave wells for training.")
 
 
 @dataclass
@@ -456,8 +462,14 @@ def fit(
     from napari_gradcamo.models.architectures import build_model
     from napari_gradcamo.models.checkpoint import save_checkpoint
     from napari_gradcamo.models.metadata import ModelMetadata
+    from napari_gradcamo.train.resume import load_resume, save_resume
 
     config.validate()
+    n_classes = len(class_names)
+    labels_seen = np.unique(np.asarray(data.y))
+    if len(labels_seen) and (labels_seen.min() < 0 or labels_seen.max() >= n_classes):
+        raise ValueError(f"Some crops have classes outside the {n_classes} class names {list(class_names)}; "
+                         "list every class of the manifest (or drop its rows).")
     out = Path(out_dir) if out_dir is not None else None
     device = pick_device(config.device)
     amp = bool(config.amp and device.type == "cuda")
@@ -465,7 +477,6 @@ def fit(
     if len(split["train"]) < 2:
         raise ValueError("Fewer than two training crops after the split by well; add wells or lower --val-fraction.")
     normalization = fit_normalization_rows(data.x, split["train"])
-    n_classes = len(class_names)
     present = np.unique(data.y[split["train"]])
     if len(present) < 2:
         raise ValueError(
@@ -495,23 +506,27 @@ def fit(
     }
     config_dict = asdict(config)
     if resume:
-        if out is None or not (out / RESUME_FILE).exists():
-            raise ValueError(f"Nothing to resume: {out / RESUME_FILE if out else 'no output folder'} does not exist.")
-        saved = torch.load(out / RESUME_FILE, map_location="cpu", weights_only=True)
-        saved_config = json.loads(saved["config"])
+        if out is None:
+            raise ValueError("Nothing to resume: no output folder was given.")
+        saved = load_resume(out / RESUME_FILE)
+        saved_config = saved["config"]
         fixed = [k for k in config_dict if k not in ("epochs", "device", "patience") and saved_config.get(k) != config_dict[k]]
         if fixed:
             raise ValueError(f"Cannot resume: the training settings {fixed} differ from the interrupted run's.")
-        if json.loads(saved["split"]) != split_record:
+        if saved["split"] != split_record:
             raise ValueError("Cannot resume: the crops or wells differ from the interrupted run's (its split differs).")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        if scaler is not None and "scaler" in saved:
-            scaler.load_state_dict(saved["scaler"])
-        rng.bit_generator.state = json.loads(saved["numpy_rng"])
-        torch.set_rng_state(saved["torch_rng"])
-        for key, values in json.loads(saved["history"]).items():
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            if scaler is not None and "scaler" in saved:
+                scaler.load_state_dict(saved["scaler"])
+            rng.bit_generator.state = saved["numpy_rng"]
+            torch.set_rng_state(saved["torch_rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{RESUME_FILE} does not fit this model or run ({type(error).__name__}: {error}); delete it "
+                             "and train again without --resume.") from None
+        for key, values in saved["history"].items():
             getattr(history, key).extend(values)
         best = {"epoch": int(saved["best_epoch"]), "val_loss": float(saved["best_val_loss"]),
                 "state": saved.get("best_model")}
@@ -586,8 +601,7 @@ def fit(
             }
             if scaler is not None:
                 saved["scaler"] = scaler.state_dict()
-            torch.save(saved, out / (RESUME_FILE + ".tmp"))
-            (out / (RESUME_FILE + ".tmp")).replace(out / RESUME_FILE)
+            save_resume(out / RESUME_FILE, saved)
             _write_history(out / "history.csv", history)
         if epoch_end is not None:
             epoch_end(epoch + 1, {**stats, "val_loss": history.val_loss[-1] if history.val_loss else None,
@@ -622,4 +636,4 @@ def _write_history(path: Path, history: History) -> None:
     n = len(d["loss"])
     table = pd.DataFrame({k: (v + [float("nan")] * (n - len(v)))[:n] for k, v in d.items()})
     table.insert(0, "epoch", np.arange(1, n + 1))
-    table.to_csv(path, index=False)
+    write_with(path, lambda temp: table.to_csv(temp, index=False))
