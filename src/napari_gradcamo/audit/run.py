@@ -71,6 +71,7 @@ class AuditResult:
     table: pd.DataFrame
     cams: dict[int, CellCam] = field(default_factory=dict)
     cancelled: bool = False
+    record: dict = field(default_factory=dict)  # provenance (audit.provenance): pass it to results.write_table
 
 
 def resolve_channels(image_names: Sequence[str], model_names: Sequence[str], explicit: Sequence[int] | None = None) -> list[int]:
@@ -222,10 +223,13 @@ def run_audit(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> AuditResult:
-    """Run :func:`iter_audit` to the end (or to a cancel) and gather the table and maps."""
+    """Run :func:`iter_audit` to the end (or to a cancel) and gather the table, the maps and a run record."""
+    from napari_gradcamo.audit import provenance
     from napari_gradcamo.progress import Cancelled
 
     meta = bundle.metadata
+    record = provenance.start_record("audit", bundle.source or None, meta.model_dump(), {"image": image.source},
+                                     {"audit": settings or AuditSettings(), "only_labels": only_labels})
     tables, cams, cancelled = [], {}, False
     try:
         for batch in iter_audit(image, labels, bundle, settings, only_labels, cancel):
@@ -235,7 +239,8 @@ def run_audit(
     except Cancelled:
         cancelled = True
     table = pd.concat(tables, ignore_index=True) if tables else results.empty_table(meta.class_names)
-    return AuditResult(results.conform(table, meta.class_names), cams, cancelled)
+    record = provenance.finish_record(record, not cancelled, cells_done=len(table))
+    return AuditResult(results.conform(table, meta.class_names), cams, cancelled, record)
 
 
 def rescore(cam: CellCam, labels: np.ndarray) -> Score:
