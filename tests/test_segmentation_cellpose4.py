@@ -175,7 +175,7 @@ def test_incomplete_or_misshapen_cpsam_files_are_refused(tmp_path):
     image = two_stain_image((1, 16, 16))
     partial = tmp_path / "partial.pt"
     torch.save({"W2": torch.eye(192).reshape(192, 3, 8, 8)}, partial)  # cellpose would run it with random weights
-    with pytest.raises(SegmentationError, match=r"does not fit cellpose 4's sam_vitl network \(missing \['encoder"):
+    with pytest.raises(SegmentationError, match=r"does not fit cellpose 4's sam_vitl network \(missing \["):
         segment(image, SegmentationSettings(model=str(partial), nucleus_channel=0))
     misshapen = tmp_path / "misshapen.pt"
     torch.save({"W2": torch.zeros(3, 3)}, misshapen)

@@ -101,7 +101,8 @@ def build_model(kind: str, value: str, path: Path, gpu: bool):
     try:
         model = cp_models.CellposeModel(gpu=gpu, pretrained_model=os.fspath(path), use_bfloat16=gpu)
     except (RuntimeError, ValueError) as exc:
-        raise SegmentationError(f"cellpose 4 could not load {path}: {exc}") from exc
+        detail = " ".join(str(exc).split())  # torch lists the mismatches on several lines
+        raise SegmentationError(f"cellpose 4 could not load {path}: {detail}") from exc
     expected = model.net.state_dict()
     missing = [k for k in expected if k not in state]
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
