@@ -3,8 +3,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# a second environment with cellpose 4 (no napari/Qt): only the cellpose-4 tests run there
+CP4_VENV := .venv-cp4
+CP4_STAMP := $(CP4_VENV)/.installed-stamp
 
-.PHONY: setup demo demo-headless test bench bench-quick demo-models clean
+.PHONY: setup setup-cellpose4 demo demo-headless test test-cellpose4 bench bench-quick demo-models clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +19,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+$(CP4_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(CP4_VENV)
+	$(CP4_VENV)/bin/python -m pip install -e ".[test-cellpose4]"
+	touch $(CP4_STAMP)
+
+setup-cellpose4: $(CP4_STAMP)
+
 ## The main job: the offline demo on bundled sample data.
 demo: setup
 	$(BIN)/gradcamo demo
@@ -23,9 +33,14 @@ demo: setup
 demo-headless: setup
 	$(BIN)/gradcamo demo --headless --out out/demo
 
-## The whole test suite, under a virtual X server (napari needs one).
+## The whole test suite, under a virtual X server (napari needs one), then the cellpose-4 tests.
 test: setup
 	xvfb-run -a $(BIN)/python -m pytest
+	$(MAKE) test-cellpose4
+
+## cellpose 4 (cpsam, random weights built locally) in its own environment .venv-cp4.
+test-cellpose4: setup-cellpose4
+	$(CP4_VENV)/bin/python -m pytest tests/test_segmentation_settings.py tests/test_segmentation_cellpose4.py
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
@@ -38,4 +53,4 @@ demo-models: setup
 	$(BIN)/python scripts/train_demo_models.py
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) $(CP4_VENV) out

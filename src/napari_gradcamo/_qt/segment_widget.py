@@ -25,7 +25,6 @@ from napari_gradcamo.progress import Cancelled, CancelToken
 
 NONE = "— none —"
 INVALID_STYLE = "border: 2px solid #e0443e;"
-NAMED_MODELS = ("cyto3", "nuclei", "cyto2", "cyto")
 NUCLEUS_HINTS = ("dna", "dapi", "hoechst", "nuc", "h2b")
 CYTO_HINTS = ("agp", "actin", "membrane", "cyto", "phalloidin", "wga", "er", "rna")
 OUTPUT_NAME = "Cells (cellpose)"
@@ -46,7 +45,7 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         avoid_llvm_clash()
-        from napari_gradcamo.segment.cellpose import GENERALIST_MODEL
+        from napari_gradcamo.segment.cellpose import GENERALIST_MODEL, available_models
 
         self.viewer = napari_viewer
         self.synchronous = default_synchronous()
@@ -63,7 +62,7 @@ class SegmentWidget(QWidget):
         self.cyto.setToolTip("The stain that outlines whole cells (first cellpose channel).")
         self.model = QComboBox(self)
         self.model.setEditable(True)
-        self.model.addItems([GENERALIST_MODEL, *NAMED_MODELS])
+        self.model.addItems(available_models())  # those of the installed cellpose (3 or 4)
         self.model.setToolTip(
             f"A cellpose model name, or a model file (Browse…). '{GENERALIST_MODEL}' is MouseLand's generalist\n"
             "network fetched once from the package index (works where the cellpose website cannot be reached)."

