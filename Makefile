@@ -35,6 +35,7 @@ demo-headless: setup
 
 ## The whole test suite, under a virtual X server (napari needs one), then the cellpose-4 tests.
 test: setup
+	$(BIN)/ruff check src tests benchmarks scripts
 	xvfb-run -a $(BIN)/python -m pytest
 	$(MAKE) test-cellpose4
 
