@@ -28,12 +28,14 @@ _MODELS_LOCK = threading.Lock()
 @dataclass
 class FieldOutcome:
     """What became of one field: ``done``, ``skipped`` (finished before with the same fingerprint) or
-    ``failed`` (with the reason); worker statistics when it ran."""
+    ``failed`` (with the reason); worker statistics when it ran (``cpu_seconds``: CPU time of the worker's
+    process during the task, which contention from other processes does not inflate)."""
 
     field: str
     status: str
     cells: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     worker: str = ""
     model_loads: int = 0
     peak_rss_mb: float = 0.0
@@ -81,7 +83,7 @@ def audit_field(task: FieldTask, masks: str, checkpoint: str, digest: str, setti
     from napari_gradcamo.audit import results
     from napari_gradcamo.io.lazy import open_image, open_labels
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     torch.set_num_threads(max(1, int(torch_threads)))
     bundle, loads = worker_model(checkpoint, digest)
     names = [n.strip() for n in task.channel_names.replace(",", ";").split(";") if n.strip()] or None
@@ -95,7 +97,8 @@ def audit_field(task: FieldTask, masks: str, checkpoint: str, digest: str, setti
     table = pd.concat(tables, ignore_index=True) if tables else results.empty_table(class_names)
     table = store.with_normalised(table.assign(**task.metadata()))
     store.write_field(Path(out), task, fingerprint, run, table, cams)
-    return {"cells": len(table), "seconds": time.perf_counter() - started, "worker": _worker_key(),
+    return {"cells": len(table), "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu_started, "worker": _worker_key(),
             "model_loads": loads, "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -191,7 +194,7 @@ def iter_plate(source, checkpoint, out, settings: AuditSettings | None = None, *
             futures[future] = task
         for future in as_completed(list(futures)):
             check(cancel, "the plate audit")
-            task = futures[future]
+            task = futures.pop(future)
             done += 1
             if future.status == "finished":
                 yield FieldOutcome(task.field_id, "done", done=done, total=total, **future.result())
@@ -200,6 +203,7 @@ def iter_plate(source, checkpoint, out, settings: AuditSettings | None = None, *
                 reason = f"{type(error).__name__}: {error}"
                 store.write_failure(out, task, keys[task.field_id], fingerprint, reason)
                 yield FieldOutcome(task.field_id, "failed", reason=reason, done=done, total=total)
+            future.release()  # the result is on disk: a worker lost later must not make the scheduler redo it
     finally:
         client.cancel(list(futures))
         if own:
