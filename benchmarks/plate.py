@@ -4,6 +4,7 @@ a worker killed mid-run, and a resume — on synthetic plates written as OME-Zar
 
     python benchmarks/plate.py            # ~6 min on 2 CPU cores
     python benchmarks/plate.py --fields 48 --no-effnet
+    python benchmarks/plate.py --device cuda    # on a GPU machine
 
 Workloads (seeded):
   small   48 fields (12 wells × 4 sites), each 5 × 12 × 64 × 64 uint16 with 12 cells; the bundled small 3D CNN
@@ -109,12 +110,15 @@ def main() -> int:
     parser.add_argument("--fields", type=int, default=48)
     parser.add_argument("--work", default="/tmp/gradcamo-plate-bench")
     parser.add_argument("--no-effnet", action="store_true")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (workers share one GPU)")
     args = parser.parse_args()
     import shutil
 
+    from napari_gradcamo.audit.run import AuditSettings
     from napari_gradcamo.models.bundled import bundled_model_path
     from napari_gradcamo.plate.synthetic import write_synthetic_plate
 
+    settings = AuditSettings(device=args.device)
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     results = {"command": "python benchmarks/plate.py " + " ".join(sys.argv[1:]), "machine":
@@ -126,10 +130,10 @@ def main() -> int:
                               "write_s": time.perf_counter() - t, "path": str(source)}
     model = bundled_model_path("honest")
     for workers in (1, 2):
-        results[f"small_{workers}w"] = timed_run(source, layout, model, work / f"out{workers}", workers)
+        results[f"small_{workers}w"] = timed_run(source, layout, model, work / f"out{workers}", workers, settings=settings)
         print(json.dumps({f"small_{workers}w": results[f"small_{workers}w"]}), flush=True)
-    results["small_resume_2w"] = timed_run(source, layout, model, work / "out2", 2)
-    results["small_killed_2w"] = timed_run(source, layout, model, work / "outkill", 2, kill=True)
+    results["small_resume_2w"] = timed_run(source, layout, model, work / "out2", 2, settings=settings)
+    results["small_killed_2w"] = timed_run(source, layout, model, work / "outkill", 2, kill=True, settings=settings)
     results["small_killed_2w"]["check"] = exactly_once(work / "outkill", source, layout)
     print(json.dumps({k: results[k] for k in ("small_resume_2w", "small_killed_2w")}), flush=True)
     if not args.no_effnet:
@@ -137,7 +141,8 @@ def main() -> int:
                                                  chunks=(1, 7, 128, 128), name="EFF01")
         checkpoint = effnet_checkpoint(work)
         for workers in (1, 2):
-            results[f"effnet_{workers}w"] = timed_run(esource, elayout, checkpoint, work / f"eout{workers}", workers)
+            results[f"effnet_{workers}w"] = timed_run(esource, elayout, checkpoint, work / f"eout{workers}", workers,
+                                                  settings=settings)
             print(json.dumps({f"effnet_{workers}w": results[f"effnet_{workers}w"]}), flush=True)
     results["load_average_at_end"] = os.getloadavg()[0]
     results["other_processes_note"] = "the machine is shared: compare the CPU s/cell, which contention does not inflate"

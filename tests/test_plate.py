@@ -140,3 +140,27 @@ def test_a_worker_killed_mid_run_costs_no_cell_and_no_duplicate(tmp_path):
     assert sorted(o.status for o in outcomes) == ["done"] * 8 and failures.empty
     keys = list(zip(table["field"], table["label"]))
     assert len(keys) == len(set(keys)) == len(_expected_cells(discover(source, layout)))
+
+
+def test_fields_without_masks_are_segmented_by_cellpose_in_the_same_graph(tmp_path, generalist_weights):
+    from napari_gradcamo.io.images import read_labels
+    from napari_gradcamo.segment.cellpose import SegmentationSettings
+    from napari_gradcamo.synthetic.files import write_synthetic_manifest
+
+    write_synthetic_manifest(tmp_path / "data", n_fields=2, sites_per_well=2)
+    for masks in (tmp_path / "data" / "images").glob("*_s2_masks.tif"):
+        masks.unlink()
+    segmentation = SegmentationSettings(model=str(generalist_weights), cyto_channel=3, nucleus_channel=0, diameter=16)
+    client, cluster = _thread_client(1)
+    try:
+        outcomes, _ = run_plate(tmp_path / "data" / "images", MODEL, tmp_path / "out", client=client,
+                                segmentation=segmentation)
+    finally:
+        client.close()
+        cluster.close()
+    assert [o.status for o in outcomes] == ["done", "done"], [o.reason for o in outcomes]
+    made = list((tmp_path / "out" / "masks").glob("*_s2_*.tif"))
+    assert len(made) == 1, "only the field without masks is segmented"
+    labels = read_labels(made[0])
+    segmented = next(o for o in outcomes if o.field.endswith("/2"))
+    assert segmented.cells == len(np.unique(labels)) - 1 > 0

@@ -33,7 +33,7 @@ def test_plate_dock_heatmap_and_loading_a_field(make_napari_viewer, qtbot, plate
     from napari_gradcamo.plate import store
 
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window._qt_window.resize(1500, 1100)
     dock = PlateDock(viewer)
     viewer.window.add_dock_widget(dock, name="Plate", area="left")
     assert not dock.open_results(plate_run.parent / "nowhere") and "run.json" in dock.status.text()

@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -28,7 +29,7 @@ from napari_gradcamo.io.images import ImageError
 from napari_gradcamo.plate import report, store
 
 AUDIT_WIDGET = ("napari-gradcamo", "Grad-CAMO audit")
-CELL_PX = 20
+CELL_PX = 18
 
 
 def _colour(value: float, low: float, high: float) -> QColor:
@@ -62,11 +63,13 @@ class PlateDock(QWidget):
         self.plate_combo.currentTextChanged.connect(lambda *_: self._fill_heatmap())
         self.summary = QLabel("No plate open.", self)
         self.summary.setWordWrap(True)
+        self.summary.setToolTip(f"Chance-corrected Grad-CAMO: {report.SCORE_LABEL}")
         self.heatmap = QTableWidget(self)
         self.heatmap.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.heatmap.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.heatmap.cellClicked.connect(self._on_well_clicked)
         self.fields = QListWidget(self)
+        self.fields.setMinimumHeight(3 * CELL_PX)
         self.fields.itemDoubleClicked.connect(lambda item: self.load_field(item.data(Qt.ItemDataRole.UserRole)))
         self.load_button = QPushButton("Load field", self)
         self.load_button.setToolTip("Load the chosen field's image (lazily), masks, maps and table (or double-click).")
@@ -76,7 +79,8 @@ class PlateDock(QWidget):
         top = QHBoxLayout()
         top.addWidget(self.open_button)
         top.addWidget(self.plate_combo)
-        layout = QVBoxLayout(self)
+        content = QWidget(self)  # scrolls, rather than squeezing the heatmap, when the dock is short
+        layout = QVBoxLayout(content)
         layout.addLayout(top)
         layout.addWidget(self.summary)
         layout.addWidget(self.heatmap, 3)
@@ -84,6 +88,14 @@ class PlateDock(QWidget):
         layout.addWidget(self.fields, 1)
         layout.addWidget(self.load_button)
         layout.addWidget(self.status)
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumHeight(22 * CELL_PX)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
     # ------------------------------------------------------------------ results
     def _open_dialog(self) -> None:
@@ -109,7 +121,7 @@ class PlateDock(QWidget):
         self.plate_combo.addItems(plates)
         self.plate_combo.blockSignals(False)
         self.summary.setText(f"{len(cells)} cells in {cells['field'].nunique() if len(cells) else 0} of {len(tasks)} "
-                             f"fields; {len(failures)} failed. Colour: median {report.SCORE_LABEL}.")
+                             f"fields; {len(failures)} failed.\nColour: median chance-corrected Grad-CAMO per well.")
         self._fill_heatmap()
         self.status.setText("Click a well, then pick a field.")
         return True
@@ -129,7 +141,7 @@ class PlateDock(QWidget):
         self.heatmap.clear()
         self.heatmap.setRowCount(rows)
         self.heatmap.setColumnCount(cols)
-        self.heatmap.setVerticalHeaderLabels(report._row_names(rows))
+        self.heatmap.setVerticalHeaderLabels(report.row_names(rows))
         self.heatmap.setHorizontalHeaderLabels([str(c + 1) for c in range(cols)])
         for well in wells:
             r, c = report.split_well(well)
@@ -141,7 +153,8 @@ class PlateDock(QWidget):
         for axis in (self.heatmap.horizontalHeader(), self.heatmap.verticalHeader()):
             axis.setMinimumSectionSize(12)
             axis.setDefaultSectionSize(CELL_PX)
-        self.heatmap.setMinimumHeight(min(rows * CELL_PX + 2 * CELL_PX, 420))
+        self.heatmap.setMinimumHeight(min((rows + 2) * CELL_PX, 420))
+        self.heatmap.setMinimumWidth(min((cols + 2) * CELL_PX, 480))
 
     def _on_well_clicked(self, row: int, column: int) -> None:
         item = self.heatmap.item(row, column)

@@ -84,6 +84,14 @@ def _channel_names(attrs: dict, array, axes: Sequence[str]) -> list[str] | None:
     return names if len(names) == n and all(names) else None
 
 
+def has_label_image(image_path: str | Path) -> bool:
+    """Whether an OME-Zarr image lists a label image (nothing is read but metadata)."""
+    try:
+        return bool(ome_attrs(open_group(image_path)["labels"]).get("labels"))
+    except (ImageError, KeyError):
+        return False
+
+
 def read_label_image(image_path: str | Path, name: str | None = None) -> np.ndarray:
     """The label image ``labels/<name>`` of an OME-Zarr image (the first listed when ``name`` is None), as ZYX."""
     from napari_gradcamo.io.images import as_label_volume

@@ -50,7 +50,7 @@ def plate_grid(per_well: pd.Series) -> np.ndarray:
     return grid
 
 
-def _row_names(n: int) -> list[str]:
+def row_names(n: int) -> list[str]:
     return [string.ascii_uppercase[i] if i < 26 else "A" + string.ascii_uppercase[i - 26] for i in range(n)]
 
 
@@ -62,7 +62,7 @@ def _heatmap(ax, grid: np.ndarray, title: str, cmap: str, vmin=None, vmax=None) 
     rows, cols = grid.shape
     step = 1 if cols <= 24 else 2
     ax.set_xticks(range(0, cols, step), [str(c + 1) for c in range(0, cols, step)], fontsize=7)
-    ax.set_yticks(range(rows), _row_names(rows), fontsize=7)
+    ax.set_yticks(range(rows), row_names(rows), fontsize=7)
     ax.set_title(title, fontsize=9)
     ax.figure.colorbar(image, ax=ax, shrink=0.8)
 

@@ -123,15 +123,11 @@ def segment_field(task: FieldTask, segmentation, out: str) -> str:
 
 
 def _needs_segmentation(task: FieldTask) -> bool:
-    from napari_gradcamo.io.lazy import open_labels
+    """No masks file and not an OME-Zarr field with its own label image."""
+    from napari_gradcamo.io.lazy import is_zarr
+    from napari_gradcamo.io.ome_zarr import has_label_image
 
-    if task.masks:
-        return False
-    try:
-        open_labels(task.image)  # an OME-Zarr field with its own label image
-        return False
-    except ImageError:
-        return True
+    return not task.masks and not (is_zarr(task.image) and has_label_image(task.image))
 
 
 def make_client(workers: int | None = None, scheduler: str | None = None, processes: bool = True):
