@@ -56,7 +56,7 @@ class PlateDock(QWidget):
         self._build_ui()
 
     def _build_ui(self) -> None:
-        self.open_button = QPushButton("Open plate results…", self)
+        self.open_button = QPushButton("Open results…", self)
         self.open_button.setToolTip("The --out folder of 'gradcamo plate run' (it holds run.json).")
         self.open_button.clicked.connect(self._open_dialog)
         self.plate_combo = QComboBox(self)
@@ -78,7 +78,10 @@ class PlateDock(QWidget):
         self.status.setWordWrap(True)
         top = QHBoxLayout()
         top.addWidget(self.open_button)
-        top.addWidget(self.plate_combo)
+        top.addWidget(QLabel("Plate:", self))
+        top.addWidget(self.plate_combo, 1)
+        self.plate_combo.setMinimumContentsLength(6)
+        self.plate_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         content = QWidget(self)  # scrolls, rather than squeezing the heatmap, when the dock is short
         layout = QVBoxLayout(content)
         layout.addLayout(top)
