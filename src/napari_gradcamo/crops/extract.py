@@ -9,6 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_gradcamo.io.images import Image, ImageError
+from napari_gradcamo.io.lazy import materialize
 
 
 @dataclass
@@ -87,7 +88,9 @@ def crop_origin(centroid: Sequence[float], crop_shape: Sequence[int]) -> tuple[i
 
 
 def window(array: np.ndarray, origin: Sequence[int], shape: Sequence[int]):
-    """Slice ``array``'s last three axes at ``origin``/``shape``, zero-padding outside; returns (crop, padding)."""
+    """Slice ``array``'s last three axes at ``origin``/``shape``, zero-padding outside; returns (crop, padding).
+
+    ``array`` may be lazy (dask, zarr): only the window is read."""
     spatial = array.shape[-3:]
     src, dst, padding = [], [], []
     for o, s, n in zip(origin, shape, spatial):
@@ -99,7 +102,7 @@ def window(array: np.ndarray, origin: Sequence[int], shape: Sequence[int]):
         padding.append((start - o, (o + s) - stop) if stop > start else (s, 0))
     out = np.zeros(array.shape[:-3] + tuple(shape), dtype=array.dtype)
     lead = (slice(None),) * (array.ndim - 3)
-    out[lead + tuple(dst)] = array[lead + tuple(src)]
+    out[lead + tuple(dst)] = materialize(array[lead + tuple(src)])
     return out, tuple(padding)
 
 

@@ -1,0 +1,85 @@
+"""``gradcamo plate run | report | synthetic``: a whole plate on dask.distributed, its report, a test plate."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from napari_gradcamo.cli._common import (
+    add_audit_options,
+    add_segmentation_options,
+    audit_settings,
+    progress_bar,
+    segmentation_settings,
+)
+
+
+def cmd_run(args) -> int:
+    from napari_gradcamo.plate.report import write_report
+    from napari_gradcamo.plate.run import iter_plate
+
+    bar, update = progress_bar("fields", unit="field")
+    counts, failed = Counter(), []
+    for outcome in iter_plate(args.source, args.model, args.out, audit_settings(args), layout=args.layout,
+                              segmentation=segmentation_settings(args) if args.segment else None,
+                              workers=args.workers, scheduler=args.scheduler, torch_threads=args.torch_threads):
+        counts[outcome.status] += 1
+        counts["cells"] += outcome.cells
+        if outcome.status == "failed":
+            failed.append(f"{outcome.field}: {outcome.reason}")
+        update(outcome.done, outcome.total, f"{outcome.field} {outcome.status}")
+    bar.close()
+    report = write_report(args.out)
+    print(json.dumps({"fields_done": counts["done"], "fields_skipped": counts["skipped"], "fields_failed": counts["failed"],
+                      "cells_audited_now": counts["cells"], "report": str(report), "failed": failed}, indent=2))
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from napari_gradcamo.plate.report import write_report
+
+    print(write_report(args.out))
+    return 0
+
+
+def cmd_synthetic(args) -> int:
+    from napari_gradcamo.plate.synthetic import write_synthetic_plate
+
+    shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else None
+    plate, layout = write_synthetic_plate(args.out, args.fields, sites_per_well=args.sites, scenario=args.scenario,
+                                          seed=args.seed, n_cells=args.cells, shape=shape)
+    print(json.dumps({"plate": str(plate), "layout": str(layout)}))
+    return 0
+
+
+def register(sub) -> None:
+    plate = sub.add_parser("plate", help="audit a whole plate on dask.distributed; report; synthetic test plate")
+    commands = plate.add_subparsers(dest="plate_command", required=True)
+
+    p = commands.add_parser("run", help="audit every field (resumable) and write the plate table and report")
+    p.add_argument("source", help="manifest CSV, folder of fields (PLATE_WELL_sSITE.ome.tif/.ome.zarr), or OME-Zarr plate")
+    p.add_argument("--model", required=True, help="checkpoint (.safetensors, or .pt state dict + .json)")
+    p.add_argument("--out", required=True, help="output folder (rerun with the same folder to resume)")
+    p.add_argument("--layout", default=None, help="CSV: well[,plate],treatment,dose")
+    p.add_argument("--workers", type=int, default=None, help="local dask workers (default: one per CPU core)")
+    p.add_argument("--scheduler", default=None, help="address of a running dask scheduler (e.g. from dask-jobqueue)")
+    p.add_argument("--torch-threads", type=int, default=1, help="torch threads per worker")
+    seg = p.add_argument_group("masks: from the manifest / beside each field / the OME-Zarr labels, or cellpose")
+    seg.add_argument("--segment", action="store_true", help="segment fields that have no masks with cellpose")
+    add_segmentation_options(seg)
+    add_audit_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("report", help="rebuild the plate table and HTML report of a run folder")
+    p.add_argument("out", help="the --out folder of 'gradcamo plate run'")
+    p.set_defaults(func=cmd_report)
+
+    p = commands.add_parser("synthetic", help="write a synthetic OME-Zarr HCS plate and its layout CSV")
+    p.add_argument("out")
+    p.add_argument("--fields", type=int, default=48)
+    p.add_argument("--sites", type=int, default=4, help="sites per well")
+    p.add_argument("--cells", type=int, default=12, help="cells per field")
+    p.add_argument("--shape", default=None, help="field shape z,y,x (default 12,64,64)")
+    p.add_argument("--scenario", choices=("honest", "shortcut"), default="honest")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=cmd_synthetic)
