@@ -49,3 +49,24 @@ def test_ome_zarr_without_multiscales_or_labels_is_refused_with_the_fix(tmp_path
     write_image(group, "img", np.ones((1, 2, 8, 8), np.uint16), ["DNA"], (1, 1, 1))
     with pytest.raises(ImageError, match="no 'labels' group"):
         open_labels(tmp_path / "x.zarr" / "img")
+
+
+def test_gradcamo_audit_reads_an_ome_zarr_field_lazily_with_its_own_labels(tmp_path):
+    """The single-field CLI audits an OME-Zarr field (its label image used as masks) exactly as the same
+    field read eagerly from arrays."""
+    import pandas as pd
+
+    from napari_gradcamo.audit.run import AuditSettings, run_audit
+    from napari_gradcamo.cli import main
+    from napari_gradcamo.models.bundled import bundled_model_path, load_demo_model
+
+    source, _ = write_synthetic_plate(tmp_path, 1, sites_per_well=1, chunks=(1, 4, 32, 32))
+    field = read_plate(source)[1][0].path
+    assert main(["audit", str(field), "--model", str(bundled_model_path("honest")), "--out", str(tmp_path / "r")]) == 0
+    table = pd.read_parquet(next((tmp_path / "r").glob("*.parquet"))).sort_values("label", ignore_index=True)
+    image = open_image(field)
+    image.data = np.asarray(image.data)
+    eager = run_audit(image, open_labels(field), load_demo_model("honest"), AuditSettings()).table
+    assert len(table) == len(eager) > 0
+    np.testing.assert_allclose(table["gradcamo"], eager["gradcamo"], rtol=1e-5)
+    assert not any((tmp_path / "r").glob("*_masks.tif"))  # its own labels were used, nothing segmented

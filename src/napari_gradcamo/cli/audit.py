@@ -28,6 +28,8 @@ def cmd_audit(args) -> int:
     from napari_gradcamo.audit.run import run_audit
     from napari_gradcamo.io.atomic import check_writable_folder, refuse_existing
     from napari_gradcamo.io.images import read_image, read_labels
+    from napari_gradcamo.io.lazy import is_zarr, open_image, open_labels
+    from napari_gradcamo.io.ome_zarr import has_label_image
     from napari_gradcamo.models.checkpoint import load_checkpoint
     from napari_gradcamo.progress import CancelToken
 
@@ -35,12 +37,15 @@ def cmd_audit(args) -> int:
     check_device(args.device)
     settings = audit_settings(args)
     names = args.channel_names.split(",") if args.channel_names else None
-    image = read_image(args.image, axes=args.axes, channel_names=names, voxel_size=args.voxel_size)
+    lazy = is_zarr(args.image)  # OME-Zarr: each crop reads only its window; TIFF/npy are read and checked whole
+    reader = open_image if lazy else read_image
+    image = reader(args.image, axes=args.axes, channel_names=names, voxel_size=args.voxel_size)
+    own_labels = lazy and not args.masks and has_label_image(args.image)  # an OME-Zarr image with its labels
     bundle = load_checkpoint(args.model, trusted_factory=args.trust_factory)
     stem = output_stem(args.image)
     csv, parquet, record_path = results.table_paths(out, f"{stem}_gradcamo")
-    masks_out = None if args.masks else out / f"{stem}_masks.tif"
-    seg = None if args.masks else segmentation_settings(args)
+    masks_out = None if args.masks or own_labels else out / f"{stem}_masks.tif"
+    seg = None if args.masks or own_labels else segmentation_settings(args)
     record = provenance.start_record(
         "audit", args.model, bundle.metadata.model_dump(), {"image": args.image, "masks": args.masks},
         {"audit": settings, "segmentation": seg, "axes": args.axes, "channel_names": names,
@@ -50,8 +55,8 @@ def cmd_audit(args) -> int:
     else:
         refuse_existing([csv, parquet, record_path, *([masks_out] if masks_out else [])], args.overwrite)
         done = None
-    if args.masks:
-        labels = read_labels(args.masks)
+    if args.masks or own_labels:
+        labels = open_labels(args.image, args.masks)
     elif args.resume and masks_out.exists():
         labels = read_labels(masks_out)  # the masks this run wrote before it was interrupted
     else:
@@ -133,7 +138,7 @@ def cmd_layers(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("audit", help="score every cell of an image: where does the model look?")
-    p.add_argument("image", help="TIFF / OME-TIFF / .npy image")
+    p.add_argument("image", help="TIFF / OME-TIFF / .npy image, or an OME-Zarr image (read lazily, crop by crop)")
     p.add_argument("--model", required=True, help="checkpoint (.safetensors, or .pt state dict + .json)")
     p.add_argument("--out", required=True, help="output folder (checked writable before any compute)")
     p.add_argument("--overwrite", action="store_true", help="replace this image's results already in --out")
@@ -144,7 +149,8 @@ def register(sub) -> None:
     p.add_argument("--channel-names", default=None, help="comma-separated channel names")
     p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"))
     seg = p.add_argument_group("masks: give --masks, or segment with cellpose")
-    seg.add_argument("--masks", default=None, help="label image (TIFF/.npy) with one id per cell")
+    seg.add_argument("--masks", default=None,
+                     help="label image (TIFF/.npy, or an OME-Zarr label image) with one id per cell")
     add_segmentation_options(seg)
     add_audit_options(p)
     p.set_defaults(func=cmd_audit)
