@@ -18,6 +18,8 @@ def cmd_train(args) -> int:
     channels = args.channels.split(",") if args.channels else None
     classes = args.classes.split(",") if args.classes else None
     manifest, cache = load_cache(args, args.manifest, out, args.crop_shape, channels, classes)
+    if args.objective != "classifier":
+        return _train_vae(args, manifest, cache, out)
     kwargs = json.loads(args.arch_kwargs) if args.arch_kwargs else ({"width": args.width} if args.arch == "small-cnn-3d" else {})
     config = TrainConfig(
         architecture=args.arch, architecture_kwargs=kwargs, target_layer=args.layer, epochs=args.epochs,
@@ -56,6 +58,43 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _train_vae(args, manifest, cache, out: Path) -> int:
+    """``--objective vae | infomax-vae``: an (InfoMax) VAE whose latent means become the profiles."""
+    from napari_gradcamo.train.loop import BEST_FILE
+    from napari_gradcamo.train.vae_loop import VaeConfig, fit_vae
+
+    if (out / BEST_FILE).exists() and not args.overwrite:
+        raise ValueError(f"{out / BEST_FILE} exists; pass --overwrite or choose another --out.")
+    encoder = "small-cnn" if args.arch == "small-cnn-3d" else args.arch
+    config = VaeConfig(objective=args.objective, encoder=encoder, width=args.width, latent_dim=args.latent_dim,
+                       beta=args.beta, mi_weight=args.mi_weight, mi_alpha=args.mi_alpha, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                       val_fraction=args.val_fraction, jitter=args.jitter, seed=args.seed, device=args.device)
+    print(f"{len(cache.data)} crops of {len(manifest)} fields; {args.objective}, latent {args.latent_dim}; "
+          f"cache {cache.folder} ({'reused' if cache.reused else 'built'})", file=sys.stderr)
+    bar, update = progress_bar("train", "batch")
+
+    def epoch_end(epoch: int, stats: dict) -> None:
+        bar.write(f"epoch {epoch}: loss {stats['loss']:.1f} (reconstruction {stats['reconstruction']:.1f}, "
+                  f"KL {stats['kl']:.2f}, MI {stats['mutual_information']:.3f}), val loss {stats['val_loss']:.1f}, "
+                  f"{stats['seconds']:.1f} s", file=sys.stderr)
+
+    extra = {"manifest": str(Path(args.manifest).resolve()), "crop_cache": str(cache.folder)}
+    try:
+        result = fit_vae(cache.data, cache.class_names, cache.channel_names, args.crop_shape, config, out,
+                         extra_metadata=extra, progress=update, epoch_end=epoch_end)
+    finally:
+        bar.close()
+    h = result.history
+    summary = {"checkpoint": str(result.checkpoint), "objective": args.objective, "best_epoch": result.best_epoch,
+               "epochs_run": len(h.loss), "val_loss": h.val_loss[result.best_epoch - 1],
+               "seconds_per_epoch": sum(h.seconds) / len(h.seconds), "crops": {k: int(len(v)) for k, v in result.split.items()},
+               "target_layer": result.metadata.target_layer}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_synthetic(args) -> int:
     from napari_gradcamo.synthetic.files import write_synthetic_manifest
 
@@ -73,7 +112,8 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a 3D crop classifier from a manifest (CSV) of images and masks")
     p.add_argument("manifest", help="CSV with image, class, plate, well, site and masks (or cellpose settings)")
     p.add_argument("--out", required=True, help="output folder: model.safetensors, last.safetensors, resume.pt, history.csv")
-    p.add_argument("--arch", default="small-cnn-3d", help="small-cnn-3d or efficientnet-b0 … efficientnet-b7")
+    p.add_argument("--arch", default="small-cnn-3d",
+                   help="small-cnn-3d or efficientnet-b0 … efficientnet-b7 (the VAE encoder: small-cnn-3d or efficientnet-b0…b2)")
     p.add_argument("--width", type=int, default=8, help="small CNN width")
     p.add_argument("--arch-kwargs", default=None, help="JSON architecture keyword arguments (overrides --width)")
     p.add_argument("--crop-shape", type=int, nargs=3, default=[8, 32, 32], metavar=("Z", "Y", "X"))
@@ -96,6 +136,15 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (resume.pt)")
+    g = p.add_argument_group("self-supervised objectives (docs/self-supervised.md)")
+    g.add_argument("--objective", choices=("classifier", "vae", "infomax-vae"), default="classifier",
+                   help="classifier (default); vae or infomax-vae: profiles = latent means, no labels used")
+    g.add_argument("--latent-dim", type=int, default=16, help="VAE latent size")
+    g.add_argument("--beta", type=float, default=1.0, help="weight β of the VAE's KL term")
+    g.add_argument("--mi-weight", type=float, default=0.0,
+                   help="weight γ of the mutual-information bound (infomax-vae; 0 there means 1.0)")
+    g.add_argument("--mi-alpha", type=float, default=0.5, help="interpolation α of the MI bound (1: InfoNCE-like, 0: NWJ)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing VAE model.safetensors in --out")
     add_cache_options(p)
     p.set_defaults(func=cmd_train)
 

@@ -10,6 +10,7 @@ from napari_gradcamo.models.metadata import CheckpointError, ModelMetadata
 
 EFFICIENTNET_NAMES = tuple(f"efficientnet-b{i}" for i in range(8))
 SMALL_CNN = "small-cnn-3d"
+VAE = "vae-3d"  # models/vae.py: its forward returns the latent means; class_names name the latent units
 CUSTOM = "custom"
 
 # MBConv stage definitions of EfficientNet-B0 (Tan & Le, 2019); b1..b7 scale them by width and depth.
@@ -91,12 +92,16 @@ def build_model(metadata: ModelMetadata):
         return _efficientnet(arch, in_ch, n_cls, metadata.crop_shape, **kwargs)
     if arch == SMALL_CNN:
         return _small_cnn(in_ch, n_cls, **kwargs)
+    if arch == VAE:
+        from napari_gradcamo.models.vae import build_vae
+
+        return build_vae(in_ch, metadata.crop_shape, latent_dim=n_cls, **kwargs)
     if arch == CUSTOM:
         factory = kwargs.pop("factory", None)
         if not factory:
             raise CheckpointError("A 'custom' architecture needs architecture_kwargs.factory = 'package.module:function'.")
         return _import_factory(factory)(in_channels=in_ch, num_classes=n_cls, **kwargs)
     raise CheckpointError(
-        f"Unknown architecture '{arch}'. Known: {', '.join(EFFICIENTNET_NAMES)}, {SMALL_CNN}, "
+        f"Unknown architecture '{arch}'. Known: {', '.join(EFFICIENTNET_NAMES)}, {SMALL_CNN}, {VAE}, "
         f"or '{CUSTOM}' with a factory."
     )
