@@ -128,21 +128,26 @@ class MutualInfoCritic(nn.Module):
 def interpolated_mi_bound(scores, alpha: float = 0.5):
     """In-batch estimate of Poole et al.'s interpolated bound I_α (nats), baseline q(z) = 1.
 
-    ``scores[i, j]`` = f(x_i, z_j), (x_i, z_i) drawn jointly. With m(z_j) = mean_k exp(S[k, j]) and
-    b_j = α·m(z_j) + (1 − α): I_α = 1 + mean_j [S[j, j] − log b_j] − mean_{i≠j} [exp(S[i, j]) / b_j].
-    α = 1 gives an InfoNCE-like bound (≤ log B), α = 0 the NWJ bound with a constant baseline.
+    ``scores[i, j]`` = f(x_i, z_j), (x_i, z_i) drawn jointly. Joint term: m_j = mean_k exp(S[k, j]) over the
+    whole batch (the paired x_j included); marginal term: z_j against the other crops only, with the
+    leave-one-out m'_j = mean_{k≠j} exp(S[k, j]). With b(m) = α·m + (1 − α):
+    I_α = 1 + mean_j [S[j, j] − log b(m_j)] − mean_{i≠j} [exp(S[i, j]) / b(m'_j)].
+    α = 1 gives InfoNCE (≤ log B), α = 0 the NWJ bound with a constant baseline.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError("The interpolation α must lie in [0, 1].")
     n = scores.shape[0]
-    log_m = torch.logsumexp(scores, dim=0) - math.log(n)
-    if alpha == 0.0:
-        log_b = torch.zeros_like(log_m)
-    elif alpha == 1.0:
-        log_b = log_m
-    else:
-        log_b = torch.logaddexp(log_m + math.log(alpha), torch.full_like(log_m, math.log(1.0 - alpha)))
-    joint = (scores.diagonal() - log_b).mean()
     off = ~torch.eye(n, dtype=torch.bool, device=scores.device)
-    marginal = torch.exp(scores - log_b[None, :])[off].mean()
+    log_m = torch.logsumexp(scores, dim=0) - math.log(n)
+    log_m_out = torch.logsumexp(scores.masked_fill(~off, -math.inf), dim=0) - math.log(n - 1)
+
+    def log_baseline(log_mean):
+        if alpha == 0.0:
+            return torch.zeros_like(log_mean)
+        if alpha == 1.0:
+            return log_mean
+        return torch.logaddexp(log_mean + math.log(alpha), torch.full_like(log_mean, math.log(1.0 - alpha)))
+
+    joint = (scores.diagonal() - log_baseline(log_m)).mean()
+    marginal = torch.exp(scores - log_baseline(log_m_out)[None, :])[off].mean()
     return 1.0 + joint - marginal
