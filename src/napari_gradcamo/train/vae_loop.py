@@ -126,7 +126,12 @@ def fit_vae(data: CropSet, dataset_classes: Sequence[str], channel_names: Sequen
     from napari_gradcamo.models.metadata import ModelMetadata
     from napari_gradcamo.models.vae import MutualInfoCritic, interpolated_mi_bound, vae_losses
     from napari_gradcamo.train.loop import (
-        BEST_FILE, _environment, _steps_per_epoch, augment, fit_normalization_rows, split_by_group,
+        BEST_FILE,
+        _environment,
+        _steps_per_epoch,
+        augment,
+        fit_normalization_rows,
+        split_by_group,
     )
 
     config.validate()
