@@ -31,14 +31,16 @@ def _metrics_job(image, labels, bundle, table, k):
     yield (0, 2, "crops of the image…")
     data = cropset_from_image(image, labels, bundle)
     yield (1, 2, "neighbourhoods, classifiers, mAP…")
-    return table_metrics(table, data.x, feature_columns(table, SPHERED_PREFIX), k=k)
+    result = table_metrics(table, data.x, feature_columns(table, SPHERED_PREFIX), k=k)
+    yield (2, 2, "done")
+    return result
 
 
 def format_metrics(metrics: dict) -> str:
     """The headline metrics, one per line (missing ones — e.g. a single well — as their note)."""
     lines = [f"{key}: {metrics[key]:.3f}" if isinstance(metrics[key], float) else f"{key}: {metrics[key]}"
              for key in SHOWN if metrics.get(key) is not None]
-    lines += [str(v) for key, v in metrics.items() if key.endswith("_note")]
+    lines += [f"{key[: -len('_note')]}: {v}" for key, v in metrics.items() if key.endswith("_note")]
     return "\n".join(lines)
 
 
