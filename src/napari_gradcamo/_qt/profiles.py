@@ -32,7 +32,8 @@ from napari_gradcamo._qt.pickers import ImageLayersPicker, LabelsLayerPicker, gu
 from napari_gradcamo._qt.workers import default_synchronous, start_job, with_progress
 from napari_gradcamo.progress import Cancelled, CancelToken
 
-COLOR_CHOICES = ("class", "predicted_class", "site", "gradcamo")
+COLOR_CHOICES = ("class", "predicted_class", "site", "gradcamo", "local_quality")
+CONTINUOUS = ("gradcamo", "local_quality")  # in [0, 1], drawn with viridis
 ALL_IMAGES = "— all rows —"
 BROWSE = "Browse…"
 
@@ -139,6 +140,10 @@ class ProfilesWidget(QWidget):
         layout.addWidget(self.panel)
         layout.addLayout(view)
         layout.addWidget(self.canvas, 1)
+        from napari_gradcamo._qt.profile_metrics import ProfileMetricsPanel
+
+        self.metrics_panel = ProfileMetricsPanel(self)
+        layout.addWidget(self.metrics_panel)
         self._draw()
 
     def _refresh_buttons(self) -> None:
@@ -248,6 +253,7 @@ class ProfilesWidget(QWidget):
                            error=True)
             return False
         self.set_table(table, {"source": str(path)})
+        self.metrics_panel.table_loaded(path)
         self.panel.say(f"Loaded {len(table)} cells from {Path(str(path)).name}.")
         return True
 
@@ -360,7 +366,7 @@ class ProfilesWidget(QWidget):
             key = "gradcamo" if "gradcamo" in table.columns else None
         import matplotlib.pyplot as plt
 
-        if key == "gradcamo":
+        if key in CONTINUOUS:
             self._scatter = ax.scatter(xy[linked, 0], xy[linked, 1], c=table[key].to_numpy()[linked], cmap="viridis",
                                        vmin=0, vmax=1, s=18, picker=True, pickradius=4, zorder=2)
         else:
@@ -375,7 +381,8 @@ class ProfilesWidget(QWidget):
         self._highlight = ax.scatter([], [], s=140, facecolors="none", edgecolors="red", linewidths=2, zorder=3)
         ax.set_xlabel("UMAP 1")
         ax.set_ylabel("UMAP 2")
-        scale = "  ·  Grad-CAMO 0 (purple) → 1 (yellow)" if key == "gradcamo" else ""
+        title = {"gradcamo": "Grad-CAMO", "local_quality": "local quality"}.get(key, "")
+        scale = f"  ·  {title} 0 (purple) → 1 (yellow)" if key in CONTINUOUS else ""
         ax.set_title(f"Single-cell profiles (click a point){scale}", fontsize=8)
         if self.labels_layer is not None and int(self.labels_layer.selected_label) > 0:
             self.highlight_label(int(self.labels_layer.selected_label))

@@ -30,6 +30,9 @@ def cmd_train(args) -> int:
     manifest = read_manifest(args.manifest)
     check_images_once(manifest)
     classes = check_class_list(manifest, args.classes.split(",") if args.classes else None)
+    if args.objective != "classifier":
+        manifest, cache = load_cache(args, args.manifest, out, args.crop_shape, channels, classes)
+        return _train_vae(args, manifest, cache, out)
     kwargs = _arch_kwargs(args)
     check_layer(args.arch, kwargs, args.crop_shape, args.layer)  # unknown arch, kwargs or layer: before the cache
     config = TrainConfig(
@@ -83,6 +86,40 @@ def _arch_kwargs(args) -> dict:
     return kwargs
 
 
+def _train_vae(args, manifest, cache, out: Path) -> int:
+    """``--objective vae | infomax-vae``: an (InfoMax) VAE whose latent means become the profiles."""
+    from napari_gradcamo.train.vae_loop import VaeConfig, fit_vae
+
+    encoder = "small-cnn" if args.arch == "small-cnn-3d" else args.arch
+    config = VaeConfig(objective=args.objective, encoder=encoder, width=args.width, latent_dim=args.latent_dim,
+                       beta=args.beta, mi_weight=args.mi_weight, mi_alpha=args.mi_alpha, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                       val_fraction=args.val_fraction, jitter=args.jitter, seed=args.seed, device=args.device)
+    print(f"{len(cache.data)} crops of {len(manifest)} fields; {args.objective}, latent {args.latent_dim}; "
+          f"cache {cache.folder} ({'reused' if cache.reused else 'built'})", file=sys.stderr)
+    bar, update = progress_bar("train", "batch")
+
+    def epoch_end(epoch: int, stats: dict) -> None:
+        bar.write(f"epoch {epoch}: loss {stats['loss']:.1f} (reconstruction {stats['reconstruction']:.1f}, "
+                  f"KL {stats['kl']:.2f}, MI {stats['mutual_information']:.3f}), val loss {stats['val_loss']:.1f}, "
+                  f"{stats['seconds']:.1f} s", file=sys.stderr)
+
+    extra = {"manifest": str(Path(args.manifest).resolve()), "crop_cache": str(cache.folder)}
+    try:
+        result = fit_vae(cache.data, cache.class_names, cache.channel_names, args.crop_shape, config, out,
+                         extra_metadata=extra, progress=update, epoch_end=epoch_end)
+    finally:
+        bar.close()
+    h = result.history
+    summary = {"checkpoint": str(result.checkpoint), "objective": args.objective, "best_epoch": result.best_epoch,
+               "epochs_run": len(h.loss), "val_loss": h.val_loss[result.best_epoch - 1],
+               "seconds_per_epoch": sum(h.seconds) / len(h.seconds), "crops": {k: int(len(v)) for k, v in result.split.items()},
+               "target_layer": result.metadata.target_layer}
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_synthetic(args) -> int:
     from napari_gradcamo.synthetic.files import write_synthetic_manifest
 
@@ -101,7 +138,8 @@ def register(sub) -> None:
     p.add_argument("manifest", help="CSV with image, class, plate, well, site and masks (or cellpose settings)")
     p.add_argument("--out", required=True, help="output folder: model.safetensors, last.safetensors, resume.pt, history.csv")
     p.add_argument("--overwrite", action="store_true", help="replace a finished training's files in --out")
-    p.add_argument("--arch", default="small-cnn-3d", help="small-cnn-3d or efficientnet-b0 … efficientnet-b7")
+    p.add_argument("--arch", default="small-cnn-3d",
+                   help="small-cnn-3d or efficientnet-b0 … efficientnet-b7 (the VAE encoder: small-cnn-3d or efficientnet-b0…b2)")
     p.add_argument("--width", type=positive_int, default=8, help="small CNN width")
     p.add_argument("--arch-kwargs", default=None, help="JSON architecture keyword arguments (overrides --width)")
     p.add_argument("--crop-shape", type=positive_int, nargs=3, default=[8, 32, 32], metavar=("Z", "Y", "X"))
@@ -124,6 +162,14 @@ def register(sub) -> None:
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda[:N] or mps")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (resume.pt)")
+    g = p.add_argument_group("self-supervised objectives (docs/self-supervised.md)")
+    g.add_argument("--objective", choices=("classifier", "vae", "infomax-vae"), default="classifier",
+                   help="classifier (default); vae or infomax-vae: profiles = latent means, no labels used")
+    g.add_argument("--latent-dim", type=int, default=16, help="VAE latent size")
+    g.add_argument("--beta", type=float, default=1.0, help="weight β of the VAE's KL term")
+    g.add_argument("--mi-weight", type=float, default=0.0,
+                   help="weight γ of the mutual-information bound (infomax-vae; 0 there means 1.0)")
+    g.add_argument("--mi-alpha", type=float, default=0.5, help="interpolation α of the MI bound (1: InfoNCE-like, 0: NWJ)")
     add_cache_options(p)
     p.set_defaults(func=cmd_train)
 

@@ -29,6 +29,7 @@ from napari_gradcamo.models.metadata import CheckpointError, ModelMetadata
 
 EFFICIENTNET_NAMES = tuple(f"efficientnet-b{i}" for i in range(8))
 SMALL_CNN = "small-cnn-3d"
+VAE = "vae-3d"  # models/vae.py: its forward returns the latent means; class_names name the latent units
 CUSTOM = "custom"
 FACTORY_KEY = "factory"
 ENTRY_POINT_GROUP = "napari_gradcamo.architectures"
@@ -95,8 +96,16 @@ def _efficientnet(name: str, in_channels: int, num_classes: int, crop_shape: Seq
 #: Keyword arguments each built-in accepts from a checkpoint: name → (type, lowest, highest).
 _BUILTIN_KWARGS: dict[str, dict[str, tuple[type, float, float]]] = {
     SMALL_CNN: {"width": (int, 1, 512)},
+    VAE: {"width": (int, 1, 512), "features": (int, 1, 4096), "encoder": (str, None, None)},
     **{name: {"dropout_rate": (float, 0.0, 1.0), "drop_connect_rate": (float, 0.0, 1.0)} for name in EFFICIENTNET_NAMES},
 }
+
+
+def _vae(in_channels: int, num_classes: int, crop_shape: Sequence[int], **kwargs):
+    """A VAE over crops; its "classes" are the latent units (see models/vae.py)."""
+    from napari_gradcamo.models.vae import build_vae
+
+    return build_vae(in_channels, crop_shape, latent_dim=num_classes, **kwargs)
 
 
 def _check_builtin_kwargs(arch: str, kwargs: dict[str, Any]) -> None:
@@ -108,6 +117,10 @@ def _check_builtin_kwargs(arch: str, kwargs: dict[str, Any]) -> None:
                 f"{', '.join(allowed) or 'none'}. Remove it from the checkpoint metadata (or --arch-kwargs)."
             )
         kind, low, high = allowed[key]
+        if kind is str:
+            if not isinstance(value, str):
+                raise CheckpointError(f"architecture_kwargs: '{key}' = {value!r} must be text for '{arch}'.")
+            continue
         ok_type = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or isinstance(value, int))
         if not ok_type or not low <= value <= high:
             raise CheckpointError(
@@ -210,6 +223,9 @@ def build_model(metadata: ModelMetadata, trusted_factory: str | None = None, sou
         _check_builtin_kwargs(arch, kwargs)
         factory = _small_cnn if arch == SMALL_CNN else functools.partial(_efficientnet, arch, crop_shape=metadata.crop_shape)
         return call_factory(factory, in_ch, n_cls, kwargs)
+    if arch == VAE:
+        _check_builtin_kwargs(arch, kwargs)
+        return call_factory(functools.partial(_vae, crop_shape=metadata.crop_shape), in_ch, n_cls, kwargs)
     if arch == CUSTOM:
         spec = requested_factory(metadata)
         if trusted_factory is None or checked_factory_spec(trusted_factory, "--trust-factory") != spec:
@@ -225,7 +241,7 @@ def build_model(metadata: ModelMetadata, trusted_factory: str | None = None, sou
                                   f"{type(error).__name__}: {error}. Reinstall the package that provides it.") from None
         return call_factory(factory, in_ch, n_cls, kwargs)
     raise CheckpointError(
-        f"Unknown architecture '{arch}'. Known: {', '.join(EFFICIENTNET_NAMES)}, {SMALL_CNN}"
+        f"Unknown architecture '{arch}'. Known: {', '.join(EFFICIENTNET_NAMES)}, {SMALL_CNN}, {VAE}"
         + (f", {', '.join(sorted(registered))} (installed packages)" if registered else "")
         + f", or '{CUSTOM}' with a factory you trust (--trust-factory). A lab's own architecture can be "
         f"registered by its package under the entry-point group '{ENTRY_POINT_GROUP}'."

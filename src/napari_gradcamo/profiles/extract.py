@@ -3,6 +3,8 @@
 * **Features**: the output of a chosen layer (default: the deepest 3D feature map, the one the classifier
   pools) averaged over z, y, x — one vector per cell — in the same table as the cell's audit scores
   (Grad-CAMO, chance, neighbour/background shares, predicted class), computed in the same forward pass.
+  For a VAE checkpoint (``vae-3d``) the default features are the latent means (``to_mu``), and the Grad-CAM
+  explains the latent unit with the largest mean (see :mod:`napari_gradcamo.audit.latent_targets`).
 * **Sphering**: ZCA whitening fitted on the control cells (DeepProfiler's practice), with pycytominer's
   ``Spherize`` (``ZCA-cor``: standardise, then ZCA); features constant in the controls are dropped first.
   When the control set is rank-deficient or near-singular (fewer control cells than features, collinear
@@ -29,6 +31,8 @@ from napari_gradcamo.progress import CancelToken, ProgressCallback, check, repor
 FEATURE_PREFIX = "f_"
 SPHERED_PREFIX = "s_"
 UMAP_COLUMNS = ("umap_1", "umap_2")
+#: a VAE checkpoint's profiles: its latent means (the output of ``to_mu``, see models/vae.py)
+LATENT_MEAN_LAYER = "to_mu"
 
 
 def default_feature_layer(model, crop_shape: Sequence[int], in_channels: int) -> str:
@@ -65,7 +69,7 @@ def extract_profiles(
     meta = bundle.metadata
     model = bundle.model
     n_in = len(meta.channel_names)
-    layer = layer or default_feature_layer(model, meta.crop_shape, n_in)
+    layer = layer or (LATENT_MEAN_LAYER if is_vae(meta) else default_feature_layer(model, meta.crop_shape, n_in))
     cam_layer = cam_layer or meta.target_layer or default_target_layer(list_target_layers(model, meta.crop_shape, n_in))
     if data.masks is None:
         raise ValueError("Profiles need each crop's masks (CropSet.masks) to score Grad-CAMO.")
@@ -75,7 +79,7 @@ def extract_profiles(
     n = len(data)
     with CamEngine(model, cam_layer, method, device) as engine:
         handle = get_module(model, layer).register_forward_hook(
-            lambda m, i, o: captured.__setitem__("x", o.detach().float().mean(dim=tuple(range(2, o.ndim))).cpu().numpy())
+            lambda m, i, o: captured.__setitem__("x", _spatial_mean(o.detach().float()).cpu().numpy())
         )
         try:
             for start in range(0, n, batch_size):
@@ -100,6 +104,28 @@ def extract_profiles(
         table.insert(table.columns.get_loc("padded_fraction"), "touches_border", table["padded_fraction"] > 0)
     table.attrs.update({"feature_layer": layer, "cam_layer": cam_layer, "cam_method": method})
     return table
+
+
+def _spatial_mean(output):
+    """A layer's output averaged over its spatial axes; (B, D) outputs (e.g. latent means) as they are."""
+    return output if output.ndim == 2 else output.mean(dim=tuple(range(2, output.ndim)))
+
+
+def is_vae(meta) -> bool:
+    from napari_gradcamo.models.architectures import VAE
+
+    return meta.architecture == VAE
+
+
+def dataset_class_names(meta) -> list[str]:
+    """The treatment classes of the crops: a VAE's ``class_names`` name its latent units, so its checkpoint
+    keeps the classes of its training crops in ``training.class_names``."""
+    if is_vae(meta):
+        names = meta.training.get("class_names") if isinstance(meta.training, dict) else None
+        if not isinstance(names, list) or len(names) < 1 or not all(isinstance(n, str) for n in names):
+            raise ValueError("This VAE checkpoint lacks training.class_names (the treatment classes of its crops).")
+        return names
+    return list(meta.class_names)
 
 
 def _padding(info: pd.DataFrame, i: int):
@@ -246,7 +272,7 @@ def profile_table(bundle, data: CropSet, *, layer=None, cam_layer=None, control:
                              progress=progress, cancel=cancel)
     attrs = dict(table.attrs)
     classes = table["class"].astype(str) if "class" in table.columns else pd.Series([""] * len(table))
-    control = control if control is not None else bundle.metadata.class_names[0]
+    control = control if control is not None else dataset_class_names(bundle.metadata)[0]
     fit_rows = np.flatnonzero((classes == control).to_numpy())
     fitted_on = f"control cells (class '{control}')"
     if (classes == "").all():

@@ -1,0 +1,280 @@
+"""How good are single-cell profiles? Metrics for any profiles (supervised features, VAE latents, hand-crafted).
+
+* **Neighbourhood preservation** (rank-based; Venna & Kaski 2006, Lee & Verleysen 2009) between a reference
+  space ``high`` (here: the crops' pixels, PCA-reduced) and the profiles ``low``, with r(i, j) the rank of j
+  among i's neighbours (1 = nearest), N_k the k nearest neighbours, U_k(i) = N_k^low(i) \\ N_k^high(i) and
+  V_k(i) = N_k^high(i) \\ N_k^low(i):
+
+  - trustworthiness T(k) = 1 − 2/(N k (2N − 3k − 1)) · Σ_i Σ_{j ∈ U_k(i)} (r_high(i, j) − k)
+  - continuity      C(k) = 1 − 2/(N k (2N − 3k − 1)) · Σ_i Σ_{j ∈ V_k(i)} (r_low(i, j) − k)
+  - LCMC(k) = mean_i |N_k^high(i) ∩ N_k^low(i)| / k − k / (N − 1)  (0 for a random embedding, at most 1 − k/(N−1))
+  - local quality q_i = |N_k^high(i) ∩ N_k^low(i)| / k  (per cell; its mean minus k/(N − 1) is the LCMC).
+
+  T and C are 1 for a perfect embedding and ≈ 0.5 for a random one.
+* **Classifier accuracy on held-out wells**: k-nearest-neighbour and logistic-regression accuracy of the class,
+  cross-validated with whole wells held out (StratifiedGroupKFold), features standardised on the training folds.
+* **Backbone** along an ordered dose (our definition of the seed's backbone metric, cross-fitted): the wells of
+  each dose are split in two folds; the centroids of the dose levels in one fold, joined in dose order, form a
+  polyline (the backbone); each cell of the other fold is projected on its nearest backbone point, giving a
+  position t in [0, 1] along it. ``backbone_spearman`` = Spearman ρ between dose and t over all cells (1: the
+  profiles order cells by dose along the backbone). ``backbone_straightness`` = |c_last − c_first| / length of
+  the all-cell backbone (1: a straight, monotone trajectory).
+* **mAP with copairs** (JUMP's practice), on well-level median profiles, cosine distance: replicate retrieval
+  (positives: other wells of the same class; negatives: wells of other classes) and phenotypic activity
+  (positives: other wells of the same class; negatives: control wells), with copairs' permutation p-values.
+* **MINE** (optional, torch): Donsker–Varadhan lower bound on I(crop; profile) in nats between the leading 8
+  principal components of each, trained on half the cells and evaluated on the other half (a held-out
+  estimate: it can be negative when the critic does not generalise).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def neighbour_ranks(x: np.ndarray) -> np.ndarray:
+    """r[i, j] = rank of j among i's neighbours by Euclidean distance (1 = nearest; r[i, i] = 0)."""
+    from scipy.spatial.distance import cdist
+
+    d = cdist(x, x)
+    np.fill_diagonal(d, -np.inf)
+    order = np.argsort(d, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    rows = np.arange(len(x))[:, None]
+    ranks[rows, order] = np.arange(len(x))[None, :]
+    return ranks
+
+
+def _check_pair(high, low, k):
+    high, low = np.asarray(high, np.float64), np.asarray(low, np.float64)
+    if high.ndim != 2 or low.ndim != 2 or len(high) != len(low):
+        raise ValueError("The reference and the embedding must be 2D arrays with one row per cell each.")
+    if not 1 <= k < len(high) / 2:
+        raise ValueError(f"k = {k} must satisfy 1 ≤ k < N/2 (N = {len(high)} cells).")
+    if not (np.isfinite(high).all() and np.isfinite(low).all()):
+        raise ValueError("The profiles hold NaN or infinite values; drop those cells first.")
+    return high, low
+
+
+def neighbourhood_metrics(high: np.ndarray, low: np.ndarray, k: int = 10) -> dict:
+    """Trustworthiness, continuity, LCMC at ``k`` and the per-cell local quality (``local_quality``, array)."""
+    high, low = _check_pair(high, low, k)
+    n = len(high)
+    r_high, r_low = neighbour_ranks(high), neighbour_ranks(low)
+    in_high = (r_high >= 1) & (r_high <= k)
+    in_low = (r_low >= 1) & (r_low <= k)
+    scale = 2.0 / (n * k * (2 * n - 3 * k - 1))
+    trust = 1.0 - scale * float(((r_high - k) * (in_low & ~in_high)).sum())
+    cont = 1.0 - scale * float(((r_low - k) * (in_high & ~in_low)).sum())
+    quality = (in_high & in_low).sum(axis=1) / k
+    return {"k": int(k), "trustworthiness": trust, "continuity": cont,
+            "lcmc": float(quality.mean() - k / (n - 1)), "local_quality": quality}
+
+
+def held_out_well_accuracy(x: np.ndarray, y: Sequence, groups: Sequence, n_neighbors: int = 5, seed: int = 0) -> dict:
+    """kNN and linear (logistic) accuracy of ``y`` with whole wells (``groups``) held out."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y, groups = np.asarray(y).astype(str), np.asarray(groups).astype(str)
+    wells_per_class = pd.Series(groups).groupby(y).nunique()
+    n_splits = int(min(5, wells_per_class.min()))
+    if len(wells_per_class) < 2 or n_splits < 2:
+        return {"knn_accuracy": None, "linear_accuracy": None,
+                "accuracy_note": "needs ≥ 2 classes with ≥ 2 wells each"}
+    folds = list(StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(x, y, groups))
+    out = {}
+    for name, model in (("knn", KNeighborsClassifier(n_neighbors)), ("linear", LogisticRegression(max_iter=2000))):
+        correct = 0
+        for train, test in folds:
+            clf = make_pipeline(StandardScaler(), model).fit(x[train], y[train])
+            correct += int((clf.predict(x[test]) == y[test]).sum())
+        out[f"{name}_accuracy"] = correct / len(y)
+    out["folds"] = n_splits
+    out["chance"] = float(pd.Series(y).value_counts(normalize=True).max())
+    return out
+
+
+def _polyline_position(points: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """Arc-length position in [0, 1] of each point's nearest point on the polyline through ``nodes``."""
+    seg = np.diff(nodes, axis=0)
+    lengths = np.linalg.norm(seg, axis=1)
+    total = max(lengths.sum(), 1e-12)
+    starts = np.concatenate([[0.0], np.cumsum(lengths)[:-1]])
+    best_d, best_t = np.full(len(points), np.inf), np.zeros(len(points))
+    for a, s, length, start in zip(nodes[:-1], seg, lengths, starts):
+        u = np.clip((points - a) @ s / max(length**2, 1e-12), 0.0, 1.0)
+        d = np.linalg.norm(points - (a + u[:, None] * s), axis=1)
+        closer = d < best_d
+        best_d[closer], best_t[closer] = d[closer], (start + u[closer] * length) / total
+    return best_t
+
+
+def backbone_metric(x: np.ndarray, dose: Sequence[float], groups: Sequence) -> dict:
+    """Cross-fitted backbone metric along an ordered dose (see the module docstring)."""
+    from scipy.stats import spearmanr
+
+    x = np.asarray(x, np.float64)
+    x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-12)
+    dose, groups = np.asarray(dose, np.float64), np.asarray(groups).astype(str)
+    levels = np.unique(dose)
+    if len(levels) < 3:
+        return {"backbone_spearman": None, "backbone_straightness": None, "backbone_note": "needs ≥ 3 dose levels"}
+    fold = np.zeros(len(x), int)
+    for level in levels:
+        wells = sorted(set(groups[dose == level]))
+        if len(wells) < 2:
+            return {"backbone_spearman": None, "backbone_straightness": None,
+                    "backbone_note": f"dose {level:g} has fewer than 2 wells"}
+        for i, w in enumerate(wells):
+            fold[groups == w] = i % 2
+    t = np.zeros(len(x))
+    for f in (0, 1):
+        nodes = np.stack([x[(fold != f) & (dose == level)].mean(0) for level in levels])
+        t[fold == f] = _polyline_position(x[fold == f], nodes)
+    nodes = np.stack([x[dose == level].mean(0) for level in levels])
+    length = np.linalg.norm(np.diff(nodes, axis=0), axis=1).sum()
+    return {"backbone_spearman": float(spearmanr(dose, t).statistic),
+            "backbone_straightness": float(np.linalg.norm(nodes[-1] - nodes[0]) / max(length, 1e-12))}
+
+
+def copairs_map(x: np.ndarray, classes: Sequence, wells: Sequence, control: str | None = None,
+                null_size: int = 2000, seed: int = 0) -> dict:
+    """Replicate-retrieval and phenotypic-activity mAP (copairs) of well-median profiles."""
+    import warnings
+
+    from copairs.map import average_precision, mean_average_precision
+
+    table = pd.DataFrame(np.asarray(x, np.float64)).assign(_class=np.asarray(classes).astype(str),
+                                                           _well=np.asarray(wells).astype(str))
+    per_well = table.groupby("_well").agg({**{c: "median" for c in range(x.shape[1])}, "_class": "first"})
+    meta = pd.DataFrame({"class": per_well["_class"].to_numpy(), "well": per_well.index.to_numpy()})
+    feats = per_well[list(range(x.shape[1]))].to_numpy()
+    out: dict = {"wells": int(len(meta))}
+
+    def summarise(ap, name):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = mean_average_precision(ap, ["class"], null_size=null_size, threshold=0.05, seed=seed,
+                                       progress_bar=False)
+        out[f"{name}_map"] = float(m["mean_average_precision"].mean())
+        out[f"{name}_retrieved_fraction"] = float(m["below_corrected_p"].mean())
+        out[f"{name}_per_class"] = {str(c): float(v) for c, v in zip(m["class"], m["mean_average_precision"])}
+
+    if meta["class"].value_counts().min() < 2 or meta["class"].nunique() < 2:
+        return {**out, "map_note": "needs ≥ 2 classes with ≥ 2 wells each"}
+    ap = average_precision(meta, feats, ["class"], [], [], ["class"], progress_bar=False)
+    summarise(ap, "replicate")
+    if control is not None and (meta["class"] == control).sum() >= 2:
+        meta["is_control"] = meta["class"] == control
+        ap = average_precision(meta, feats, ["class"], [], [], ["class", "is_control"], progress_bar=False)
+        summarise(ap[~ap["is_control"]].reset_index(drop=True), "activity")
+    return out
+
+
+def mine_estimate(x: np.ndarray, z: np.ndarray, steps: int = 400, seed: int = 0, hidden: int = 64) -> float:
+    """MINE (Belghazi et al. 2018): Donsker–Varadhan bound on I(x; z) in nats, fitted on half, evaluated on half."""
+    import math
+
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.as_tensor((x - x.mean(0)) / np.maximum(x.std(0), 1e-12), dtype=torch.float32)
+    z = torch.as_tensor((z - z.mean(0)) / np.maximum(z.std(0), 1e-12), dtype=torch.float32)
+    perm = torch.randperm(len(x), generator=gen)
+    fit, held = perm[: len(x) // 2], perm[len(x) // 2 :]
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1] + z.shape[1], hidden), torch.nn.ReLU(),
+                              torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def bound(rows):
+        joint = net(torch.cat([x[rows], z[rows]], 1)).mean()
+        shuffled = rows[torch.randperm(len(rows), generator=gen)]
+        marginal = net(torch.cat([x[rows], z[shuffled]], 1)).squeeze(1)
+        return joint - (torch.logsumexp(marginal, 0) - math.log(len(rows)))
+
+    for _ in range(steps):
+        opt.zero_grad()
+        (-bound(fit)).backward()
+        opt.step()
+    with torch.no_grad():
+        return float(np.mean([float(bound(held)) for _ in range(10)]))
+
+
+MINE_DIMS = 8
+
+
+def _leading_components(x: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """At most ``n`` principal components (MINE's critic overfits high-dimensional inputs on few cells)."""
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(x, np.float64)
+    return x if x.shape[1] <= n else PCA(n, random_state=seed).fit_transform(x)
+
+
+def pca_reference(crops: np.ndarray, n_components: int = 50, seed: int = 0) -> np.ndarray:
+    """The reference space for neighbourhood preservation: crops flattened, standardised per voxel, PCA."""
+    from sklearn.decomposition import PCA
+
+    flat = np.asarray(crops, np.float64).reshape(len(crops), -1)
+    flat = (flat - flat.mean(0)) / np.maximum(flat.std(0), 1e-12)
+    n = int(min(n_components, len(flat) - 1, flat.shape[1]))
+    return PCA(n, random_state=seed, svd_solver="randomized").fit_transform(flat)
+
+
+def profile_metrics(profiles: np.ndarray, reference: np.ndarray, classes: Sequence, wells: Sequence, *,
+                    control: str | None = None, dose: Sequence[float] | None = None, k: int = 10,
+                    mine: bool = False, seed: int = 0) -> tuple[dict, np.ndarray]:
+    """Every metric for one set of profiles; returns (metrics, per-cell local quality)."""
+    profiles = np.asarray(profiles, np.float64)
+    k = int(min(k, max(1, (len(profiles) - 1) // 2 - 1)))
+    hood = neighbourhood_metrics(reference, profiles, k)
+    quality = hood.pop("local_quality")
+    metrics = {"cells": int(len(profiles)), "features": int(profiles.shape[1]), **hood,
+               **held_out_well_accuracy(profiles, classes, wells, seed=seed),
+               **copairs_map(profiles, classes, wells, control=control, seed=seed)}
+    if dose is not None:
+        metrics.update(backbone_metric(profiles, dose, wells))
+    if mine:
+        metrics["mine_nats"] = mine_estimate(_leading_components(reference, MINE_DIMS, seed),
+                                             _leading_components(profiles, MINE_DIMS, seed), seed=seed)
+    return metrics, quality
+
+
+def table_metrics(table: pd.DataFrame, crops: np.ndarray, columns: Sequence[str], *, control: str | None = None,
+                  dose_classes: Sequence[str] | None = None, k: int = 10, mine: bool = False,
+                  seed: int = 0) -> tuple[dict, np.ndarray]:
+    """:func:`profile_metrics` for a profile table (``class``, ``plate``, ``well`` columns; one row per crop).
+
+    ``dose_classes``: the classes in dose order (the backbone metric is skipped without it); cells of other
+    classes are left out of the backbone only. Returns (metrics, per-cell local quality).
+    """
+    if len(table) != len(crops):
+        raise ValueError(f"{len(table)} profiles but {len(crops)} crops: they must be the same cells in order.")
+    classes = table["class"].astype(str).to_numpy()
+    wells = (table["plate"].astype(str) + "/" + table["well"].astype(str)).to_numpy()
+    x = table[list(columns)].to_numpy(np.float64)
+    keep = np.isfinite(x).all(axis=1)
+    if keep.sum() < 8:
+        raise ValueError("Fewer than 8 cells with finite profiles: too few for profile metrics.")
+    x = (x - x[keep].mean(0)) / np.maximum(x[keep].std(0), 1e-12)
+    metrics, quality_kept = profile_metrics(x[keep], pca_reference(crops[keep], seed=seed), classes[keep],
+                                            wells[keep], control=control, k=k, mine=mine, seed=seed)
+    if dose_classes:
+        unknown = sorted(set(dose_classes) - set(classes))
+        if unknown:
+            raise ValueError(f"--dose-classes names {unknown}, which no cell carries; classes: {sorted(set(classes))}.")
+        on = keep & np.isin(classes, list(dose_classes))
+        order = {c: i for i, c in enumerate(dose_classes)}
+        metrics.update(backbone_metric(x[on], [order[c] for c in classes[on]], wells[on]))
+    quality = np.full(len(table), np.nan)
+    quality[keep] = quality_kept
+    metrics["cells_left_out"] = int((~keep).sum())
+    return metrics, quality
