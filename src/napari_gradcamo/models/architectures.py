@@ -108,6 +108,14 @@ def _vae(in_channels: int, num_classes: int, crop_shape: Sequence[int], **kwargs
     return build_vae(in_channels, crop_shape, latent_dim=num_classes, **kwargs)
 
 
+def _builtin_factory(arch: str, crop_shape: Sequence[int]) -> Callable:
+    if arch == SMALL_CNN:
+        return _small_cnn
+    if arch == VAE:
+        return functools.partial(_vae, crop_shape=crop_shape)
+    return functools.partial(_efficientnet, arch, crop_shape=crop_shape)
+
+
 def _check_builtin_kwargs(arch: str, kwargs: dict[str, Any]) -> None:
     allowed = _BUILTIN_KWARGS[arch]
     for key, value in kwargs.items():
@@ -221,11 +229,7 @@ def build_model(metadata: ModelMetadata, trusted_factory: str | None = None, sou
     in_ch, n_cls = len(metadata.channel_names), len(metadata.class_names)
     if arch in _BUILTIN_KWARGS:
         _check_builtin_kwargs(arch, kwargs)
-        factory = _small_cnn if arch == SMALL_CNN else functools.partial(_efficientnet, arch, crop_shape=metadata.crop_shape)
-        return call_factory(factory, in_ch, n_cls, kwargs)
-    if arch == VAE:
-        _check_builtin_kwargs(arch, kwargs)
-        return call_factory(functools.partial(_vae, crop_shape=metadata.crop_shape), in_ch, n_cls, kwargs)
+        return call_factory(_builtin_factory(arch, metadata.crop_shape), in_ch, n_cls, kwargs)
     if arch == CUSTOM:
         spec = requested_factory(metadata)
         if trusted_factory is None or checked_factory_spec(trusted_factory, "--trust-factory") != spec:
