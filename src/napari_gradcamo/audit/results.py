@@ -22,11 +22,17 @@ SCHEMA: dict[str, str] = {
     "target_class": "class whose Grad-CAM was computed",
     "gradcamo": "Σcam·M/Σcam: share of attention on the cell itself (0..1, NaN if undefined)",
     "chance": "|M|/|crop|: the Grad-CAMO of a uniform map",
+    "lift": "gradcamo/chance: 1 = no more attention on the cell than a uniform map gives it",
+    "normalised": "(gradcamo − chance)/(1 − chance): 0 = uniform map, 1 = all attention on the cell, < 0 = avoided",
     "neighbour_share": "share of attention on other cells",
     "background_share": "share of attention on background inside the image",
     "outside_share": "share of attention on padding beyond the image border",
     "reason": "why gradcamo is NaN ('' when defined)",
-    "flagged": "gradcamo below the threshold, undefined, or flagged by hand",
+    "flagged": "the score chosen to flag on (flag_on) below the threshold, undefined, or flagged by hand",
+    "drop_cell_occluded": "drop in the target class's probability when the cell is replaced by background "
+                          "(NaN unless occlusion was asked for)",
+    "drop_context_occluded": "drop in the target class's probability when everything but the cell is replaced "
+                             "by background (NaN unless occlusion was asked for)",
     "status": "'audited', or 'not audited' for cells without a result yet",
     "cam_method": "CAM method",
     "target_layer": "layer the CAM was computed at",
@@ -70,10 +76,16 @@ def conform(table: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
     return out[cols + extra].reset_index(drop=True)
 
 
-def apply_threshold(table: pd.DataFrame, threshold: float, manual: pd.Series | None = None) -> pd.DataFrame:
-    """Set ``flagged``: Grad-CAMO under ``threshold`` or undefined (audited cells only), or ``manual``."""
+def apply_threshold(table: pd.DataFrame, threshold: float, manual: pd.Series | None = None,
+                    on: str = "gradcamo") -> pd.DataFrame:
+    """Set ``flagged``: the score ``on`` (gradcamo, lift or normalised) under ``threshold`` or undefined
+    (audited cells only), or ``manual``."""
+    from napari_gradcamo.audit.scoring import SCORE_KINDS
+
+    if on not in SCORE_KINDS:
+        raise ValueError(f"Cannot flag on '{on}'; choose one of {', '.join(SCORE_KINDS)}.")
     audited = table["status"] == STATUS_AUDITED
-    low = table["gradcamo"].isna() | (table["gradcamo"] < threshold)
+    low = table[on].isna() | (table[on] < threshold)
     flagged = audited & low
     if manual is not None:
         flagged = flagged | manual.reindex(table.index, fill_value=False).astype(bool)
@@ -93,12 +105,32 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str = "gradcamo"
 
 
 def summary(table: pd.DataFrame) -> dict[str, float]:
-    """Headline numbers of an audit: cells, median Grad-CAMO and chance, share flagged."""
+    """Headline numbers of an audit: cells, medians of every score and of chance, share above chance,
+    flagged cells and the share not flagged (above the threshold)."""
     audited = table[table["status"] == STATUS_AUDITED]
+    n = int(len(audited))
+    median = (lambda c: float(audited[c].median()) if n and c in audited else float("nan"))  # noqa: E731
+    share = (lambda mask: float(mask.sum() / n) if n else float("nan"))  # noqa: E731
     return {
-        "cells": int(len(audited)),
-        "median_gradcamo": float(audited["gradcamo"].median()) if len(audited) else float("nan"),
-        "median_chance": float(audited["chance"].median()) if len(audited) else float("nan"),
-        "flagged": int(audited["flagged"].sum()) if len(audited) else 0,
-        "undefined": int(audited["gradcamo"].isna().sum()) if len(audited) else 0,
+        "cells": n,
+        "median_gradcamo": median("gradcamo"),
+        "median_chance": median("chance"),
+        "median_lift": median("lift"),
+        "median_normalised": median("normalised"),
+        "share_above_chance": share(audited["gradcamo"] > audited["chance"]) if n else float("nan"),
+        "share_above_threshold": share(~audited["flagged"].astype(bool)) if n else float("nan"),
+        "flagged": int(audited["flagged"].sum()) if n else 0,
+        "undefined": int(audited["gradcamo"].isna().sum()) if n else 0,
     }
+
+
+#: Columns :func:`summary_by` groups on when the table has them.
+GROUPINGS = ("image", "target_class", "predicted_class", "true_class", "well")
+
+
+def summary_by(table: pd.DataFrame, by: str) -> pd.DataFrame:
+    """:func:`summary` per value of column ``by`` (e.g. image, target_class, well): one row each."""
+    if by not in table:
+        raise ValueError(f"The table has no column '{by}' to summarise by.")
+    rows = [{by: key, **summary(group)} for key, group in table.groupby(by, sort=True, dropna=False)]
+    return pd.DataFrame(rows)

@@ -23,15 +23,23 @@ _GENERIC_NAME = "ch"
 
 @dataclass
 class AuditSettings:
-    """How to audit: CAM method, layer (None = default), target class (None = predicted), batching."""
+    """How to audit: CAM method, layer (None = default), target class (None = predicted), batching, which
+    score flags a cell below which threshold, and whether to add the occlusion drops.
+
+    The default flag, ``normalised < 0.0``, marks cells that get no more attention than a uniform map would
+    give them: it means the same for small and large cells (see docs/interpreting-scores.md). The paper's
+    rule is ``flag_on="gradcamo", threshold=0.5``.
+    """
 
     method: str = "gradcam"
     target_layer: str | None = None
     target_class: str | int | None = None
     batch_size: int = 8
     device: str | None = "auto"
-    threshold: float = 0.5
+    threshold: float = 0.0
     channel_map: Sequence[int] | None = None
+    flag_on: str = "normalised"
+    occlusion: bool = False
 
 
 @dataclass
@@ -164,7 +172,7 @@ def _rows(crops: Sequence[CellCrop], cells: Sequence[CellInfo], scored: ScoredBa
             **columns,
         })
     table = results.conform(pd.DataFrame.from_records(records), names)
-    return results.apply_threshold(table, settings.threshold)
+    return results.apply_threshold(table, settings.threshold, on=settings.flag_on)
 
 
 def iter_audit(
@@ -194,7 +202,8 @@ def iter_audit(
             check(cancel, "the audit")
             chunk = cells[start : start + batch_size]
             crops = [extract_crop(model_image, labels, c, crop_shape) for c in chunk]
-            scored = score_batch(engine, batch_of(crops), meta.normalization, [target] * len(chunk))
+            scored = score_batch(engine, batch_of(crops), meta.normalization, [target] * len(chunk),
+                                 occlusion=settings.occlusion)
             rows = _rows(crops, chunk, scored, meta, settings, layer)
             cams = {c.label: CellCam(c.label, r, c.origin, crop_shape) for c, r in zip(crops, scored.raw_maps)}
             done += len(chunk)

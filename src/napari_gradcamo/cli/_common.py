@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from napari_gradcamo.audit.run import AuditSettings
+from napari_gradcamo.audit.scoring import SCORE_KINDS
 from napari_gradcamo.segment.cellpose import SegmentationSettings
 
 
@@ -58,7 +59,13 @@ def add_audit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-class", default=d("target_class"), help="class name or index; default: the predicted class")
     g.add_argument("--batch-size", type=int, default=d("batch_size"))
     g.add_argument("--device", default=d("device"), help="auto, cpu, cuda or mps")
-    g.add_argument("--threshold", type=float, default=d("threshold"), help="flag cells with Grad-CAMO below this")
+    g.add_argument("--threshold", type=float, default=d("threshold"),
+                   help="flag cells whose --flag-on score is below this (default: below chance)")
+    g.add_argument("--flag-on", choices=tuple(SCORE_KINDS), default=d("flag_on"),
+                   help="score the threshold applies to: normalised (0 = chance), lift (1 = chance) or raw "
+                        "gradcamo (the paper: --flag-on gradcamo --threshold 0.5)")
+    g.add_argument("--occlusion", action="store_true",
+                   help="also occlude each cell and its surroundings: drop in the target class probability")
     g.add_argument("--channel-map", default=None, help="image channel index per model channel, e.g. 0,1,2,3,4")
 
 
@@ -66,4 +73,4 @@ def audit_settings(args) -> AuditSettings:
     channel_map = [int(i) for i in args.channel_map.split(",")] if args.channel_map else None
     return AuditSettings(method=args.method, target_layer=args.layer, target_class=args.target_class,
                          batch_size=args.batch_size, device=args.device, threshold=args.threshold,
-                         channel_map=channel_map)
+                         channel_map=channel_map, flag_on=args.flag_on, occlusion=args.occlusion)
