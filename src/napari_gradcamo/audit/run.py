@@ -156,8 +156,9 @@ def _default_layer(model, crop_shape: Sequence[int], in_channels: int) -> str:
     return known[key]
 
 
-def _rows(crops: Sequence[CellCrop], cells: Sequence[CellInfo], scored: ScoredBatch, meta, settings, layer
-          ) -> pd.DataFrame:
+def cell_rows(crops: Sequence[CellCrop], cells: Sequence[CellInfo], scored: ScoredBatch, meta, settings, layer
+              ) -> pd.DataFrame:
+    """The results-table rows of one scored batch, flagged as ``settings`` say."""
     names = meta.class_names
     records = []
     for crop, cell, columns in zip(crops, cells, scored.result_columns(names, settings.method, layer)):
@@ -204,7 +205,7 @@ def iter_audit(
             crops = [extract_crop(model_image, labels, c, crop_shape) for c in chunk]
             scored = score_batch(engine, batch_of(crops), meta.normalization, [target] * len(chunk),
                                  occlusion=settings.occlusion)
-            rows = _rows(crops, chunk, scored, meta, settings, layer)
+            rows = cell_rows(crops, chunk, scored, meta, settings, layer)
             cams = {c.label: CellCam(c.label, r, c.origin, crop_shape) for c, r in zip(crops, scored.raw_maps)}
             done += len(chunk)
             yield AuditBatch(rows, cams, done, len(cells))

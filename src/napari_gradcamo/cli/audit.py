@@ -43,8 +43,28 @@ def cmd_audit(args) -> int:
     bar.close()
     table = result.table.assign(image=Path(args.image).name)
     csv, parquet = results.write_table(table, out, Path(args.image).stem + "_gradcamo")
-    print(json.dumps({"table": str(csv), "parquet": str(parquet), **results.summary(table)}, indent=2))
+    report = {"table": str(csv), "parquet": str(parquet), **results.summary(table),
+              "by_class": results.summary_by(table, "target_class").to_dict(orient="records")}
+    if args.sanity:
+        report["sanity"] = _sanity(args, image, labels, bundle, out)
+    print(json.dumps(report, indent=2))
     return 0
+
+
+def _sanity(args, image, labels, bundle, out: Path) -> dict:
+    """Cascading randomisation on up to 32 cells; writes ``<stem>_sanity.json``, warns on stderr."""
+    import sys
+
+    from napari_gradcamo.audit.sanity import check_image
+
+    checked = check_image(image, labels, bundle, audit_settings(args)).as_dict()
+    path = out / (Path(args.image).stem + "_sanity.json")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(checked, indent=2))
+    tmp.replace(path)
+    for warning in checked["warnings"]:
+        print(f"gradcamo: sanity warning: {warning}", file=sys.stderr)
+    return {"file": str(path), "passed": checked["passed"], "warnings": len(checked["warnings"])}
 
 
 def cmd_layers(args) -> int:
@@ -73,6 +93,8 @@ def register(sub) -> None:
     seg.add_argument("--masks", default=None, help="label image (TIFF/.npy) with one id per cell")
     add_segmentation_options(seg)
     add_audit_options(p)
+    p.add_argument("--sanity", action="store_true",
+                   help="also randomise the model's layers from the top (cascading) and report how much the maps change")
     p.set_defaults(func=cmd_audit)
 
 
