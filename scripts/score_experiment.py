@@ -10,15 +10,18 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from napari_gradcamo.audit.batch import batch_of
 from napari_gradcamo.audit.layer_sweep import plot_sweep
 from napari_gradcamo.audit.sanity import cascading_randomisation
 from napari_gradcamo.crops.extract import cell_table, extract_crop
 from napari_gradcamo.synthetic.experiment import train_scenario
 from napari_gradcamo.synthetic.score_study import (
-    CONFOUND_SCENARIOS, held_out_fields, layer_tables, occlusion_table, rule_layer, separation_auc,
+    CONFOUND_SCENARIOS,
+    held_out_fields,
+    layer_tables,
+    occlusion_table,
+    rule_layer,
+    separation_auc,
 )
 
 

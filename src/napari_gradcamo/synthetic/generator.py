@@ -38,7 +38,7 @@ the ER and AGP channels of the medium, whose orientation (``c * 180° / n_classe
 ``"mismatch"`` / ``"random"`` to :func:`generate_dataset`) to break the shortcut in a test set.
 
 Confound ``"debris"`` (also outside the cells only): round, isotropic specks of DNA/RNA-stained debris
-in the medium (no texture, no orientation); their number per area grows with the class
+floating in the medium above the coverslip (no texture, no orientation); their number per area grows with the class
 (:data:`_DEBRIS_PER_100UM2` × (0.3 + c / (n_classes - 1))), so only their density carries the class.
 """
 
@@ -87,8 +87,8 @@ _AUTOFLUORESCENCE = {"DNA": 40.0, "ER": 90.0, "RNA": 60.0, "AGP": 80.0, "Mito": 
 _CONFOUND_AMPLITUDE = {"ER": 260.0, "AGP": 260.0}
 _CONFOUND_PERIOD_UM = 4.0
 _DEBRIS_PER_100UM2 = 2.5
-_DEBRIS_RADIUS_UM = 0.9
-_DEBRIS_INTENSITY = {"DNA": 1800.0, "RNA": 900.0}
+_DEBRIS_RADIUS_UM = 1.2
+_DEBRIS_INTENSITY = {"DNA": 2500.0, "RNA": 1500.0}
 _READ_NOISE = 3.0
 
 
@@ -306,19 +306,18 @@ def _rasterise(cells, shape, z0, rough, s_nuc, x_over_y=1.0):
 
 
 def _add_debris(obj, rng, in_cell, voxel_size, density, z0) -> None:
-    """Round specks on the coverslip, outside every cell, ``density`` × the base number per area."""
+    """Round specks floating in the medium above the coverslip, outside every cell, ``density`` × the base
+    number per area."""
     Z, Y, X = in_cell.shape
     area = Y * X * voxel_size[1] * voxel_size[2]
     n = rng.poisson(_DEBRIS_PER_100UM2 * density * area / 100.0)
     points = np.zeros(in_cell.shape, np.float32)
-    zc = min(max(int(round(z0)), 0), Z - 1)
-    ys, xs = rng.integers(0, Y, n), rng.integers(0, X, n)
-    points[zc, ys, xs] = 1.0
+    zlo = min(max(int(round(z0)), 0), Z - 1)
+    points[rng.integers(zlo, Z, n), rng.integers(0, Y, n), rng.integers(0, X, n)] = 1.0
     sigma = _um_to_px((_DEBRIS_RADIUS_UM,) * 3, voxel_size)
-    specks = _gauss(points, sigma)
-    peak = specks.max()
-    if peak > 0:
-        specks *= ~in_cell / peak
+    one = np.zeros((9, 9, 9), np.float32)
+    one[4, 4, 4] = 1.0
+    specks = _gauss(points, sigma) * ~in_cell / max(float(_gauss(one, sigma).max()), 1e-12)
     for name in DEBRIS_CHANNELS:
         obj[STAINS.index(name)] += _DEBRIS_INTENSITY[name] * specks
 
