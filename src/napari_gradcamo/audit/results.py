@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from napari_gradcamo.audit.scoring import SCORE_KINDS
+
 #: Column → meaning. ``prob_<class>`` columns (one per model class) follow ``probability``.
 SCHEMA: dict[str, str] = {
     "label": "cell id in the label image",
@@ -80,8 +82,6 @@ def apply_threshold(table: pd.DataFrame, threshold: float, manual: pd.Series | N
                     on: str = "gradcamo") -> pd.DataFrame:
     """Set ``flagged``: the score ``on`` (gradcamo, lift or normalised) under ``threshold`` or undefined
     (audited cells only), or ``manual``."""
-    from napari_gradcamo.audit.scoring import SCORE_KINDS
-
     if on not in SCORE_KINDS:
         raise ValueError(f"Cannot flag on '{on}'; choose one of {', '.join(SCORE_KINDS)}.")
     audited = table["status"] == STATUS_AUDITED
@@ -109,18 +109,19 @@ def summary(table: pd.DataFrame) -> dict[str, float]:
     flagged cells and the share not flagged (above the threshold)."""
     audited = table[table["status"] == STATUS_AUDITED]
     n = int(len(audited))
-    median = (lambda c: float(audited[c].median()) if n and c in audited else float("nan"))  # noqa: E731
-    share = (lambda mask: float(mask.sum() / n) if n else float("nan"))  # noqa: E731
+    if n == 0:
+        nan = float("nan")
+        return {"cells": 0, "median_gradcamo": nan, "median_chance": nan, "median_lift": nan,
+                "median_normalised": nan, "share_above_chance": nan, "share_above_threshold": nan,
+                "flagged": 0, "undefined": 0}
     return {
         "cells": n,
-        "median_gradcamo": median("gradcamo"),
-        "median_chance": median("chance"),
-        "median_lift": median("lift"),
-        "median_normalised": median("normalised"),
-        "share_above_chance": share(audited["gradcamo"] > audited["chance"]) if n else float("nan"),
-        "share_above_threshold": share(~audited["flagged"].astype(bool)) if n else float("nan"),
-        "flagged": int(audited["flagged"].sum()) if n else 0,
-        "undefined": int(audited["gradcamo"].isna().sum()) if n else 0,
+        **{f"median_{c}": float(audited[c].median()) if c in audited else float("nan")
+           for c in ("gradcamo", "chance", "lift", "normalised")},
+        "share_above_chance": float((audited["gradcamo"] > audited["chance"]).mean()),
+        "share_above_threshold": float((~audited["flagged"].astype(bool)).mean()),
+        "flagged": int(audited["flagged"].sum()),
+        "undefined": int(audited["gradcamo"].isna().sum()),
     }
 
 
