@@ -63,9 +63,11 @@ def main() -> None:
             lines.append({"seed": seed, "confound": confound, "auc": auc})
             print(json.dumps(lines[-1]), flush=True)
             if seed == args.seeds[0]:
-                for model in ("honest", name):
-                    plot_sweep(tables[model], Path(args.figures) / f"scores_{confound}_{model}_seed{seed}.png",
-                               "normalised", title=f"{model} model, seed {seed}: normalised score per layer")
+                plot_sweep(tables[name], Path(args.figures) / f"scores_{confound}_{name}_seed{seed}.png",
+                           "normalised", title=f"{name} model, seed {seed}: normalised score per layer")
+        if seed == args.seeds[0]:
+            plot_sweep(tables["honest"], Path(args.figures) / f"scores_honest_seed{seed}.png",
+                       "normalised", title=f"honest model, seed {seed}: normalised score per layer")
         out.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
