@@ -72,7 +72,8 @@ def run(seed: int, lam: float, args, data, val_fields, test_fields, random_field
         "seed": seed, "lambda": lam, "train_seconds": round(seconds, 1),
         "train_accuracy": history.accuracy[-1], "final_penalty": history.penalty[-1],
         "val_accuracy": accuracy(val), "val_gradcamo": float(val["gradcamo"].median()),
-        "val_chance": float(val["chance"].median()), "val_background_share": float(val["background_share"].median()),
+        "val_chance": float(val["chance"].median()), "val_normalised": float(val["normalised"].median()),
+        "val_undefined": float(val["gradcamo"].isna().mean()), "val_background_share": float(val["background_share"].median()),
         "broken_accuracy": accuracy(test), "broken_gradcamo": float(test["gradcamo"].median()),
         "shuffled_accuracy": accuracy(shuffled),
     }
@@ -92,11 +93,12 @@ def table_markdown(results: pd.DataFrame) -> str:
     rows.append("")
     rows.append("Per run:")
     rows.append("")
-    rows.append("| seed | λ | val acc | median Grad-CAMO | acc, swapped | acc, shuffled |")
-    rows.append("|---|---|---|---|---|---|")
+    rows.append("| seed | λ | val acc | median Grad-CAMO | median normalised | acc, swapped | acc, shuffled |")
+    rows.append("|---|---|---|---|---|---|---|")
     for _, r in results.sort_values(["seed", "lambda"]).iterrows():
+        normalised = r.get("val_normalised", float("nan"))
         rows.append(f"| {int(r['seed'])} | {r['lambda']:g} | {r['val_accuracy']:.2f} | {r['val_gradcamo']:.3f} | "
-                    f"{r['broken_accuracy']:.2f} | {r['shuffled_accuracy']:.2f} |")
+                    f"{normalised:.3f} | {r['broken_accuracy']:.2f} | {r['shuffled_accuracy']:.2f} |")
     return "\n".join(rows)
 
 

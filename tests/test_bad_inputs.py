@@ -307,7 +307,10 @@ def test_label_in_two_pieces_is_reported(data, tmp_path, capsys):
 
 BAD_OPTIONS = {
     "--threshold nan": (["--threshold", "nan"], "must be a finite number"),
-    "--threshold 2": (["--threshold", "2"], "must lie in 0..1"),
+    "--threshold 2": (["--threshold", "2"], "outside the range of normalised"),
+    "--flag-on gradcamo --threshold 1.5": (["--flag-on", "gradcamo", "--threshold", "1.5"], "outside the range of gradcamo"),
+    "--flag-on lift --threshold -1": (["--flag-on", "lift", "--threshold", "-1"], "outside the range of lift"),
+    "--flag-on bogus": (["--flag-on", "bogus"], "invalid choice"),
     "--batch-size 0": (["--batch-size", "0"], "must be at least 1"),
     "--batch-size -1": (["--batch-size", "-1"], "must be at least 1"),
     "--batch-size x": (["--batch-size", "x"], "not a whole number"),

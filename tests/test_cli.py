@@ -29,7 +29,7 @@ def field_files(tmp_path_factory):
 def test_audit_writes_table_with_a_row_per_cell(field_files, tmp_path, capsys):
     image, masks, field = field_files
     code = main(["audit", str(image), "--model", str(bundled_model_path("honest")), "--masks", str(masks),
-                 "--out", str(tmp_path), "--batch-size", "4", "--threshold", "0.3"])
+                 "--out", str(tmp_path), "--batch-size", "4", "--threshold", "0.3", "--flag-on", "gradcamo"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     table = pd.read_csv(summary["table"])

@@ -144,3 +144,29 @@ def test_regulariser_needs_masks_and_a_layer():
         train_classifier(small_cnn(), data, {"method": "none"}, epochs=1, gradcamo_weight=1.0, target_layer="stage1")
     with pytest.raises(ValueError, match="layer"):
         train_classifier(small_cnn(), blob_crops(8), {"method": "none"}, epochs=1, gradcamo_weight=1.0)
+
+
+def test_a_map_with_no_positive_evidence_cannot_escape_the_penalty():
+    """The seed-3 collapse: a true-class map ≤ 0 everywhere used to drop out of the penalty (and the ReLU
+    passed it no gradient). Now it still costs (1 − its smooth Grad-CAMO) and passes a gradient."""
+    activations = torch.rand(2, 3, *CROP, requires_grad=True)
+    head = torch.tensor([[-1.0, -2.0, -0.5], [1.0, 2.0, 0.5]])  # class 0's evidence is negative everywhere
+    logits = activations.mean(dim=(2, 3, 4)) @ head.T
+    mask = torch.zeros(2, *CROP, dtype=torch.bool)
+    mask[:, :, :8, :8] = True
+    target = torch.tensor([0, 0])
+    penalty, reported = gradcamo_penalty(logits, activations, target, mask)
+    assert torch.isnan(reported).all()  # the audit's (ReLU) score is undefined for such maps...
+    assert 0.0 < float(penalty.detach()) <= 1.0  # ...but the penalty counts them
+    (grad,) = torch.autograd.grad(penalty, activations)
+    assert float(grad.abs().sum()) > 0
+
+
+def test_smooth_penalty_agrees_with_the_audit_score_on_ordinary_maps():
+    model = small_cnn().eval()
+    data = blob_crops(6)
+    with LayerCapture(model, "stage1") as cap:
+        logits = model(torch.as_tensor(data.x))
+        penalty, reported = gradcamo_penalty(logits, cap.output, logits.argmax(1), torch.as_tensor(data.masks == 1))
+    audit_penalty = float(np.nanmean(1 - reported.numpy()))
+    assert abs(float(penalty.detach()) - audit_penalty) < 0.1, (float(penalty.detach()), audit_penalty)

@@ -48,3 +48,54 @@ def test_bundled_demo_models_disagree_about_where_to_look():
     assert (shortcut["predicted_class"] == "treated").mean() >= 0.9
     assert honest["gradcamo"].median() > shortcut["gradcamo"].median() + 0.04
     assert shortcut["background_share"].median() > honest["background_share"].median() + 0.15
+
+
+# ---------------------------------------------------------------- chance-corrected scores, two confounds (issue 11)
+
+
+@pytest.fixture(scope="module")
+def confound_study():
+    """Per seed: honest, stripes-shortcut and debris-shortcut models, each audited on held-out wells at
+    the layer the training rule (deletion on validation wells) picks for it, with the occlusion drops."""
+    from napari_gradcamo.synthetic.score_study import CONFOUND_SCENARIOS, held_out_fields, occlusion_table, rule_layer
+
+    study = {}
+    for seed in (1, 2, 3):
+        for name in ("honest", *CONFOUND_SCENARIOS.values()):
+            bundle = train_scenario(name, seed=seed)
+            layer, _ = rule_layer(bundle, name, seed)
+            study[seed, name] = occlusion_table(bundle, held_out_fields(name, seed), layer)
+    return study
+
+
+RULE_MISSES = pytest.mark.xfail(strict=True, reason=(
+    "measured (scripts/score_experiment.py): the deletion rule picks stage1 for the seed-2 debris shortcut, "
+    "where its map for the absent debris lands on the cell (normalised median 0.101 vs the honest 0.091)"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("confound, seed", [("stripes", 1), ("stripes", 2), ("stripes", 3), ("debris", 1),
+                                            pytest.param("debris", 2, marks=RULE_MISSES), ("debris", 3)])
+def test_normalised_score_separates_honest_from_shortcut_at_the_rule_layer(confound_study, confound, seed):
+    from napari_gradcamo.synthetic.score_study import CONFOUND_SCENARIOS, separation_auc
+
+    honest, shortcut = confound_study[seed, "honest"], confound_study[seed, CONFOUND_SCENARIOS[confound]]
+    auc = separation_auc(honest["normalised"], shortcut["normalised"])
+    print(f"{confound} seed {seed}: layers {honest['target_layer'][0]}/{shortcut['target_layer'][0]}, "
+          f"normalised median {honest['normalised'].median():.3f} vs {shortcut['normalised'].median():.3f}, AUC {auc:.2f}")
+    assert honest["normalised"].median() > shortcut["normalised"].median()
+    assert auc >= 0.65, f"honest and shortcut barely separate (AUC {auc:.2f})"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("confound", ["stripes", "debris"])
+def test_occlusion_agrees_in_direction_with_the_score(confound_study, confound):
+    """The honest model depends more on the cell, relative to its surroundings, than the shortcut model."""
+    from napari_gradcamo.synthetic.score_study import CONFOUND_SCENARIOS
+
+    for seed in (1, 2, 3):
+        margin = {name: float((t["drop_cell_occluded"] - t["drop_context_occluded"]).median())
+                  for name, t in (("honest", confound_study[seed, "honest"]),
+                                  ("shortcut", confound_study[seed, CONFOUND_SCENARIOS[confound]]))}
+        print(f"{confound} seed {seed}: median (drop cell hidden − drop context hidden) {margin}")
+        assert margin["honest"] > margin["shortcut"]

@@ -311,3 +311,26 @@ def test_anisotropic_xy_voxels_keep_cells_round_in_micrometres():
         extents.append(((y.max() - y.min() + 1) * 0.5, (x.max() - x.min() + 1) * 1.0))
     ey, ex = np.mean(extents, axis=0)
     assert 0.7 < ey / ex < 1.4  # nuclei have similar sizes in µm along y and x
+
+
+def test_debris_confound_is_round_specks_outside_cells_whose_number_follows_the_class():
+    from napari_gradcamo.synthetic.generator import DEBRIS_CHANNELS
+
+    counts = []
+    for k in range(3):
+        field = generate_field(8, treatment=k, n_classes=3, confound="debris", cell_signal=False, **SMALL)
+        base = generate_field(8, treatment=k, n_classes=3, confound=None, cell_signal=False, **SMALL)
+        diff = field.image.data - base.image.data
+        deep = ndi.binary_erosion(field.labels > 0, np.ones((7, 5, 5), bool))
+        assert np.abs(diff[:, deep]).max() == 0  # nothing inside cells
+        for i, name in enumerate(STAINS):
+            if name not in DEBRIS_CHANNELS:
+                assert np.abs(diff[i]).max() == 0
+        specks = diff[STAINS.index("DNA")] > 300  # well above the shot noise (sd ≈ 30 at this level)
+        _, n = ndi.label(specks)
+        counts.append(n)
+        # round: a speck's extent along y and x is the same on average (no orientation)
+        gy = np.abs(np.diff(specks.astype(np.int8), axis=1)).sum()
+        gx = np.abs(np.diff(specks.astype(np.int8), axis=2)).sum()
+        assert 0.8 < gy / max(gx, 1) < 1.25
+    assert counts[0] < counts[1] < counts[2], counts

@@ -138,7 +138,10 @@ def test_fit_writes_a_checkpoint_with_full_metadata(cache, tmp_path):
     bundle = load_checkpoint(tmp_path / "model.safetensors")
     meta = bundle.metadata
     assert meta.class_names == ["control", "treated"] and meta.channel_names == cache.channel_names
-    assert meta.crop_shape == CROP and meta.target_layer == "stage1"
+    assert meta.crop_shape == CROP
+    rule = meta.training["target_layer_rule"]  # the stored layer comes from the validation rule
+    assert meta.target_layer == rule["layer"] == max(rule["deletion_drop"], key=rule["deletion_drop"].get)
+    assert set(rule["deletion_drop"]) == {"stage1", "stage2", "stage3"} and rule["validation_crops"] > 0
     assert meta.normalization["method"] == "fixed" and len(meta.normalization["mean"]) == 5
     t = meta.training
     assert t["config"]["gradcamo_weight"] == 0.5 and t["config"]["epochs"] == 2 and t["manifest"] == "m.csv"
@@ -198,7 +201,8 @@ def test_cli_synthetic_train_audit_end_to_end(tmp_path, capsys):
     assert main(["train", manifest, "--out", str(tmp_path / "run"), "--epochs", "2", "--width", "4",
                  "--val-fraction", "0.5", "--batch-size", "8", "--gradcamo-weight", "0.3", "--device", "cpu"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["epochs_run"] == 2 and summary["crops"]["val"] > 0 and summary["target_layer"] == "stage1"
+    assert summary["epochs_run"] == 2 and summary["crops"]["val"] > 0
+    assert summary["target_layer"] == load_checkpoint(tmp_path / "run" / "model.safetensors").metadata.target_layer
     checkpoint = tmp_path / "run" / "model.safetensors"
     assert load_checkpoint(checkpoint).metadata.training["config"]["gradcamo_weight"] == 0.3
     assert (tmp_path / "run" / "crops" / "crops.npy").exists()

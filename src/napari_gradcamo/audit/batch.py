@@ -13,6 +13,7 @@ import numpy as np
 
 from napari_gradcamo.audit import results
 from napari_gradcamo.audit.cam import CamEngine, upsample
+from napari_gradcamo.audit.occlusion import occlusion_drops
 from napari_gradcamo.audit.scoring import Score, inside_image_mask, score_cam
 from napari_gradcamo.models.checkpoint import normalize_crops
 
@@ -43,12 +44,16 @@ class ScoredBatch:
     targets: np.ndarray  # (N,) class index each map explains
     raw_maps: np.ndarray  # (N, z', y', x') at the target layer's resolution, ≥ 0
     scores: list[Score]
+    drops: tuple[np.ndarray, np.ndarray] | None = None  # (cell hidden, context hidden), with occlusion only
 
     def result_columns(self, class_names: Sequence[str], method: str, layer: str) -> list[dict]:
         """Per cell, the results-table columns the model decides: prediction, class probabilities, the
         explained class, every score, and how the map was made."""
         rows = []
-        for p, t, s, m in zip(self.probabilities, self.targets, self.scores, self.raw_maps):
+        nan = np.full(len(self.scores), np.nan)
+        drop_cell, drop_context = self.drops if self.drops is not None else (nan, nan)
+        for p, t, s, m, d_cell, d_context in zip(self.probabilities, self.targets, self.scores, self.raw_maps,
+                                                 drop_cell, drop_context):
             finite = bool(np.isfinite(p).all() and np.isfinite(m).all())
             scores = s.columns() if finite else {**s.columns(), **NON_FINITE_SCORES}
             rows.append({
@@ -59,6 +64,8 @@ class ScoredBatch:
                 "status": results.STATUS_AUDITED,
                 "cam_method": method,
                 "target_layer": layer,
+                "drop_cell_occluded": float(d_cell),
+                "drop_context_occluded": float(d_context),
                 **{results.PROBABILITY_PREFIX + n: float(v) if finite else float("nan") for n, v in zip(class_names, p)},
             })
         return rows
@@ -70,14 +77,20 @@ def batch_of(crops) -> BatchCrops:
                       np.stack([c.other_mask for c in crops]), [c.padding for c in crops])
 
 
-def score_batch(engine: CamEngine, crops: BatchCrops, normalization: dict, targets: Sequence[int | None] | None = None
-                ) -> ScoredBatch:
-    """Normalise ``crops`` as the model was trained, run the CAM engine once, score every map."""
+def score_batch(engine: CamEngine, crops: BatchCrops, normalization: dict, targets: Sequence[int | None] | None = None,
+                occlusion: bool = False) -> ScoredBatch:
+    """Normalise ``crops`` as the model was trained, run the CAM engine once, score every map; with
+    ``occlusion``, also classify each crop with its cell and with its surroundings hidden."""
     batch = normalize_crops(crops.images, normalization)
     probs, chosen, raw = engine.compute(batch, list(targets) if targets is not None else None)
     maps = upsample(raw, crops.images.shape[2:])
-    scores = [
-        score_cam(m, cell, other, inside_image_mask(m.shape, pad) if pad is not None else None)
-        for m, cell, other, pad in zip(maps, crops.cell_masks, crops.other_masks, crops.paddings)
-    ]
-    return ScoredBatch(np.asarray(probs), np.asarray(chosen), np.asarray(raw), scores)
+    inside = [inside_image_mask(m.shape, pad) if pad is not None else None for m, pad in zip(maps, crops.paddings)]
+    scores = [score_cam(m, cell, other, ins)
+              for m, cell, other, ins in zip(maps, crops.cell_masks, crops.other_masks, inside)]
+    drops = None
+    if occlusion:
+        inside_all = np.stack([np.ones(maps.shape[1:], bool) if i is None else i for i in inside])
+        drops = occlusion_drops(engine.predict, crops.images, crops.cell_masks, crops.other_masks, chosen,
+                                np.asarray(probs), lambda raw_crops: normalize_crops(raw_crops, normalization),
+                                inside_all)
+    return ScoredBatch(np.asarray(probs), np.asarray(chosen), np.asarray(raw), scores, drops)

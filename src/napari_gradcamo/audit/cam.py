@@ -206,6 +206,23 @@ class CamEngine:
         return probs, targets_idx, np.maximum(np.asarray(raw, dtype=np.float32), 0.0)
 
 
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (B, K) of an already normalised batch, without maps (no backward pass)."""
+        import torch
+
+        if not self.channels_last:
+            self._drop_layout()
+        x = torch.as_tensor(batch, dtype=torch.float32, device=self.device)
+        if self._layout is not None:
+            self._layout.after_target = False
+            if x.ndim == 5:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+        with torch.no_grad():
+            logits = self.model(x)
+        self._cam.activations_and_grads.clear()  # the CAM's hooks saw this pass: keep them empty for compute
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
 def _has_conv3d(model) -> bool:
     import torch
 

@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from napari_gradcamo.audit.scoring import SCORE_KINDS
+
 #: Column → meaning. ``prob_<class>`` columns (one per model class) follow ``probability``.
 SCHEMA: dict[str, str] = {
     "label": "cell id in the label image",
@@ -23,11 +25,17 @@ SCHEMA: dict[str, str] = {
     "target_class": "class whose Grad-CAM was computed",
     "gradcamo": "Σcam·M/Σcam: share of attention on the cell itself (0..1, NaN if undefined)",
     "chance": "|M|/|crop|: the Grad-CAMO of a uniform map",
+    "lift": "gradcamo/chance: 1 = no more attention on the cell than a uniform map gives it",
+    "normalised": "(gradcamo − chance)/(1 − chance): 0 = uniform map, 1 = all attention on the cell, < 0 = avoided",
     "neighbour_share": "share of attention on other cells",
     "background_share": "share of attention on background inside the image",
     "outside_share": "share of attention on padding beyond the image border",
     "reason": "why gradcamo is NaN ('' when defined)",
-    "flagged": "gradcamo below the threshold, undefined, or flagged by hand",
+    "flagged": "the score chosen to flag on (flag_on) below the threshold, undefined, or flagged by hand",
+    "drop_cell_occluded": "drop in the target class's probability when the cell is replaced by background "
+                          "(NaN unless occlusion was asked for)",
+    "drop_context_occluded": "drop in the target class's probability when everything but the cell is replaced "
+                             "by background (NaN unless occlusion was asked for)",
     "status": "'audited', or 'not audited' for cells without a result yet",
     "cam_method": "CAM method",
     "target_layer": "layer the CAM was computed at",
@@ -71,10 +79,14 @@ def conform(table: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
     return out[cols + extra].reset_index(drop=True)
 
 
-def apply_threshold(table: pd.DataFrame, threshold: float, manual: pd.Series | None = None) -> pd.DataFrame:
-    """Set ``flagged``: Grad-CAMO under ``threshold`` or undefined (audited cells only), or ``manual``."""
+def apply_threshold(table: pd.DataFrame, threshold: float, manual: pd.Series | None = None,
+                    on: str = "gradcamo") -> pd.DataFrame:
+    """Set ``flagged``: the score ``on`` (gradcamo, lift or normalised) under ``threshold`` or undefined
+    (audited cells only), or ``manual``."""
+    if on not in SCORE_KINDS:
+        raise ValueError(f"Cannot flag on '{on}'; choose one of {', '.join(SCORE_KINDS)}.")
     audited = table["status"] == STATUS_AUDITED
-    low = table["gradcamo"].isna() | (table["gradcamo"] < threshold)
+    low = table[on].isna() | (table[on] < threshold)
     flagged = audited & low
     if manual is not None:
         flagged = flagged | manual.reindex(table.index, fill_value=False).astype(bool)
@@ -134,12 +146,33 @@ def read_run_record(path: str | Path) -> dict | None:
 
 
 def summary(table: pd.DataFrame) -> dict[str, float]:
-    """Headline numbers of an audit: cells, median Grad-CAMO and chance, share flagged."""
+    """Headline numbers of an audit: cells, medians of every score and of chance, share above chance,
+    flagged cells and the share not flagged (above the threshold)."""
     audited = table[table["status"] == STATUS_AUDITED]
+    n = int(len(audited))
+    if n == 0:
+        nan = float("nan")
+        return {"cells": 0, "median_gradcamo": nan, "median_chance": nan, "median_lift": nan,
+                "median_normalised": nan, "share_above_chance": nan, "share_above_threshold": nan,
+                "flagged": 0, "undefined": 0}
     return {
-        "cells": int(len(audited)),
-        "median_gradcamo": float(audited["gradcamo"].median()) if len(audited) else float("nan"),
-        "median_chance": float(audited["chance"].median()) if len(audited) else float("nan"),
-        "flagged": int(audited["flagged"].sum()) if len(audited) else 0,
-        "undefined": int(audited["gradcamo"].isna().sum()) if len(audited) else 0,
+        "cells": n,
+        **{f"median_{c}": float(audited[c].median()) if c in audited else float("nan")
+           for c in ("gradcamo", "chance", "lift", "normalised")},
+        "share_above_chance": float((audited["gradcamo"] > audited["chance"]).mean()),
+        "share_above_threshold": float((~audited["flagged"].astype(bool)).mean()),
+        "flagged": int(audited["flagged"].sum()),
+        "undefined": int(audited["gradcamo"].isna().sum()),
     }
+
+
+#: Columns :func:`summary_by` groups on when the table has them.
+GROUPINGS = ("image", "target_class", "predicted_class", "true_class", "well")
+
+
+def summary_by(table: pd.DataFrame, by: str) -> pd.DataFrame:
+    """:func:`summary` per value of column ``by`` (e.g. image, target_class, well): one row each."""
+    if by not in table:
+        raise ValueError(f"The table has no column '{by}' to summarise by.")
+    rows = [{by: key, **summary(group)} for key, group in table.groupby(by, sort=True, dropna=False)]
+    return pd.DataFrame(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import weakref
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ import pandas as pd
 from napari_gradcamo.audit import results
 from napari_gradcamo.audit.batch import ScoredBatch, batch_of, score_batch
 from napari_gradcamo.audit.cam import CamEngine, default_target_layer, list_target_layers, upsample
-from napari_gradcamo.audit.scoring import Score, inside_image_mask, score_cam
+from napari_gradcamo.audit.scoring import SCORE_KINDS, Score, inside_image_mask, score_cam
 from napari_gradcamo.crops.extract import CellCrop, CellInfo, cell_table, extract_crop, window
 from napari_gradcamo.io.images import Image, ImageError, as_label_volume, check_labels_match
 from napari_gradcamo.models.metadata import ModelBundle
@@ -24,22 +25,35 @@ _GENERIC_NAME = "ch"
 
 @dataclass
 class AuditSettings:
-    """How to audit: CAM method, layer (None = default), target class (None = predicted), batching."""
+    """How to audit: CAM method, layer (None = default), target class (None = predicted), batching, which
+    score flags a cell below which threshold, and whether to add the occlusion drops.
+
+    The default flag, ``normalised < 0.0``, marks cells that get no more attention than a uniform map would
+    give them: it means the same for small and large cells (see docs/interpreting-scores.md). The paper's
+    rule is ``flag_on="gradcamo", threshold=0.5``.
+    """
 
     method: str = "gradcam"
     target_layer: str | None = None
     target_class: str | int | None = None
     batch_size: int = 8
     device: str | None = "auto"
-    threshold: float = 0.5
+    threshold: float = 0.0
     channel_map: Sequence[int] | None = None
+    flag_on: str = "normalised"
+    occlusion: bool = False
 
     def validate(self) -> None:
-        """Refuse out-of-range values (never coerce them): batch size ≥ 1, threshold a number in 0..1."""
+        """Refuse out-of-range values (never coerce them): batch size ≥ 1, a known score to flag on, and a
+        threshold in that score's range (gradcamo 0..1, normalised ≤ 1, lift ≥ 0; NaN flags nothing)."""
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
             raise ValueError(f"batch_size {self.batch_size!r} must be a whole number ≥ 1.")
-        if not isinstance(self.threshold, numbers.Real) or not 0.0 <= float(self.threshold) <= 1.0:
-            raise ValueError(f"threshold {self.threshold!r} must be a number in 0..1 (NaN flags nothing).")
+        if self.flag_on not in SCORE_KINDS:
+            raise ValueError(f"flag_on {self.flag_on!r} is not a score; use one of {', '.join(SCORE_KINDS)}.")
+        low, high = {"gradcamo": (0.0, 1.0), "normalised": (-math.inf, 1.0), "lift": (0.0, math.inf)}[self.flag_on]
+        if not isinstance(self.threshold, numbers.Real) or not low <= float(self.threshold) <= high:
+            raise ValueError(f"threshold {self.threshold!r} is outside the range of {self.flag_on} "
+                             f"({low:g}..{high:g}); NaN would flag nothing.")
 
 
 @dataclass
@@ -157,8 +171,9 @@ def _default_layer(model, crop_shape: Sequence[int], in_channels: int) -> str:
     return known[key]
 
 
-def _rows(crops: Sequence[CellCrop], cells: Sequence[CellInfo], scored: ScoredBatch, meta, settings, layer
-          ) -> pd.DataFrame:
+def cell_rows(crops: Sequence[CellCrop], cells: Sequence[CellInfo], scored: ScoredBatch, meta, settings, layer
+              ) -> pd.DataFrame:
+    """The results-table rows of one scored batch, flagged as ``settings`` say."""
     names = meta.class_names
     records = []
     for crop, cell, columns in zip(crops, cells, scored.result_columns(names, settings.method, layer)):
@@ -174,7 +189,7 @@ def _rows(crops: Sequence[CellCrop], cells: Sequence[CellInfo], scored: ScoredBa
             **columns,
         })
     table = results.conform(pd.DataFrame.from_records(records), names)
-    return results.apply_threshold(table, settings.threshold)
+    return results.apply_threshold(table, settings.threshold, on=settings.flag_on)
 
 
 def iter_audit(
@@ -207,8 +222,9 @@ def iter_audit(
             check(cancel, "the audit")
             chunk = cells[start : start + batch_size]
             crops = [extract_crop(model_image, labels, c, crop_shape) for c in chunk]
-            scored = score_batch(engine, batch_of(crops), meta.normalization, [target] * len(chunk))
-            rows = _rows(crops, chunk, scored, meta, settings, layer)
+            scored = score_batch(engine, batch_of(crops), meta.normalization, [target] * len(chunk),
+                                 occlusion=settings.occlusion)
+            rows = cell_rows(crops, chunk, scored, meta, settings, layer)
             cams = {c.label: CellCam(c.label, r, c.origin, crop_shape) for c, r in zip(crops, scored.raw_maps)}
             done += len(chunk)
             yield AuditBatch(rows, cams, done, len(cells))

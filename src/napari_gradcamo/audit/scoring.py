@@ -22,11 +22,45 @@ class Score:
     outside_share: float
     reason: str = ""
 
+    @property
+    def lift(self) -> float:
+        """Grad-CAMO / chance: how many times more attention the cell gets than a uniform map gives it."""
+        return chance_lift(self.gradcamo, self.chance)
+
+    @property
+    def normalised(self) -> float:
+        """(Grad-CAMO − chance) / (1 − chance): 0 = no better than a uniform map, 1 = all on the cell."""
+        return chance_normalised(self.gradcamo, self.chance)
+
     def columns(self) -> dict:
         """The score columns of the results table."""
-        return {"gradcamo": self.gradcamo, "chance": self.chance, "neighbour_share": self.neighbour_share,
-                "background_share": self.background_share, "outside_share": self.outside_share,
-                "reason": self.reason}
+        return {"gradcamo": self.gradcamo, "chance": self.chance, "lift": self.lift, "normalised": self.normalised,
+                "neighbour_share": self.neighbour_share, "background_share": self.background_share,
+                "outside_share": self.outside_share, "reason": self.reason}
+
+
+#: Scores a flag threshold can be set on: column → what it means.
+SCORE_KINDS = {
+    "gradcamo": "raw Grad-CAMO: share of the attention on the cell (the paper's score; depends on cell size)",
+    "lift": "Grad-CAMO / chance: 1 = as much as a uniform map gives the cell",
+    "normalised": "(Grad-CAMO − chance) / (1 − chance): 0 = uniform map, 1 = all attention on the cell",
+}
+
+
+def chance_lift(gradcamo, chance):
+    """Grad-CAMO / chance (NaN where chance is 0 or the score is undefined); works on floats and arrays."""
+    g, c = np.asarray(gradcamo, dtype=np.float64), np.asarray(chance, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(c > 0, g / np.where(c > 0, c, 1.0), np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
+def chance_normalised(gradcamo, chance):
+    """(Grad-CAMO − chance) / (1 − chance) (NaN where chance is 1 or the score is undefined)."""
+    g, c = np.asarray(gradcamo, dtype=np.float64), np.asarray(chance, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(c < 1, (g - c) / np.where(c < 1, 1.0 - c, 1.0), np.nan)
+    return float(out) if out.ndim == 0 else out
 
 
 def score_cam(

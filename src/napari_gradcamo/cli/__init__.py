@@ -1,4 +1,4 @@
-"""Command line: ``gradcamo audit | layers | demo | train | profile | synthetic``.
+"""Command line: ``gradcamo audit | layers | sweep | demo | train | profile | synthetic``.
 
 Each subcommand lives in its own module with a ``register(subparsers)`` function; the option defaults
 come from the settings dataclasses of the core.
@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("audit", "demo", "train", "profile", "plate")
+COMMAND_MODULES = ("audit", "demo", "train", "profile", "sweep", "plate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from napari_gradcamo.audit.run import AuditSettings
+from napari_gradcamo.audit.scoring import SCORE_KINDS
 from napari_gradcamo.segment.cellpose import SegmentationSettings
 
 
@@ -64,8 +65,13 @@ def add_audit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-class", default=d("target_class"), help="class name or index; default: the predicted class")
     g.add_argument("--batch-size", type=positive_int, default=d("batch_size"))
     g.add_argument("--device", type=device_name, default=d("device"), help="auto, cpu, cuda[:N] or mps")
-    g.add_argument("--threshold", type=unit_float, default=d("threshold"),
-                   help="flag cells with Grad-CAMO below this (0..1)")
+    g.add_argument("--threshold", type=finite_float, default=d("threshold"),
+                   help="flag cells whose --flag-on score is below this (default: below chance)")
+    g.add_argument("--flag-on", choices=tuple(SCORE_KINDS), default=d("flag_on"),
+                   help="score the threshold applies to: normalised (0 = chance), lift (1 = chance) or raw "
+                        "gradcamo (the paper: --flag-on gradcamo --threshold 0.5)")
+    g.add_argument("--occlusion", action="store_true",
+                   help="also occlude each cell and its surroundings: drop in the target class probability")
     g.add_argument("--channel-map", default=None, help="image channel index per model channel, e.g. 0,1,2,3,4")
 
 
@@ -77,7 +83,7 @@ def audit_settings(args) -> AuditSettings:
                          "e.g. 0,1,2,3,4.") from None
     return AuditSettings(method=args.method, target_layer=args.layer, target_class=args.target_class,
                          batch_size=args.batch_size, device=args.device, threshold=args.threshold,
-                         channel_map=channel_map)
+                         channel_map=channel_map, flag_on=args.flag_on, occlusion=args.occlusion)
 
 
 # ------------------------------------------------------------------ option types: refuse, never coerce

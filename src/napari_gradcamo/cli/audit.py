@@ -80,8 +80,12 @@ def cmd_audit(args) -> int:
     if split:
         print(f"gradcamo: warning: {split} label(s) consist of several separate pieces (column 'pieces'); "
               "each is scored on the mask inside its crop — check the label image.", file=sys.stderr)
-    print(json.dumps({"table": str(csv), "parquet": str(parquet), "run_record": str(record_path),
-                      "completed": complete, **results.summary(table)}, indent=2))
+    report = {"table": str(csv), "parquet": str(parquet), "run_record": str(record_path), "completed": complete,
+              **results.summary(table),
+              "by_class": results.summary_by(table, "target_class").to_dict(orient="records")}
+    if args.sanity and complete:
+        report["sanity"] = _sanity(args, image, labels, bundle, out / f"{stem}_sanity.json")
+    print(json.dumps(report, indent=2))
     if not complete:
         print(f"gradcamo: interrupted: {len(table)} of {len(all_ids)} cells written, marked incomplete in "
               f"{record_path.name}; run the same command with --resume to continue.", file=sys.stderr)
@@ -122,6 +126,18 @@ def _previous_rows(parquet: Path, record: dict) -> pd.DataFrame:
     return pd.read_parquet(parquet)
 
 
+def _sanity(args, image, labels, bundle, path: Path) -> dict:
+    """Cascading randomisation on up to 32 cells; writes ``path`` (JSON), warns on stderr."""
+    from napari_gradcamo.audit.sanity import check_image
+    from napari_gradcamo.io.atomic import write_text
+
+    checked = check_image(image, labels, bundle, audit_settings(args)).as_dict()
+    write_text(path, json.dumps(checked, indent=2))
+    for warning in checked["warnings"]:
+        print(f"gradcamo: sanity warning: {warning}", file=sys.stderr)
+    return {"file": str(path), "passed": checked["passed"], "warnings": len(checked["warnings"])}
+
+
 def cmd_layers(args) -> int:
     from napari_gradcamo.audit.cam import default_target_layer, list_target_layers
     from napari_gradcamo.models.checkpoint import load_checkpoint
@@ -153,6 +169,8 @@ def register(sub) -> None:
                      help="label image (TIFF/.npy, or an OME-Zarr label image) with one id per cell")
     add_segmentation_options(seg)
     add_audit_options(p)
+    p.add_argument("--sanity", action="store_true",
+                   help="also randomise the model's layers from the top (cascading) and report how much the maps change")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("layers", help="list a model's candidate target layers and their output shapes")

@@ -21,6 +21,7 @@ from napari_gradcamo.train.loop import fit_normalization, train_classifier
 SCENARIOS = {
     "honest": {"confound": None, "cell_signal": True},
     "shortcut": {"confound": "background", "cell_signal": False},
+    "shortcut_debris": {"confound": "debris", "cell_signal": False},
 }
 CLASS_NAMES = ["control", "treated"]
 FIELD_SHAPE = (12, 64, 64)

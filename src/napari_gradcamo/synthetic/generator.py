@@ -36,6 +36,10 @@ the ER and AGP channels of the medium, whose orientation (``c * 180° / n_classe
 (``x (0.5 + 0.5 c / (n_classes - 1))``, so the background mean grows with ``c``) encode the class
 ``c = confound_class`` (default: the treatment).  Pass another ``confound_class`` (or
 ``"mismatch"`` / ``"random"`` to :func:`generate_dataset`) to break the shortcut in a test set.
+
+Confound ``"debris"`` (also outside the cells only): round, isotropic specks of DNA/RNA-stained debris
+floating in the medium above the coverslip (no texture, no orientation); their number per area grows with the class
+(:data:`_DEBRIS_PER_100UM2` × (0.3 + c / (n_classes - 1))), so only their density carries the class.
 """
 
 from __future__ import annotations
@@ -49,9 +53,11 @@ from scipy import ndimage as ndi
 from napari_gradcamo.io.images import Image
 
 STAINS = ("DNA", "ER", "RNA", "AGP", "Mito")
-CONFOUNDS = (None, "background")
+CONFOUNDS = (None, "background", "debris")
 #: channels that carry the background confound
 CONFOUND_CHANNELS = ("ER", "AGP")
+#: channels that carry the debris confound (round specks, no orientation)
+DEBRIS_CHANNELS = ("DNA", "RNA")
 DEFAULT_SHAPE = (24, 192, 192)
 DEFAULT_VOXEL_SIZE = (1.0, 0.5, 0.5)
 
@@ -80,6 +86,9 @@ _CAMERA_OFFSET = 100.0
 _AUTOFLUORESCENCE = {"DNA": 40.0, "ER": 90.0, "RNA": 60.0, "AGP": 80.0, "Mito": 50.0}
 _CONFOUND_AMPLITUDE = {"ER": 260.0, "AGP": 260.0}
 _CONFOUND_PERIOD_UM = 4.0
+_DEBRIS_PER_100UM2 = 2.5
+_DEBRIS_RADIUS_UM = 1.2
+_DEBRIS_INTENSITY = {"DNA": 2500.0, "RNA": 1500.0}
 _READ_NOISE = 3.0
 
 
@@ -296,6 +305,23 @@ def _rasterise(cells, shape, z0, rough, s_nuc, x_over_y=1.0):
     return labels, nuclei, dnuc, dcell, lut
 
 
+def _add_debris(obj, rng, in_cell, voxel_size, density, z0) -> None:
+    """Round specks floating in the medium above the coverslip, outside every cell, ``density`` × the base
+    number per area."""
+    Z, Y, X = in_cell.shape
+    area = Y * X * voxel_size[1] * voxel_size[2]
+    n = rng.poisson(_DEBRIS_PER_100UM2 * density * area / 100.0)
+    points = np.zeros(in_cell.shape, np.float32)
+    zlo = min(max(int(round(z0)), 0), Z - 1)
+    points[rng.integers(zlo, Z, n), rng.integers(0, Y, n), rng.integers(0, X, n)] = 1.0
+    sigma = _um_to_px((_DEBRIS_RADIUS_UM,) * 3, voxel_size)
+    one = np.zeros((9, 9, 9), np.float32)
+    one[4, 4, 4] = 1.0
+    specks = _gauss(points, sigma) * ~in_cell / max(float(_gauss(one, sigma).max()), 1e-12)
+    for name in DEBRIS_CHANNELS:
+        obj[STAINS.index(name)] += _DEBRIS_INTENSITY[name] * specks
+
+
 # --------------------------------------------------------------------------------------------
 # public API
 
@@ -478,6 +504,10 @@ def generate_field(
         for name in CONFOUND_CHANNELS:
             ch = STAINS.index(name)
             obj[ch] += outside * (amp * _CONFOUND_AMPLITUDE[name]) * stripes[None]
+
+    if confound == "debris" and confound_strength:
+        _add_debris(obj, np.random.default_rng([int(seed), 0xDEB]), in_cell, voxel_size,
+                    confound_strength * (0.3 + class_strength(confound_class, n_classes)), z0)
 
     # ---- optics, background, batch effect, noise --------------------------------------------
     psf = _um_to_px((1.0, 0.3, 0.3), voxel_size)

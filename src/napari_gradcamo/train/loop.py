@@ -353,7 +353,7 @@ class TrainConfig:
 
     architecture: str = "small-cnn-3d"
     architecture_kwargs: dict = field(default_factory=lambda: {"width": 8})
-    target_layer: str | None = None  # None: 'stage1' for the small CNN, else the default CAM layer
+    target_layer: str | None = None  # None: stored by the validation rule (audit.layer_sweep.choose_layer)
     epochs: int = 30
     batch_size: int = 16
     lr: float = 2e-3
@@ -424,13 +424,35 @@ BEST_FILE = "model.safetensors"
 LAST_FILE = "last.safetensors"
 
 
+#: Validation crops :func:`_stored_layer` uses at most (spread evenly over the validation split).
+LAYER_RULE_CROPS = 256
+
+
 def _default_layer(model, meta) -> str:
+    """The layer the Grad-CAMO penalty uses during training (the stored layer is :func:`_stored_layer`'s)."""
     from napari_gradcamo.audit.cam import default_target_layer, list_target_layers
     from napari_gradcamo.models.architectures import SMALL_CNN
 
     if meta.architecture == SMALL_CNN:
         return "stage1"  # 8×16×16 on an 8×32×32 crop: resolves single cells (see experiment.TARGET_LAYER)
     return default_target_layer(list_target_layers(model, meta.crop_shape, len(meta.channel_names)))
+
+
+def _stored_layer(model, data: CropSet, rows: Sequence[int], normalization: dict, meta, fallback: str,
+                  device) -> tuple[str, dict]:
+    """The layer stored with the trained model: :func:`napari_gradcamo.audit.layer_sweep.choose_layer`
+    (deletion rule) on the validation crops; ``fallback`` when there are no validation crops or masks."""
+    from napari_gradcamo.audit.layer_sweep import DELETION_FRACTION, choose_layer
+
+    if len(rows) == 0 or data.masks is None:
+        return fallback, {"rule": "fallback (no validation crops with masks)", "layer": fallback}
+    rows = np.asarray(rows)
+    rows = np.sort(rows[np.linspace(0, len(rows) - 1, min(len(rows), LAYER_RULE_CROPS)).astype(int)])
+    layer, drops = choose_layer(model, np.asarray(data.x[rows]), np.asarray(data.masks[rows]), data.y[rows],
+                                normalization, meta.crop_shape, device=device)
+    return layer, {"rule": f"largest mean drop of the true class's probability with the top {DELETION_FRACTION:.0%} "
+                           "of each validation crop's map replaced by background", "layer": layer,
+                   "deletion_drop": drops, "validation_crops": int(len(rows))}
 
 
 def fit(
@@ -612,6 +634,9 @@ def fit(
     model.eval()
     epochs_run = len(history.loss)
     meta = metadata_for(epochs_run)
+    if not config.target_layer:
+        meta.target_layer, meta.training["target_layer_rule"] = _stored_layer(
+            model, data, split["val"], normalization, meta, layer, device)
     test = None
     if len(split["test"]):
         test = evaluate(model, data, split["test"], normalization, device=device)

@@ -8,7 +8,15 @@ with activations ``A`` (B, C, z', y', x'):
   GradCAM before its normalisation (and as :class:`napari_gradcamo.audit.cam.CamEngine` keeps it);
 * ``cam`` upsampled trilinearly to the crop grid (as :func:`napari_gradcamo.audit.cam.upsample`);
 * Grad-CAMO = Σ cam·M / Σ cam (as :func:`napari_gradcamo.audit.scoring.score_cam`);
-* penalty = mean over the batch of (1 − Grad-CAMO), over crops whose map and mask are non-empty.
+* penalty = mean over the batch of (1 − Grad-CAMO), over every crop whose mask is non-empty.
+
+The penalty's map is a smooth, strictly positive version of the ReLU'd map (:func:`smooth_positive`:
+softplus of the signed map scaled by its own mean magnitude, temperature :data:`SOFTNESS`). With the plain
+ReLU a crop whose true-class map is ≤ 0 everywhere had no defined score and was left out of the penalty,
+and the ReLU passes no gradient from negative voxels: a model could escape the penalty by making its
+true-class evidence negative in training mode, and the audit (eval mode) then found what positive evidence
+was left on the background (seed 3 at λ = 0.5 in docs/regularizer.md). With the smooth map every crop
+counts and every voxel passes a gradient. The scores *reported* per crop stay the audit's (ReLU) ones.
 
 The training loss is ``cross_entropy + λ · penalty``; λ = 0 skips the penalty altogether, so training is
 exactly the plain loop. In training mode batch norm couples the crops of a batch, so the map can differ
@@ -18,6 +26,8 @@ slightly from an audit's (eval mode); the score definition is the same.
 from __future__ import annotations
 
 EPS = 1e-8
+#: Temperature of :func:`smooth_positive`: a voxel at −1 mean magnitude keeps e^−SOFTNESS/SOFTNESS of one at 0.
+SOFTNESS = 10.0
 
 
 class LayerCapture:
@@ -47,6 +57,13 @@ def differentiable_gradcam(logits, activations, target, create_graph: bool = Tru
     """Grad-CAM of class ``target[i]`` for each crop: (B, z', y', x') ≥ 0, differentiable w.r.t. the weights."""
     import torch
 
+    return torch.relu(signed_gradcam(logits, activations, target, create_graph))
+
+
+def signed_gradcam(logits, activations, target, create_graph: bool = True):
+    """Σ_c w_c A_c before the ReLU (B, z', y', x'): negative where the evidence speaks against the class."""
+    import torch
+
     if activations is None or not activations.requires_grad:
         raise ValueError("The target layer's activations are not part of the graph (was the forward pass run "
                          "under torch.no_grad(), or are the weights frozen?).")
@@ -54,7 +71,17 @@ def differentiable_gradcam(logits, activations, target, create_graph: bool = Tru
     (grads,) = torch.autograd.grad(score, activations, create_graph=create_graph)
     spatial = tuple(range(2, activations.ndim))
     weights = grads.float().mean(dim=spatial, keepdim=True)
-    return torch.relu((weights * activations.float()).sum(dim=1))
+    return (weights * activations.float()).sum(dim=1)
+
+
+def smooth_positive(signed):
+    """softplus(τ·x/s)·s/τ per crop, s = the map's mean magnitude (not differentiated): ≈ ReLU(x) where
+    |x| ≫ s/τ, but > 0 everywhere and with a gradient at every voxel."""
+    import torch.nn.functional as F
+
+    dims = tuple(range(1, signed.ndim))
+    scale = signed.detach().abs().mean(dim=dims, keepdim=True).clamp_min(EPS)
+    return F.softplus(SOFTNESS * signed / scale) * scale / SOFTNESS
 
 
 def soft_gradcamo(cam, cell_mask):
@@ -77,17 +104,17 @@ def soft_gradcamo(cam, cell_mask):
 
 
 def gradcamo_penalty(logits, activations, target, cell_mask, create_graph: bool = True):
-    """Return (penalty, scores): mean (1 − Grad-CAMO) of the true-class Grad-CAM, and each crop's score.
-
-    Crops with an all-zero map or an empty mask carry no penalty (their score is reported as NaN).
-    """
+    """Return (penalty, scores): mean (1 − Grad-CAMO) of the smooth true-class map over every crop with a
+    non-empty mask, and each crop's audit (ReLU) Grad-CAMO (NaN where that map is zero or the mask empty)."""
     import torch
 
-    cam = differentiable_gradcam(logits, activations, target, create_graph=create_graph)
-    scores, valid = soft_gradcamo(cam, cell_mask)
-    if bool(valid.any()):
-        penalty = (1.0 - scores[valid]).mean()
+    signed = signed_gradcam(logits, activations, target, create_graph=create_graph)
+    smooth_scores, counted = soft_gradcamo(smooth_positive(signed), cell_mask)
+    if bool(counted.any()):
+        penalty = (1.0 - smooth_scores[counted]).mean()
     else:
         penalty = logits.sum() * 0.0
-    reported = torch.where(valid, scores.detach(), torch.full_like(scores.detach(), float("nan")))
+    with torch.no_grad():
+        scores, valid = soft_gradcamo(torch.relu(signed.detach()), cell_mask)
+    reported = torch.where(valid, scores, torch.full_like(scores, float("nan")))
     return penalty, reported

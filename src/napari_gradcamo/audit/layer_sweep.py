@@ -1,0 +1,229 @@
+"""Grad-CAMO at several target layers from one forward and one backward pass, and the layer rule.
+
+:class:`MultiLayerCam` hooks every chosen layer at once: the first layer to run is re-rooted (so the
+backward pass stops there; weights are frozen), one backward pass of the target classes' logits gives
+every layer's gradient, and each layer's Grad-CAM is ``ReLU(Σ_c mean_zyx(∂y/∂A_c) · A_c)`` — the same map
+as :class:`~napari_gradcamo.audit.cam.CamEngine` with ``method="gradcam"``.
+
+:func:`choose_layer` is the rule ``gradcamo train`` stores the default layer by (docs/interpreting-scores.md):
+on validation crops, hide the top :data:`DELETION_FRACTION` of each crop's voxels ranked by a layer's map
+(replaced by the crop's background level) and keep the layer whose maps cost the true class the most
+probability — the layer whose map best points at what the decision depends on. It never looks at the
+masks' position, so it cannot favour layers that make a model look honest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from napari_gradcamo.audit import results
+from napari_gradcamo.audit.batch import ScoredBatch, batch_of
+from napari_gradcamo.audit.cam import get_module, list_target_layers, pick_device, upsample
+from napari_gradcamo.audit.occlusion import background_levels
+from napari_gradcamo.audit.run import AuditSettings, cell_rows, prepare, resolve_target_class
+from napari_gradcamo.audit.scoring import inside_image_mask, score_cam
+from napari_gradcamo.crops.extract import extract_crop
+from napari_gradcamo.models.checkpoint import normalize_crops
+from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
+
+#: Share of a crop's voxels hidden per layer by :func:`choose_layer`.
+DELETION_FRACTION = 0.1
+
+
+def candidate_layers(model, crop_shape: Sequence[int], in_channels: int) -> list[str]:
+    """The top-level layers with a 3D feature map of more than one row and column: what a sweep tries by
+    default and what :func:`choose_layer` chooses from."""
+    layers = list_target_layers(model, crop_shape, in_channels)
+    shallowest = min((l.name.count(".") for l in layers), default=0)
+    return [l.name for l in layers if l.name.count(".") == shallowest and min(l.output_shape[2:]) > 1]
+
+
+class MultiLayerCam:
+    """Raw Grad-CAM maps at several layers in one pass. A context manager: freezes weights, hooks layers."""
+
+    def __init__(self, model, layers: Sequence[str], device=None):
+        if not layers:
+            raise ValueError("Give at least one layer to sweep.")
+        self.model, self.layers, self.device = model, list(layers), pick_device(device)
+        self._outputs: dict[str, object] = {}
+        self._handles, self._flags = [], []
+
+    def __enter__(self) -> "MultiLayerCam":
+        self.model.to(self.device).eval()
+        params = list(self.model.parameters())
+        self._flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)
+        for name in self.layers:
+            self._handles.append(get_module(self.model, name).register_forward_hook(self._keeper(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for p, flag in zip(self.model.parameters(), self._flags):
+            p.requires_grad_(flag)
+        self._outputs.clear()
+
+    def _keeper(self, name: str):
+        def keep(module, inputs, output):
+            if not output.requires_grad:  # the first hooked layer to run: the backward pass stops here
+                output = output.detach().requires_grad_(True)
+            self._outputs[name] = output
+            return output
+        return keep
+
+    def compute(self, batch: np.ndarray, target_classes: Sequence[int | None] | None = None):
+        """Return (probabilities (B, K), targets (B,), {layer: raw maps (B, z', y', x') ≥ 0})."""
+        import torch
+
+        self._outputs.clear()
+        x = torch.as_tensor(batch, dtype=torch.float32, device=self.device)
+        with torch.enable_grad():
+            logits = self.model(x)
+            probs = torch.softmax(logits.detach().float(), dim=1).cpu().numpy()
+            chosen = list(target_classes) if target_classes is not None else [None] * len(batch)
+            targets = np.array([p if c is None else int(c) for p, c in zip(probs.argmax(1), chosen)])
+            missing = [n for n in self.layers if n not in self._outputs]
+            if missing:
+                raise ValueError(f"The layers {missing} did not run in the model's forward pass.")
+            activations = [self._outputs[n] for n in self.layers]
+            picked = logits.gather(1, torch.as_tensor(targets, device=logits.device).reshape(-1, 1)).sum()
+            grads = torch.autograd.grad(picked, activations)
+        maps = {}
+        for name, a, g in zip(self.layers, activations, grads):
+            weights = g.float().mean(dim=tuple(range(2, g.ndim)), keepdim=True)
+            maps[name] = torch.relu((weights * a.detach().float()).sum(dim=1)).cpu().numpy()
+        self._outputs.clear()
+        return probs, targets, maps
+
+
+@dataclass
+class SweepBatch:
+    """Rows per layer for the cells finished in one batch, with overall progress."""
+
+    tables: dict[str, pd.DataFrame]
+    done: int
+    total: int
+
+
+def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None = None,
+               settings: AuditSettings | None = None, cancel: CancelToken | None = None) -> Iterator[SweepBatch]:
+    """Audit every cell at every layer of ``layers`` (default :func:`candidate_layers`), batch by batch."""
+    settings = settings or AuditSettings()
+    meta = bundle.metadata
+    model_image, _, cells = prepare(image, labels, bundle, settings)
+    crop_shape = tuple(meta.crop_shape)
+    layers = list(layers) if layers else candidate_layers(bundle.model, crop_shape, len(meta.channel_names))
+    target = resolve_target_class(settings.target_class, meta.class_names)
+    step = max(1, int(settings.batch_size))
+    with MultiLayerCam(bundle.model, layers, settings.device) as cams:
+        for start in range(0, len(cells), step):
+            check(cancel, "the layer sweep")
+            chunk = cells[start: start + step]
+            cell_crops = [extract_crop(model_image, labels, c, crop_shape) for c in chunk]
+            crops = batch_of(cell_crops)
+            probs, targets, maps = cams.compute(normalize_crops(crops.images, meta.normalization), [target] * len(chunk))
+            tables = {}
+            for name in layers:
+                grid = upsample(maps[name], crop_shape)
+                scores = [score_cam(m, cell, other, inside_image_mask(m.shape, pad) if pad is not None else None)
+                          for m, cell, other, pad in zip(grid, crops.cell_masks, crops.other_masks, crops.paddings)]
+                scored = ScoredBatch(probs, targets, maps[name], scores)
+                tables[name] = cell_rows(cell_crops, chunk, scored, meta, settings, name)
+            yield SweepBatch(tables, start + len(chunk), len(cells))
+
+
+def run_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None = None,
+              settings: AuditSettings | None = None, progress: ProgressCallback | None = None,
+              cancel: CancelToken | None = None) -> dict[str, pd.DataFrame]:
+    """:func:`iter_sweep` to the end: one results table per layer."""
+    parts: dict[str, list] = {}
+    for batch in iter_sweep(image, labels, bundle, layers, settings, cancel):
+        for name, table in batch.tables.items():
+            parts.setdefault(name, []).append(table)
+        report(progress, batch.done, batch.total, f"{batch.done}/{batch.total} cells")
+    names = bundle.metadata.class_names
+    return {name: results.conform(pd.concat(tables, ignore_index=True), names) for name, tables in parts.items()}
+
+
+def sweep_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """:func:`~napari_gradcamo.audit.results.summary` per layer: one row each."""
+    return pd.DataFrame([{"layer": name, **results.summary(t)} for name, t in tables.items()])
+
+
+def plot_sweep(tables: dict[str, pd.DataFrame], path, score: str = "normalised", title: str = "") -> None:
+    """A PNG of the distribution of ``score`` per layer (one box and the cells as dots per layer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(tables)
+    values = [tables[n][score].dropna().to_numpy() for n in names]
+    fig, ax = plt.subplots(figsize=(1.8 + 1.3 * len(names), 3.6))
+    ax.boxplot(values, showfliers=False)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    rng = np.random.default_rng(0)
+    for i, v in enumerate(values, start=1):
+        ax.plot(i + rng.uniform(-0.15, 0.15, len(v)), v, ".", alpha=0.5, color="tab:blue", ms=3)
+    chance_line = {"normalised": 0.0, "lift": 1.0}.get(score)
+    if chance_line is not None:
+        ax.axhline(chance_line, color="grey", ls="--", lw=1, label="chance (uniform map)")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_ylabel(score)
+    ax.set_xlabel("target layer")
+    ax.set_title(title or f"{score} per layer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def deletion_drops(model, images: np.ndarray, masks: np.ndarray, targets: np.ndarray, normalization: dict,
+                   layers: Sequence[str], fraction: float = DELETION_FRACTION, batch_size: int = 32,
+                   device=None) -> pd.DataFrame:
+    """Per crop and layer: the drop in the target class's probability when the ``fraction`` of voxels
+    its map ranks highest are replaced by the crop's background level (``masks``: 0 background, 1 the
+    cell, 2 other cells, as :attr:`~napari_gradcamo.crops.datasets.CropSet.masks`)."""
+    import torch
+
+    records = []
+    with MultiLayerCam(model, layers, device) as cams:
+        for start in range(0, len(images), batch_size):
+            raw = np.asarray(images[start: start + batch_size], dtype=np.float32)
+            code = np.asarray(masks[start: start + batch_size])
+            tgt = np.asarray(targets[start: start + batch_size], dtype=int)
+            probs, _, maps = cams.compute(normalize_crops(raw, normalization), tgt)
+            levels = background_levels(raw, code == 1, code == 2)
+            fill = levels[:, :, None, None, None].astype(np.float32)
+            k = max(1, int(round(fraction * np.prod(raw.shape[2:]))))
+            for name in layers:
+                grid = upsample(maps[name], raw.shape[2:]).reshape(len(raw), -1)
+                top = np.zeros_like(grid, dtype=bool)
+                np.put_along_axis(top, np.argsort(-grid, axis=1)[:, :k], True, axis=1)
+                hidden = np.where(top.reshape((len(raw), 1) + raw.shape[2:]), fill, raw)
+                with torch.no_grad():
+                    logits = cams.model(torch.as_tensor(normalize_crops(hidden, normalization), device=cams.device))
+                after = torch.softmax(logits.float(), 1).cpu().numpy()
+                rows = np.arange(len(raw))
+                for i, drop in enumerate(probs[rows, tgt] - after[rows, tgt]):
+                    records.append({"crop": start + i, "layer": name, "deletion_drop": float(drop)})
+    return pd.DataFrame(records)
+
+
+def choose_layer(model, images: np.ndarray, masks: np.ndarray, targets: np.ndarray, normalization: dict,
+                 crop_shape: Sequence[int], layers: Sequence[str] | None = None, device=None) -> tuple[str, dict]:
+    """The rule: the candidate layer with the largest mean :func:`deletion_drops` on these (validation)
+    crops of their true class. Returns (layer, {layer: mean drop})."""
+    layers = list(layers) if layers else candidate_layers(model, crop_shape, images.shape[1])
+    if not layers:
+        raise ValueError("The model has no layer with a 3D feature map of more than one row and column.")
+    drops = deletion_drops(model, images, masks, targets, normalization, layers, device=device)
+    means = drops.groupby("layer", sort=False)["deletion_drop"].mean().to_dict()
+    best = max(layers, key=lambda n: means[n])
+    return best, {n: float(means[n]) for n in layers}
