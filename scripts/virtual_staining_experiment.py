@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from napari_gradcamo.synthetic.brightfield import DEFAULT_DEFOCUS_UM
+from napari_gradcamo.virtual_stain.checkpoint import save_model
 from napari_gradcamo.virtual_stain.data import cell_crops, synthetic_pairs
 from napari_gradcamo.virtual_stain.pipeline import FitSettings, evaluate_model, fit_model
 
@@ -39,6 +40,9 @@ def run_seed(seed: int, args) -> list[dict]:
     # one guidance classifier per seed: guides the AdaGN U-Net, audits both
     fit["unlabelled"].classifier = fit["adagn"].classifier
     fit["unlabelled"].classifier_config = fit["adagn"].classifier_config
+    if args.save_dir is not None:
+        for kind, model in fit.items():
+            save_model(args.save_dir / f"{kind}_seed{seed}.safetensors", model, overwrite=True)
     crops = cell_crops(test, fit["adagn"].scaling, args.crop, per_field=args.cells_per_field)
     rows = []
     for kind, model in fit.items():
@@ -93,6 +97,7 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--out", type=Path, default=None, help="JSON lines file (appended to)")
+    parser.add_argument("--save-dir", type=Path, default=None, help="also save each seed's models here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
