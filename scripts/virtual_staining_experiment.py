@@ -80,6 +80,18 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def per_seed_table(rows: list[dict]) -> str:
+    """Markdown table of the headline metrics for every seed (no averaging)."""
+    cols = ["pcc", "ssim", "mae", "feature_corr", "nn_matches", "top5_matches", "mtdist",
+            "classifier_prob_true_class", "label_share_in_cells", "background_pixels", "guidance_gradcamo"]
+    lines = ["| seed | model/condition | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for r in sorted(rows, key=lambda r: r["seed"]):
+        name = r["model"] if r["model"] == "ground_truth" else f"{r['model']}/{r['condition']}"
+        cells = [f"{r[c]:.3g}" if isinstance(r.get(c), (int, float)) else "–" for c in cols]
+        lines.append(f"| {r['seed']} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -98,7 +110,15 @@ def main() -> None:
     parser.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--out", type=Path, default=None, help="JSON lines file (appended to)")
     parser.add_argument("--save-dir", type=Path, default=None, help="also save each seed's models here")
+    parser.add_argument("--summarize", type=Path, nargs="+", default=None,
+                        help="only print the tables of these JSON lines files (runs of several processes)")
     args = parser.parse_args()
+    if args.summarize:
+        rows = [json.loads(line) for path in args.summarize for line in path.read_text().splitlines() if line.strip()]
+        print(summary_table(rows))
+        print()
+        print(per_seed_table(rows))
+        return
     torch.set_num_threads(1)
     rows = []
     for seed in args.seeds:

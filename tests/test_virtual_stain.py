@@ -121,11 +121,12 @@ def test_guidance_moves_samples_towards_the_class(pairs, scaling):
     unet = build_unet(UNetConfig(**TINY))
     classifier = NoisyClassifier(ClassifierConfig(n_classes=2, **TINY)).eval()
     bf = cell_crops(pairs, scaling, 32, per_field=1).brightfield[:4]
-    plain = sample(unet, Schedule(), bf, steps=8, seed=1)
-    for k in (0, 1):
-        guided = sample(unet, Schedule(), bf, classifier=classifier, guidance_scale=30.0,
-                        guidance_classes=[k] * len(bf), steps=8, seed=1)
-        assert _p_true(classifier, guided, k) > _p_true(classifier, plain, k) + 0.01
+    for prediction, scale in (("epsilon", 30.0), ("sample", 300.0)):
+        plain = sample(unet, Schedule(), bf, steps=8, seed=1, prediction=prediction)
+        for k in (0, 1):
+            guided = sample(unet, Schedule(), bf, classifier=classifier, guidance_scale=scale,
+                            guidance_classes=[k] * len(bf), steps=8, seed=1, prediction=prediction)
+            assert _p_true(classifier, guided, k) > _p_true(classifier, plain, k) + 0.005
     with pytest.raises(VirtualStainError, match="classifier"):
         sample(unet, Schedule(), bf, guidance_scale=1.0, guidance_classes=[0] * len(bf), steps=2)
 

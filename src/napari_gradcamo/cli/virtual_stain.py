@@ -84,7 +84,7 @@ def cmd_predict(args) -> int:
     finally:
         bar.close()
     tmp = out.with_name(f".{out.name}.tmp")
-    tifffile.imwrite(tmp, stains.astype(np.float32), metadata={"axes": "CYX", "channels": model.stain_names})
+    tifffile.imwrite(tmp, stains.astype(np.float32), photometric="minisblack", metadata={"axes": "CYX", "channels": model.stain_names})
     tmp.replace(out)
     print(json.dumps({"stains": str(out), "channels": model.stain_names, "shape": list(stains.shape)}, indent=2))
     return 0

@@ -82,7 +82,8 @@ class VirtualStainModel:
             raise VirtualStainError("classifier guidance needs a class: pick one or set the guidance scale to 0.")
         out = sample(self.unet, self.schedule, bf[None], classes=[klass], classifier=self.classifier,
                      guidance_scale=guidance_scale, guidance_classes=None if klass is None else [klass],
-                     sampler=sampler, steps=steps, seed=seed, device=device, progress=progress, cancel=cancel)
+                     sampler=sampler, steps=steps, seed=seed, device=device, prediction=self.unet_config.prediction,
+                     progress=progress, cancel=cancel)
         return self.scaling.to_camera(out[0, :, :h, :w])
 
     def _check_class(self, klass):

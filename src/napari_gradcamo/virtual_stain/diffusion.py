@@ -1,4 +1,4 @@
-"""Training and sampling: epsilon-prediction DDPM with diffusers' schedulers, optional classifier guidance.
+"""Training and sampling: DDPM/DDIM with diffusers' schedulers (U-Net predicts y_0 or ε), optional classifier guidance.
 
 Classifier guidance (Dhariwal & Nichol, the seed's Algorithm 2) shifts each step's mean by
 ``s · Σ_t · ∇ log p(k | y_t)``.  It is applied through the predicted noise,
@@ -53,17 +53,22 @@ def make_scheduler(schedule: Schedule, sampler: str = "ddim"):
                prediction_type="epsilon", timestep_spacing="trailing")
 
 
-def _noised(scheduler, stains: torch.Tensor, generator: torch.Generator):
+def _noised(scheduler, stains: torch.Tensor, generator: torch.Generator, low_noise_bias: bool = False):
+    """``y_t`` at random timesteps (uniform, or ``T·u²`` to favour low noise when ``low_noise_bias``)."""
     noise = torch.randn(stains.shape, generator=generator)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (stains.shape[0],), generator=generator)
+    T = scheduler.config.num_train_timesteps
+    if low_noise_bias:
+        t = (T * torch.rand(stains.shape[0], generator=generator) ** 2).long().clamp_max(T - 1)
+    else:
+        t = torch.randint(0, T, (stains.shape[0],), generator=generator)
     return scheduler.add_noise(stains, noise, t), noise, t
 
 
 def train_denoiser(unet, pairs: Sequence[PairedImage], scaling: StainScaling, schedule: Schedule, *,
                    steps: int, crop: int = 32, batch: int = 8, lr: float = 5e-4, label_dropout: float = 0.2,
-                   seed: int = 0, device: str = "cpu", progress: ProgressCallback | None = None,
-                   cancel: CancelToken | None = None) -> list[float]:
-    """Train the U-Net to predict the noise added to stains, given the brightfield (and the class).
+                   seed: int = 0, device: str = "cpu", prediction: str = "sample",
+                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> list[float]:
+    """Train the U-Net to predict the clean stains (or the noise) from ``y_t``, the brightfield (and the class).
 
     A labelled U-Net sees its "no label" class with probability ``label_dropout`` so it can also sample
     without a label.  Returns the loss of every step.
@@ -84,7 +89,7 @@ def train_denoiser(unet, pairs: Sequence[PairedImage], scaling: StainScaling, sc
             drop = torch.rand(len(cls), generator=gen) < label_dropout
             labels = torch.where(drop, torch.full_like(cls, null), cls).to(device)
         pred = unet(torch.cat([noisy, bf], 1).to(device), t.to(device), class_labels=labels).sample
-        loss = F.mse_loss(pred, noise.to(device))
+        loss = F.mse_loss(pred, (st if prediction == "sample" else noise).to(device))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -98,7 +103,11 @@ def train_classifier(classifier, pairs: Sequence[PairedImage], scaling: StainSca
                      steps: int, crop: int = 32, batch: int = 16, lr: float = 1e-3, seed: int = 0,
                      device: str = "cpu", progress: ProgressCallback | None = None,
                      cancel: CancelToken | None = None) -> list[float]:
-    """Train ``p(k | y_t)`` on stains noised at random timesteps (cross-entropy); returns the losses."""
+    """Train ``p(k | y_t)`` on noised stains (cross-entropy); returns the losses.
+
+    Timesteps are drawn as ``T·u²`` (half of them below T/4): at high noise the class cannot be told, and
+    the guidance matters most near the end of sampling.
+    """
     torch.manual_seed(seed)
     rng, gen = np.random.default_rng(seed + 7919), torch.Generator().manual_seed(seed + 7919)
     scheduler = make_scheduler(schedule, "ddpm")
@@ -108,7 +117,7 @@ def train_classifier(classifier, pairs: Sequence[PairedImage], scaling: StainSca
     for step in range(int(steps)):
         check(cancel, "classifier training")
         _, st, cls = (torch.from_numpy(a) for a in random_crops(pairs, scaling, crop, batch, rng))
-        noisy, _, t = _noised(scheduler, st, gen)
+        noisy, _, t = _noised(scheduler, st, gen, low_noise_bias=True)
         loss = F.cross_entropy(classifier(noisy.to(device), t.to(device)), cls.to(device))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -147,8 +156,8 @@ def guidance_gradient(classifier, y_t: torch.Tensor, t: int, classes: torch.Tens
 @torch.no_grad()
 def sample(unet, schedule: Schedule, brightfield: np.ndarray, *, classes=None, classifier=None,
            guidance_scale: float = 0.0, guidance_classes=None, sampler: str = "ddim", steps: int = 25,
-           eta: float = 0.0, seed: int = 0, device: str = "cpu", progress: ProgressCallback | None = None,
-           cancel: CancelToken | None = None) -> np.ndarray:
+           eta: float = 0.0, seed: int = 0, device: str = "cpu", prediction: str = "sample",
+           progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> np.ndarray:
     """Stains ``(N, C, H, W)`` in model units from normalised brightfield ``(N, P, H, W)``.
 
     ``classes``: per-sample class for the AdaGN U-Net (None = the "no label" class; ignored by an
@@ -181,9 +190,10 @@ def sample(unet, schedule: Schedule, brightfield: np.ndarray, *, classes=None, c
     total = len(scheduler.timesteps)
     for i, t in enumerate(scheduler.timesteps):
         check(cancel, "sampling")
-        eps = unet(torch.cat([y, bf], 1), t, class_labels=labels).sample
+        out = unet(torch.cat([y, bf], 1), t, class_labels=labels).sample
+        a_bar = scheduler.alphas_cumprod[int(t)].to(device)
+        eps = out if prediction == "epsilon" else (y - torch.sqrt(a_bar) * out) / torch.sqrt(1.0 - a_bar)
         if guide is not None:
-            a_bar = scheduler.alphas_cumprod[int(t)].to(device)
             eps = eps - guidance_scale * torch.sqrt(1.0 - a_bar) * guidance_gradient(classifier, y, int(t), guide)
         if sampler == "ddim":
             y = scheduler.step(eps, t, y, eta=eta, generator=gen).prev_sample

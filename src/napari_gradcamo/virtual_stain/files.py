@@ -82,8 +82,8 @@ def write_synthetic_pairs(out: str | Path, *, seed: int, n_fields: int, n_classe
     rows = []
     for p in synthetic_pairs(seed, n_fields, n_classes, size=size, first_well=first_well):
         files = {k: f"{p.name}_{k}.tif" for k in ("brightfield", "stains", "labels")}
-        tifffile.imwrite(out / files["brightfield"], p.brightfield)
-        tifffile.imwrite(out / files["stains"], p.stains)
+        tifffile.imwrite(out / files["brightfield"], p.brightfield, photometric="minisblack")
+        tifffile.imwrite(out / files["stains"], p.stains, photometric="minisblack")
         tifffile.imwrite(out / files["labels"], p.labels)
         rows.append({**files, "class": f"class{p.treatment}"})
     write_atomic(manifest, _csv_text(rows))

@@ -64,7 +64,7 @@ def fit_model(pairs: Sequence[PairedImage], class_names: Sequence[str], settings
     losses = train_denoiser(
         unet, pairs, scaling, schedule, steps=settings.steps, crop=settings.crop, batch=settings.batch,
         lr=settings.lr, label_dropout=settings.label_dropout, seed=settings.seed, device=settings.device,
-        progress=lambda d, t, m: report(progress, d, total, m), cancel=cancel)
+        prediction=unet_config.prediction, progress=lambda d, t, m: report(progress, d, total, m), cancel=cancel)
     unet_seconds = time.perf_counter() - started
     classifier = classifier_config = None
     classifier_losses: list[float] = []
@@ -127,7 +127,7 @@ def evaluate_model(model: VirtualStainModel, crops: CellCrops, *, guidance_scale
         report(progress, i, len(conditions), f"sampling: {name}")
         started = time.perf_counter()
         pred = sample(model.unet, model.schedule, crops.brightfield, steps=steps, seed=seed, device=device,
-                      cancel=cancel, **kwargs)
+                      prediction=model.unet_config.prediction, cancel=cancel, **kwargs)
         row = {"condition": name, "sample_seconds_per_image": (time.perf_counter() - started) / n, "n_images": n}
         outputs[name] = pred
         row.update(evaluate_predictions(pred, crops.stains, crops.cell_masks, crops.classes, crops.fields))
