@@ -352,6 +352,7 @@ def test_non_finite_model_outputs_give_nan_and_a_reason(data, tmp_path, capsys):
     assert (table["predicted_class"] == "").all() and table["probability"].isna().all()
     assert table[[c for c in table if c.startswith("prob_")]].isna().all().all()
     assert table["gradcamo"].isna().all() and table["reason"].str.contains("not finite").all()
+    assert table[["lift", "normalised"]].isna().all().all()
     assert table["flagged"].all()
 
 

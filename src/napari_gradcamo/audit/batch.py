@@ -18,8 +18,8 @@ from napari_gradcamo.audit.scoring import Score, inside_image_mask, score_cam
 from napari_gradcamo.models.checkpoint import normalize_crops
 
 #: Scores of a cell whose model output (probabilities or map) is NaN/Inf: undefined, with the reason.
-NON_FINITE_SCORES = {"gradcamo": float("nan"), "neighbour_share": float("nan"), "background_share": float("nan"),
-                     "outside_share": float("nan"),
+NON_FINITE_SCORES = {"gradcamo": float("nan"), "lift": float("nan"), "normalised": float("nan"),
+                     "neighbour_share": float("nan"), "background_share": float("nan"), "outside_share": float("nan"),
                      "reason": "model output not finite (NaN/Inf): check the weights, normalisation and image range"}
 
 Padding = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
