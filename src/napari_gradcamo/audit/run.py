@@ -11,7 +11,8 @@ import pandas as pd
 
 from napari_gradcamo.audit import results
 from napari_gradcamo.audit.batch import ScoredBatch, batch_of, score_batch
-from napari_gradcamo.audit.cam import CamEngine, default_target_layer, list_target_layers, upsample
+from napari_gradcamo.audit.cam import CamEngine, upsample
+from napari_gradcamo.audit.layers import check_target_layer, default_target_layer, list_target_layers, model_spatial_dims
 from napari_gradcamo.audit.scoring import Score, inside_image_mask, score_cam
 from napari_gradcamo.crops.extract import CellCrop, CellInfo, cell_table, extract_crop, window
 from napari_gradcamo.io.images import Image, ImageError, check_labels_match
@@ -32,6 +33,9 @@ class AuditSettings:
     device: str | None = "auto"
     threshold: float = 0.5
     channel_map: Sequence[int] | None = None
+    #: 2D models only: explain this many z-planes around each cell's centre, plane by plane (None: the
+    #: checkpoint's crop depth, i.e. one plane). Class probabilities are averaged over the planes.
+    planes: int | None = None
 
 
 @dataclass
@@ -129,7 +133,21 @@ def prepare(image: Image, labels: np.ndarray, bundle: ModelBundle, settings: Aud
     layer = settings.target_layer or meta.target_layer
     if layer is None:
         layer = _default_layer(bundle.model, meta.crop_shape, len(meta.channel_names))
+    else:
+        check_target_layer(bundle.model, layer, meta.crop_shape, len(meta.channel_names))
     return model_image, layer, cell_table(labels)
+
+
+def audit_crop_shape(bundle: ModelBundle, settings: AuditSettings) -> tuple[int, int, int]:
+    """The crop (z, y, x) each cell is cut at: the checkpoint's, or ``settings.planes`` deep for a 2D model."""
+    shape = tuple(int(s) for s in bundle.metadata.crop_shape)
+    if settings.planes is None:
+        return shape
+    if model_spatial_dims(bundle.model) != 2:
+        raise ValueError("planes (plane-by-plane audit) applies to 2D models only; this model is 3D.")
+    if int(settings.planes) < 1:
+        raise ValueError(f"planes must be ≥ 1, got {settings.planes}.")
+    return (int(settings.planes), shape[1], shape[2])
 
 
 _DEFAULT_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -186,10 +204,10 @@ def iter_audit(
             raise ImageError(f"Labels {sorted(unknown)} are not in the label image.")
         cells = [c for c in cells if c.label in wanted]
     target = resolve_target_class(settings.target_class, meta.class_names)
-    crop_shape = tuple(meta.crop_shape)
+    crop_shape = audit_crop_shape(bundle, settings)
     batch_size = max(1, int(settings.batch_size))
     done = 0
-    with CamEngine(bundle.model, layer, settings.method, settings.device) as engine:
+    with CamEngine(bundle.model, layer, settings.method, settings.device, head=meta.head) as engine:
         for start in range(0, len(cells), batch_size):
             check(cancel, "the audit")
             chunk = cells[start : start + batch_size]

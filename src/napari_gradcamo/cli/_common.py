@@ -53,17 +53,20 @@ def add_audit_options(p: argparse.ArgumentParser) -> None:
     d = lambda name: _default(AuditSettings, name)  # noqa: E731
     g = p.add_argument_group("Grad-CAM")
     g.add_argument("--method", default=d("method"),
-                   help="gradcam, gradcam++, hirescam, layercam, xgradcam or eigencam")
+                   help="gradcam, gradcam++, hirescam, layercam, xgradcam or eigencam; on 2D models also "
+                        "scorecam and ablationcam")
     g.add_argument("--layer", default=d("target_layer"), help="target layer (see 'gradcamo layers'); default: the model's")
     g.add_argument("--target-class", default=d("target_class"), help="class name or index; default: the predicted class")
     g.add_argument("--batch-size", type=int, default=d("batch_size"))
     g.add_argument("--device", default=d("device"), help="auto, cpu, cuda or mps")
     g.add_argument("--threshold", type=float, default=d("threshold"), help="flag cells with Grad-CAMO below this")
     g.add_argument("--channel-map", default=None, help="image channel index per model channel, e.g. 0,1,2,3,4")
+    g.add_argument("--planes", type=int, default=d("planes"),
+                   help="2D model on a z-stack: explain N planes around each cell's centre, plane by plane")
 
 
 def audit_settings(args) -> AuditSettings:
     channel_map = [int(i) for i in args.channel_map.split(",")] if args.channel_map else None
     return AuditSettings(method=args.method, target_layer=args.layer, target_class=args.target_class,
                          batch_size=args.batch_size, device=args.device, threshold=args.threshold,
-                         channel_map=channel_map)
+                         channel_map=channel_map, planes=args.planes)

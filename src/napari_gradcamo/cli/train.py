@@ -24,6 +24,7 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, patience=args.patience, balance=args.balance, jitter=args.jitter,
         gradcamo_weight=args.gradcamo_weight, seed=args.seed, device=args.device, amp=not args.no_amp,
+        head=args.head,
     )
     print(f"{len(cache.data)} crops of {len(manifest)} fields, classes {cache.class_names}, channels "
           f"{cache.channel_names}; cache {cache.folder} ({'reused' if cache.reused else 'built'})", file=sys.stderr)
@@ -40,7 +41,8 @@ def cmd_train(args) -> int:
     extra = {"manifest": str(Path(args.manifest).resolve()), "crop_cache": str(cache.folder)}
     try:
         result = fit(cache.data, cache.class_names, cache.channel_names, args.crop_shape, config, out,
-                     resume=args.resume, extra_metadata=extra, progress=update, epoch_end=epoch_end)
+                     resume=args.resume, extra_metadata=extra, input_metadata={"voxel_size": cache.voxel_size},
+                     progress=update, epoch_end=epoch_end)
     finally:
         bar.close()
     summary = {
@@ -64,7 +66,7 @@ def cmd_synthetic(args) -> int:
         confound = int(confound)
     path = write_synthetic_manifest(args.out, args.scenario, seed=args.seed, n_fields=args.fields,
                                     first_well=args.first_well, confound_class=confound, n_cells=args.cells,
-                                    sites_per_well=args.sites_per_well)
+                                    sites_per_well=args.sites_per_well, planar=args.planar)
     print(json.dumps({"manifest": str(path)}, indent=2))
     return 0
 
@@ -73,7 +75,11 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a 3D crop classifier from a manifest (CSV) of images and masks")
     p.add_argument("manifest", help="CSV with image, class, plate, well, site and masks (or cellpose settings)")
     p.add_argument("--out", required=True, help="output folder: model.safetensors, last.safetensors, resume.pt, history.csv")
-    p.add_argument("--arch", default="small-cnn-3d", help="small-cnn-3d or efficientnet-b0 … efficientnet-b7")
+    p.add_argument("--arch", default="small-cnn-3d",
+                   help="small-cnn-3d, small-cnn-2d (2D images, --crop-shape 1 Y X), efficientnet-b0 … efficientnet-b7, "
+                        "or a name registered by an installed package")
+    p.add_argument("--head", default="softmax", choices=("softmax", "sigmoid-binary", "multilabel"),
+                   help="output head: softmax over the classes, one sigmoid logit (two classes), or multi-label sigmoids")
     p.add_argument("--width", type=int, default=8, help="small CNN width")
     p.add_argument("--arch-kwargs", default=None, help="JSON architecture keyword arguments (overrides --width)")
     p.add_argument("--crop-shape", type=int, nargs=3, default=[8, 32, 32], metavar=("Z", "Y", "X"))
@@ -108,4 +114,5 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--first-well", type=int, default=0)
     p.add_argument("--confound-class", default=None, help="break the background confound: mismatch, random or a class index")
+    p.add_argument("--2d", dest="planar", action="store_true", help="2D fields (CYX): each field's widest plane")
     p.set_defaults(func=cmd_synthetic)

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 FORMAT_VERSION = 1
 
 
@@ -26,6 +28,10 @@ class ModelMetadata:
     target_layer: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    head: str = "softmax"  # softmax | sigmoid-binary | multilabel (models/heads.py)
+    voxel_size: list[float] | None = None  # µm (z, y, x) of the crops the model was trained on
+    crop_mode: str = "context"  # "context" (neighbours kept) or "masked" (outside the cell = padding_value)
+    padding_value: float = 0.0
 
     REQUIRED = ("architecture", "class_names", "channel_names", "crop_shape")
 
@@ -43,7 +49,27 @@ class ModelMetadata:
             raise CheckpointError(f"crop_shape {meta.crop_shape} must be three positive sizes (z, y, x).")
         if len(meta.class_names) < 2:
             raise CheckpointError("class_names must list at least two classes.")
+        meta._check_input_fields()
         return meta
+
+    def _check_input_fields(self) -> None:
+        from napari_gradcamo.models.heads import check_head
+
+        try:
+            check_head(self.head, len(self.class_names))
+        except ValueError as error:
+            raise CheckpointError(f"Checkpoint field 'head': {error}") from None
+        if self.voxel_size is not None:
+            try:
+                self.voxel_size = [float(v) for v in self.voxel_size]
+            except (TypeError, ValueError):
+                self.voxel_size = []
+            if len(self.voxel_size) != 3 or min(self.voxel_size) <= 0:
+                raise CheckpointError("voxel_size must be three positive sizes in µm (z, y, x), or null.")
+        if self.crop_mode not in ("context", "masked"):
+            raise CheckpointError(f"crop_mode '{self.crop_mode}' must be 'context' or 'masked'.")
+        if not isinstance(self.padding_value, (int, float)) or not np.isfinite(self.padding_value):
+            raise CheckpointError("padding_value must be a finite number.")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
