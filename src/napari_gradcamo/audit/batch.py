@@ -14,6 +14,7 @@ import numpy as np
 from napari_gradcamo.audit import results
 from napari_gradcamo.audit.cam import CamEngine, upsample
 from napari_gradcamo.audit.scoring import Score, inside_image_mask, score_cam
+from napari_gradcamo.crops.resample import mask_outside_cell, resample_crops
 from napari_gradcamo.models.checkpoint import normalize_crops
 
 Padding = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
@@ -63,10 +64,17 @@ def batch_of(crops) -> BatchCrops:
                       np.stack([c.other_mask for c in crops]), [c.padding for c in crops])
 
 
-def score_batch(engine: CamEngine, crops: BatchCrops, normalization: dict, targets: Sequence[int | None] | None = None
-                ) -> ScoredBatch:
-    """Normalise ``crops`` as the model was trained, run the CAM engine once, score every map."""
+def score_batch(engine: CamEngine, crops: BatchCrops, normalization: dict, targets: Sequence[int | None] | None = None,
+                *, model_crop_shape: Sequence[int] | None = None, crop_mode: str = "context",
+                padding_value: float = 0.0) -> ScoredBatch:
+    """Normalise ``crops`` as the model was trained (masked to the cell when ``crop_mode`` is "masked",
+    resampled to ``model_crop_shape`` when the image's voxel size differs), run the CAM engine once, and
+    score every map on the crops' own grid."""
     batch = normalize_crops(crops.images, normalization)
+    if crop_mode == "masked":
+        batch = mask_outside_cell(batch, crops.cell_masks, padding_value)
+    if model_crop_shape is not None:
+        batch = resample_crops(batch, model_crop_shape)
     probs, chosen, raw = engine.compute(batch, list(targets) if targets is not None else None)
     maps = upsample(raw, crops.images.shape[2:])
     scores = [

@@ -12,9 +12,15 @@ import pandas as pd
 from napari_gradcamo.audit import results
 from napari_gradcamo.audit.batch import ScoredBatch, batch_of, score_batch
 from napari_gradcamo.audit.cam import CamEngine, upsample
-from napari_gradcamo.audit.layers import check_target_layer, default_target_layer, list_target_layers, model_spatial_dims
+from napari_gradcamo.audit.layers import (
+    check_target_layer,
+    default_target_layer,
+    list_target_layers,
+    model_spatial_dims,
+)
 from napari_gradcamo.audit.scoring import Score, inside_image_mask, score_cam
 from napari_gradcamo.crops.extract import CellCrop, CellInfo, cell_table, extract_crop, window
+from napari_gradcamo.crops.resample import image_crop_shape, needs_resampling
 from napari_gradcamo.io.images import Image, ImageError, check_labels_match
 from napari_gradcamo.models.metadata import ModelBundle
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
@@ -204,7 +210,11 @@ def iter_audit(
             raise ImageError(f"Labels {sorted(unknown)} are not in the label image.")
         cells = [c for c in cells if c.label in wanted]
     target = resolve_target_class(settings.target_class, meta.class_names)
-    crop_shape = audit_crop_shape(bundle, settings)
+    model_crop = audit_crop_shape(bundle, settings)
+    dims = model_spatial_dims(bundle.model)
+    crop_shape = image_crop_shape(model_crop, meta.voxel_size, image.voxel_size, dims)
+    as_trained = {"model_crop_shape": model_crop if needs_resampling(meta.voxel_size, image.voxel_size, dims) else None,
+                  "crop_mode": meta.crop_mode, "padding_value": meta.padding_value}
     batch_size = max(1, int(settings.batch_size))
     done = 0
     with CamEngine(bundle.model, layer, settings.method, settings.device, head=meta.head) as engine:
@@ -212,7 +222,7 @@ def iter_audit(
             check(cancel, "the audit")
             chunk = cells[start : start + batch_size]
             crops = [extract_crop(model_image, labels, c, crop_shape) for c in chunk]
-            scored = score_batch(engine, batch_of(crops), meta.normalization, [target] * len(chunk))
+            scored = score_batch(engine, batch_of(crops), meta.normalization, [target] * len(chunk), **as_trained)
             rows = _rows(crops, chunk, scored, meta, settings, layer)
             cams = {c.label: CellCam(c.label, r, c.origin, crop_shape) for c, r in zip(crops, scored.raw_maps)}
             done += len(chunk)
