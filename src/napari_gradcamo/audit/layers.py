@@ -26,6 +26,7 @@ class LayerInfo:
     name: str
     output_shape: tuple[int, ...]
     calls: int = 1
+    padding: bool = False  # a padding module (its output is its input with a border): never a target
 
     @property
     def depth(self) -> int:
@@ -33,7 +34,7 @@ class LayerInfo:
 
     @property
     def spatial(self) -> bool:
-        return self.calls == 1 and len(self.output_shape) + 1 in SPATIAL_NDIMS
+        return self.calls == 1 and not self.padding and len(self.output_shape) + 1 in SPATIAL_NDIMS
 
     @property
     def label(self) -> str:
@@ -84,12 +85,12 @@ def all_module_outputs(model, crop_shape: Sequence[int], in_channels: int) -> li
             h.remove()
         model.train(was_training)
     infos = []
-    for name, _ in model.named_modules():
+    for name, module in model.named_modules():
         if name not in seen:
             continue
         first = seen[name][0]
         shape = tuple(first.shape[1:]) if isinstance(first, torch.Tensor) else ()
-        infos.append(LayerInfo(name, shape, len(seen[name])))
+        infos.append(LayerInfo(name, shape, len(seen[name]), "Pad" in type(module).__name__))
     return infos
 
 
@@ -111,6 +112,8 @@ def check_target_layer(model, name: str, crop_shape: Sequence[int], in_channels:
     if info.calls > 1:
         raise LayerError(f"Target layer '{name}' runs {info.calls} times per forward pass (a shared module), so its "
                          f"map is ambiguous; pick a module that runs once.{hint}")
+    if info.padding:
+        raise LayerError(f"Target layer '{name}' is a padding module ({info.label}); pick the layer it pads for.{hint}")
     if not info.spatial:
         raise LayerError(f"Target layer '{name}' has no spatial feature map: {info.label}.{hint}")
     return info
@@ -146,7 +149,8 @@ def layer_tree(model, crop_shape: Sequence[int], in_channels: int, chosen: str |
         mark = "* " if info.name == chosen else "  "
         text = info.label if info.name in keep else info.name
         if info.name == chosen and info.name not in keep:
-            text = f"{info.label}  ← stored layer, not usable: " + ("called twice" if info.calls > 1 else "no spatial output")
+            why = "called twice" if info.calls > 1 else "a padding module" if info.padding else "no spatial output"
+            text = f"{info.label}  ← stored layer, not usable: {why}"
         lines.append(mark + "  " * info.depth + text)
     if chosen and chosen not in {i.name for i in infos}:
         lines.append(f"* {chosen}  ← stored layer, not in this model")
