@@ -47,14 +47,15 @@ FAMILIES = {
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """Honest synthetic fields, 3D and 2D: training fields and held-out fields (other wells, other seed)."""
+    """Honest synthetic fields, 3D and 2D: 16 training fields (4 wells) and 8 held-out fields (2 other wells, one
+    per class, other seed)."""
     root = tmp_path_factory.mktemp("breadth")
     out = {}
     for planar in (False, True):
         kind = "2d" if planar else "3d"
         out[kind] = {
             "train": write_synthetic_manifest(root / kind / "train", "honest", seed=1, n_fields=16, planar=planar),
-            "test": write_synthetic_manifest(root / kind / "test", "honest", seed=5, n_fields=4, first_well=40,
+            "test": write_synthetic_manifest(root / kind / "test", "honest", seed=5, n_fields=8, first_well=40,
                                              planar=planar),
             "cache": root / kind / "crops",
         }

@@ -139,20 +139,22 @@ def default_target_layer(layers: Sequence[LayerInfo]) -> str:
 def layer_tree(model, crop_shape: Sequence[int], in_channels: int, chosen: str | None = None) -> list[str]:
     """Text lines of the module tree: candidates with their output shape, their parents as headings,
     ``*`` on ``chosen`` (shown with the reason if it cannot be a target)."""
-    infos = all_module_outputs(model, crop_shape, in_channels)
-    keep = {i.name for i in infos if i.spatial}
+    infos = {i.name: i for i in all_module_outputs(model, crop_shape, in_channels)}
+    keep = {n for n, i in infos.items() if i.spatial}
     parents = {".".join(n.split(".")[:k]) for n in keep for k in range(1, n.count(".") + 1)}
     lines = []
-    for info in infos:
-        if info.name not in keep and info.name not in parents and info.name != chosen:
+    for name, _ in model.named_modules():
+        if name not in keep and name not in parents and name != chosen or not name:
             continue
-        mark = "* " if info.name == chosen else "  "
-        text = info.label if info.name in keep else info.name
-        if info.name == chosen and info.name not in keep:
-            why = "called twice" if info.calls > 1 else "a padding module" if info.padding else "no spatial output"
-            text = f"{info.label}  ← stored layer, not usable: {why}"
-        lines.append(mark + "  " * info.depth + text)
-    if chosen and chosen not in {i.name for i in infos}:
+        info = infos.get(name)
+        mark = "* " if name == chosen else "  "
+        text = info.label if name in keep else name
+        if name == chosen and name not in keep:
+            why = ("never runs in the forward pass" if info is None else "called twice" if info.calls > 1
+                   else "a padding module" if info.padding else "no spatial output")
+            text = f"{info.label if info else name}  ← stored layer, not usable: {why}"
+        lines.append(mark + "  " * name.count(".") + text)
+    if chosen and chosen not in dict(model.named_modules()):
         lines.append(f"* {chosen}  ← stored layer, not in this model")
     return lines
 

@@ -18,7 +18,7 @@ def cmd_train(args) -> int:
     channels = args.channels.split(",") if args.channels else None
     classes = args.classes.split(",") if args.classes else None
     manifest, cache = load_cache(args, args.manifest, out, args.crop_shape, channels, classes)
-    kwargs = json.loads(args.arch_kwargs) if args.arch_kwargs else ({"width": args.width} if args.arch == "small-cnn-3d" else {})
+    kwargs = json.loads(args.arch_kwargs) if args.arch_kwargs else ({"width": args.width} if args.arch in ("small-cnn-3d", "small-cnn-2d") else {})
     config = TrainConfig(
         architecture=args.arch, architecture_kwargs=kwargs, target_layer=args.layer, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, val_fraction=args.val_fraction,
