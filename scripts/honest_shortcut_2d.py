@@ -16,11 +16,14 @@ from napari_gradcamo.cli import main as gradcamo
 
 def run(out: Path, scenario: str, seed: int) -> dict:
     root = out / f"{scenario}_s{seed}"
-    gradcamo(["synthetic", str(root / "train"), "--2d", "--scenario", scenario, "--fields", "32", "--seed", str(seed)])
-    gradcamo(["synthetic", str(root / "test"), "--2d", "--scenario", scenario, "--fields", "8", "--seed",
-              str(seed + 100), "--first-well", "40"])
-    gradcamo(["train", str(root / "train" / "manifest.csv"), "--out", str(root / "model"), "--arch", "small-cnn-2d",
-              "--crop-shape", "1", "32", "32", "--epochs", "10", "--seed", str(seed)])
+    for args in (
+        ["synthetic", str(root / "train"), "--2d", "--scenario", scenario, "--fields", "32", "--seed", str(seed)],
+        ["synthetic", str(root / "test"), "--2d", "--scenario", scenario, "--fields", "8", "--seed", str(seed + 100),
+         "--first-well", "40"],
+        ["train", str(root / "train" / "manifest.csv"), "--out", str(root / "model"), "--arch", "small-cnn-2d",
+         "--crop-shape", "1", "32", "32", "--width", "16", "--epochs", "10", "--seed", str(seed)],
+    ):
+        assert gradcamo(args) == 0, args
     tables = []
     manifest = pd.read_csv(root / "test" / "manifest.csv")
     for _, row in manifest.iterrows():
@@ -28,8 +31,7 @@ def run(out: Path, scenario: str, seed: int) -> dict:
         code = gradcamo(["audit", str(image), "--model", str(root / "model" / "model.safetensors"),
                          "--masks", str(root / "test" / row["masks"]), "--out", str(root / "audit")])
         assert code == 0
-        table = pd.read_csv(root / "audit" / (image.name.split(".")[0] + ".ome_gradcamo.csv")
-                            if False else next((root / "audit").glob(image.stem + "*_gradcamo.csv")))
+        table = pd.read_csv(next((root / "audit").glob(image.name.split(".")[0] + "*_gradcamo.csv")))
         tables.append(table.assign(true_class=row["class"]))
     table = pd.concat(tables, ignore_index=True)
     return {"scenario": scenario, "seed": seed, "cells": len(table),
