@@ -41,7 +41,7 @@ def cam_class(method: str, spatial_dims: int = 3):
         classes.update(scorecam=pgc.ScoreCAM, ablationcam=pgc.AblationCAM)
     key = method.lower().replace("_", "").replace("-", "").replace("plusplus", "++")
     if key in CAM_METHODS_2D and spatial_dims != 2:
-        raise ValueError(f"CAM method '{method}' works on 2D models only in pytorch-grad-cam; use one of "
+        raise ValueError(f"CAM method '{method}' is 2D-only in pytorch-grad-cam (2D models); use one of "
                          f"{', '.join(CAM_METHODS)} on this 3D model.")
     if key not in classes:
         raise ValueError(
