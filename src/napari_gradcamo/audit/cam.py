@@ -8,16 +8,25 @@ output is re-rooted (so the backward pass stops there), and each method's raw ma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from napari_gradcamo.audit.layers import (  # noqa: F401  (re-exported: the layer API lived here)
+    LayerError,
+    LayerInfo,
+    default_target_layer,
+    list_target_layers,
+    model_spatial_dims,
+)
+
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "eigencam")
+#: Methods pytorch-grad-cam runs on 2D models only (they perturb the input image plane by plane).
+CAM_METHODS_2D = ("scorecam", "ablationcam")
 
 
-def cam_class(method: str):
-    """The pytorch-grad-cam class for a method name (3D-capable methods only)."""
+def cam_class(method: str, spatial_dims: int = 3):
+    """The pytorch-grad-cam class for a method name (ScoreCAM and AblationCAM only for 2D models)."""
     import pytorch_grad_cam as pgc
 
     classes = {
@@ -28,7 +37,12 @@ def cam_class(method: str):
         "xgradcam": pgc.XGradCAM,
         "eigencam": pgc.EigenCAM,
     }
+    if spatial_dims == 2:
+        classes.update(scorecam=pgc.ScoreCAM, ablationcam=pgc.AblationCAM)
     key = method.lower().replace("_", "").replace("-", "").replace("plusplus", "++")
+    if key in CAM_METHODS_2D and spatial_dims != 2:
+        raise ValueError(f"CAM method '{method}' is 2D-only in pytorch-grad-cam (2D models); use one of "
+                         f"{', '.join(CAM_METHODS)} on this 3D model.")
     if key not in classes:
         raise ValueError(
             f"Unknown CAM method '{method}'. Methods that work on 3D models: {', '.join(CAM_METHODS)} "
@@ -48,63 +62,6 @@ def pick_device(device: str | None = "auto"):
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(device)
-
-
-@dataclass
-class LayerInfo:
-    """A candidate target layer and its output shape (channels, z, y, x) for one crop."""
-
-    name: str
-    output_shape: tuple[int, ...]
-
-    @property
-    def label(self) -> str:
-        c, *zyx = self.output_shape
-        return f"{self.name}  ({c} ch, {'×'.join(map(str, zyx))})"
-
-
-def list_target_layers(model, crop_shape: Sequence[int], in_channels: int) -> list[LayerInfo]:
-    """Layers (up to two levels deep) whose output is a 3D feature map, in the model's module order."""
-    import torch
-
-    seen: dict[str, list] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if not name or name.count(".") > 1 or "padding" in name:
-            continue
-        handles.append(module.register_forward_hook(lambda m, i, o, n=name: seen.setdefault(n, []).append(o)))
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model(torch.zeros(1, in_channels, *crop_shape, device=device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    layers = []
-    order = [name for name, _ in model.named_modules() if name in seen]
-    for name, outputs in ((n, seen[n]) for n in order):
-        if len(outputs) != 1 or not isinstance(outputs[0], torch.Tensor) or outputs[0].ndim != 5:
-            continue  # shared modules (called twice) cannot be a unique target
-        layers.append(LayerInfo(name, tuple(outputs[0].shape[1:])))
-    return layers
-
-
-def default_target_layer(layers: Sequence[LayerInfo]) -> str:
-    """The most downsampled layer that still resolves more than one z-plane (the shallowest, then last, of ties).
-
-    In 2D (or when every layer collapses z) the most downsampled layer with more than one row is used.
-    """
-    if not layers:
-        raise ValueError("The model has no layer with a 3D feature map to compute Grad-CAM on.")
-    pool = [l for l in layers if l.output_shape[1] > 1 and l.output_shape[2] > 1]
-    pool = pool or [l for l in layers if l.output_shape[2] > 1] or list(layers)
-    smallest = min(int(np.prod(l.output_shape[1:])) for l in pool)
-    pool = [l for l in pool if int(np.prod(l.output_shape[1:])) == smallest]
-    shallowest = min(l.name.count(".") for l in pool)
-    return [l for l in pool if l.name.count(".") == shallowest][-1].name
 
 
 def get_module(model, name: str):
@@ -127,10 +84,12 @@ class CamEngine:
     #: Set to False on an instance to opt out (before ``with``, or inside it: from the next ``compute``).
     channels_last: bool = True
 
-    def __init__(self, model, target_layer: str, method: str = "gradcam", device=None):
+    def __init__(self, model, target_layer: str, method: str = "gradcam", device=None, head: str = "softmax"):
         self.model = model
         self.target_layer = target_layer
         self.method = method
+        self.head = head
+        self.spatial_dims = model_spatial_dims(model)
         self.device = pick_device(device)
         self._cam = None
         self._handles = []
@@ -148,7 +107,9 @@ class CamEngine:
         layer = get_module(self.model, self.target_layer)
         # Registered before the CAM's own hooks, so they see (and hook gradients on) the re-rooted tensor.
         self._handles.append(layer.register_forward_hook(self._reroot))
-        self._cam = cam_class(self.method)(self.model, [layer])
+        self._cam = cam_class(self.method, self.spatial_dims)(self.model, [layer])
+        if hasattr(self._cam, "batch_size"):
+            self._cam.batch_size = 64  # ScoreCAM/AblationCAM: forward passes per chunk of perturbed inputs
         return self
 
     def __exit__(self, *exc) -> None:
@@ -175,25 +136,37 @@ class CamEngine:
         return out.requires_grad_(True)
 
     def compute(self, batch: np.ndarray, target_classes: Sequence[int | None] | None = None):
-        """Return (probabilities (B, K), targets (B,), raw non-negative maps (B, z', y', x'))."""
+        """Return (probabilities (B, K), targets (B,), raw non-negative maps (B, z', y', x')).
+
+        ``batch`` is (B, C, z, y, x). A 2D model sees each z-plane as its own image: its planes' class
+        probabilities are averaged per crop, every plane's map explains the crop's target class, and the
+        maps are stacked back along z (one plane for a 2D crop).
+        """
         import torch
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        from napari_gradcamo.models.heads import probabilities, targets_for
 
         cam = self._cam
         if not self.channels_last:
             self._drop_layout()
         x = torch.as_tensor(batch, dtype=torch.float32, device=self.device)
+        n, planes = x.shape[0], x.shape[2]
+        if self.spatial_dims == 2:
+            x = x.permute(0, 2, 1, 3, 4).reshape(n * planes, x.shape[1], *x.shape[3:])
         if self._layout is not None:
             self._layout.after_target = False
             if x.ndim == 5:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.enable_grad():
             logits = cam.activations_and_grads(x)
-            probs = torch.softmax(logits.detach().float(), dim=1).cpu().numpy()
+            probs = probabilities(self.head, logits)
+            if self.spatial_dims == 2:
+                probs = probs.reshape(n, planes, -1).mean(axis=1)
             predicted = probs.argmax(1)
-            chosen = list(target_classes) if target_classes is not None else [None] * len(batch)
+            chosen = list(target_classes) if target_classes is not None else [None] * n
             targets_idx = np.array([p if c is None else int(c) for p, c in zip(predicted, chosen)])
-            targets = [ClassifierOutputTarget(int(c)) for c in targets_idx]
+            per_row = np.repeat(targets_idx, planes) if self.spatial_dims == 2 else targets_idx
+            targets = targets_for(self.head, per_row)
             if cam.uses_gradients:
                 loss = sum(t(o) for t, o in zip(targets, logits))
                 loss.backward()
@@ -203,7 +176,10 @@ class CamEngine:
             layer = cam.target_layers[0]
             raw = cam.get_cam_image(x, layer, targets, activations, grads, False)
         cam.activations_and_grads.clear()
-        return probs, targets_idx, np.maximum(np.asarray(raw, dtype=np.float32), 0.0)
+        raw = np.maximum(np.asarray(raw, dtype=np.float32), 0.0)
+        if self.spatial_dims == 2:
+            raw = raw.reshape(n, planes, *raw.shape[1:])
+        return probs, targets_idx, raw
 
 
     def predict(self, batch: np.ndarray) -> np.ndarray:

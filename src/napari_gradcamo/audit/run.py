@@ -13,9 +13,16 @@ import pandas as pd
 
 from napari_gradcamo.audit import results
 from napari_gradcamo.audit.batch import ScoredBatch, batch_of, score_batch
-from napari_gradcamo.audit.cam import CamEngine, default_target_layer, list_target_layers, upsample
+from napari_gradcamo.audit.cam import CamEngine, upsample
+from napari_gradcamo.audit.layers import (
+    check_target_layer,
+    default_target_layer,
+    list_target_layers,
+    model_spatial_dims,
+)
 from napari_gradcamo.audit.scoring import SCORE_KINDS, Score, inside_image_mask, score_cam
 from napari_gradcamo.crops.extract import CellCrop, CellInfo, cell_table, extract_crop, window
+from napari_gradcamo.crops.resample import image_crop_shape, needs_resampling
 from napari_gradcamo.io.images import Image, ImageError, as_label_volume, check_labels_match
 from napari_gradcamo.models.metadata import ModelBundle
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
@@ -42,6 +49,9 @@ class AuditSettings:
     channel_map: Sequence[int] | None = None
     flag_on: str = "normalised"
     occlusion: bool = False
+    #: 2D models only: explain this many z-planes around each cell's centre, plane by plane (None: the
+    #: checkpoint's crop depth, i.e. one plane). Class probabilities are averaged over the planes.
+    planes: int | None = None
 
     def validate(self) -> None:
         """Refuse out-of-range values (never coerce them): batch size ≥ 1, a known score to flag on, and a
@@ -152,7 +162,21 @@ def prepare(image: Image, labels: np.ndarray, bundle: ModelBundle, settings: Aud
     layer = settings.target_layer or meta.target_layer
     if layer is None:
         layer = _default_layer(bundle.model, meta.crop_shape, len(meta.channel_names))
+    else:
+        check_target_layer(bundle.model, layer, meta.crop_shape, len(meta.channel_names))
     return model_image, layer, cell_table(labels)
+
+
+def audit_crop_shape(bundle: ModelBundle, settings: AuditSettings) -> tuple[int, int, int]:
+    """The crop (z, y, x) each cell is cut at: the checkpoint's, or ``settings.planes`` deep for a 2D model."""
+    shape = tuple(int(s) for s in bundle.metadata.crop_shape)
+    if settings.planes is None:
+        return shape
+    if model_spatial_dims(bundle.model) != 2:
+        raise ValueError("planes (plane-by-plane audit) applies to 2D models only; this model is 3D.")
+    if int(settings.planes) < 1:
+        raise ValueError(f"planes must be ≥ 1, got {settings.planes}.")
+    return (int(settings.planes), shape[1], shape[2])
 
 
 _DEFAULT_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -213,17 +237,21 @@ def iter_audit(
             raise ImageError(f"Labels {sorted(unknown)} are not in the label image.")
         cells = [c for c in cells if c.label in wanted]
     target = resolve_target_class(settings.target_class, meta.class_names)
-    crop_shape = tuple(meta.crop_shape)
+    model_crop = audit_crop_shape(bundle, settings)
+    dims = model_spatial_dims(bundle.model)
+    crop_shape = image_crop_shape(model_crop, meta.voxel_size, image.voxel_size, dims)
+    as_trained = {"model_crop_shape": model_crop if needs_resampling(meta.voxel_size, image.voxel_size, dims) else None,
+                  "crop_mode": meta.crop_mode, "padding_value": meta.padding_value}
     batch_size = int(settings.batch_size)
     meta.check_batch_memory(batch_size)  # estimated before any crop is allocated
     done = 0
-    with CamEngine(bundle.model, layer, settings.method, settings.device) as engine:
+    with CamEngine(bundle.model, layer, settings.method, settings.device, head=meta.head) as engine:
         for start in range(0, len(cells), batch_size):
             check(cancel, "the audit")
             chunk = cells[start : start + batch_size]
             crops = [extract_crop(model_image, labels, c, crop_shape) for c in chunk]
             scored = score_batch(engine, batch_of(crops), meta.normalization, [target] * len(chunk),
-                                 occlusion=settings.occlusion)
+                                 occlusion=settings.occlusion, **as_trained)
             rows = cell_rows(crops, chunk, scored, meta, settings, layer)
             cams = {c.label: CellCam(c.label, r, c.origin, crop_shape) for c, r in zip(crops, scored.raw_maps)}
             done += len(chunk)

@@ -60,7 +60,8 @@ def add_audit_options(p: argparse.ArgumentParser) -> None:
     d = lambda name: _default(AuditSettings, name)  # noqa: E731
     g = p.add_argument_group("Grad-CAM")
     g.add_argument("--method", default=d("method"),
-                   help="gradcam, gradcam++, hirescam, layercam, xgradcam or eigencam")
+                   help="gradcam, gradcam++, hirescam, layercam, xgradcam or eigencam; on 2D models also "
+                        "scorecam and ablationcam")
     g.add_argument("--layer", default=d("target_layer"), help="target layer (see 'gradcamo layers'); default: the model's")
     g.add_argument("--target-class", default=d("target_class"), help="class name or index; default: the predicted class")
     g.add_argument("--batch-size", type=positive_int, default=d("batch_size"))
@@ -73,6 +74,8 @@ def add_audit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--occlusion", action="store_true",
                    help="also occlude each cell and its surroundings: drop in the target class probability")
     g.add_argument("--channel-map", default=None, help="image channel index per model channel, e.g. 0,1,2,3,4")
+    g.add_argument("--planes", type=int, default=d("planes"),
+                   help="2D model on a z-stack: explain N planes around each cell's centre, plane by plane")
 
 
 def audit_settings(args) -> AuditSettings:
@@ -83,7 +86,8 @@ def audit_settings(args) -> AuditSettings:
                          "e.g. 0,1,2,3,4.") from None
     return AuditSettings(method=args.method, target_layer=args.layer, target_class=args.target_class,
                          batch_size=args.batch_size, device=args.device, threshold=args.threshold,
-                         channel_map=channel_map, flag_on=args.flag_on, occlusion=args.occlusion)
+                         channel_map=channel_map, flag_on=args.flag_on, occlusion=args.occlusion,
+                         planes=args.planes)
 
 
 # ------------------------------------------------------------------ option types: refuse, never coerce

@@ -139,16 +139,19 @@ def _sanity(args, image, labels, bundle, path: Path) -> dict:
 
 
 def cmd_layers(args) -> int:
-    from napari_gradcamo.audit.cam import default_target_layer, list_target_layers
+    from napari_gradcamo.audit.layers import default_target_layer, layer_tree, list_target_layers
     from napari_gradcamo.models.checkpoint import load_checkpoint
 
     bundle = load_checkpoint(args.model, trusted_factory=args.trust_factory)
     meta = bundle.metadata
     layers = list_target_layers(bundle.model, meta.crop_shape, len(meta.channel_names))
-    default = meta.target_layer or default_target_layer(layers)
+    chosen = meta.target_layer or (default_target_layer(layers) if layers else None)
     print(bundle.describe())
-    for layer in layers:
-        print(("* " if layer.name == default else "  ") + layer.label)
+    print(f"{len(layers)} candidate layers (* = {'stored in the checkpoint' if meta.target_layer else 'default'}):")
+    lines = layer_tree(bundle.model, meta.crop_shape, len(meta.channel_names), chosen)
+    if args.find:
+        lines = [line for line in lines if args.find.lower() in line.lower()]
+    print("\n".join(lines))
     return 0
 
 
@@ -173,7 +176,9 @@ def register(sub) -> None:
                    help="also randomise the model's layers from the top (cascading) and report how much the maps change")
     p.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("layers", help="list a model's candidate target layers and their output shapes")
+
+    p = sub.add_parser("layers", help="list a model's candidate target layers (any depth) as a tree with output shapes")
     p.add_argument("model")
+    p.add_argument("--find", default=None, help="show only lines containing this text")
     add_trust_option(p)
     p.set_defaults(func=cmd_layers)

@@ -40,6 +40,7 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, patience=args.patience, balance=args.balance, jitter=args.jitter,
         gradcamo_weight=args.gradcamo_weight, seed=args.seed, device=args.device, amp=not args.no_amp,
+        head=args.head,
     )
     config.validate()
     manifest, cache = load_cache(args, args.manifest, out, args.crop_shape, channels, classes)
@@ -58,7 +59,8 @@ def cmd_train(args) -> int:
     extra = {"manifest": str(Path(args.manifest).resolve()), "crop_cache": str(cache.folder)}
     try:
         result = fit(cache.data, cache.class_names, cache.channel_names, args.crop_shape, config, out,
-                     resume=args.resume, extra_metadata=extra, progress=update, epoch_end=epoch_end)
+                     resume=args.resume, extra_metadata=extra, input_metadata={"voxel_size": cache.voxel_size},
+                     progress=update, epoch_end=epoch_end)
     finally:
         bar.close()
     summary = {
@@ -76,7 +78,7 @@ def cmd_train(args) -> int:
 
 def _arch_kwargs(args) -> dict:
     if not args.arch_kwargs:
-        return {"width": args.width} if args.arch == "small-cnn-3d" else {}
+        return {"width": args.width} if args.arch in ("small-cnn-3d", "small-cnn-2d") else {}
     try:
         kwargs = json.loads(args.arch_kwargs)
     except json.JSONDecodeError as error:
@@ -128,7 +130,7 @@ def cmd_synthetic(args) -> int:
         confound = int(confound)
     path = write_synthetic_manifest(args.out, args.scenario, seed=args.seed, n_fields=args.fields,
                                     first_well=args.first_well, confound_class=confound, n_cells=args.cells,
-                                    sites_per_well=args.sites_per_well)
+                                    sites_per_well=args.sites_per_well, planar=args.planar)
     print(json.dumps({"manifest": str(path)}, indent=2))
     return 0
 
@@ -139,7 +141,10 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder: model.safetensors, last.safetensors, resume.pt, history.csv")
     p.add_argument("--overwrite", action="store_true", help="replace a finished training's files in --out")
     p.add_argument("--arch", default="small-cnn-3d",
-                   help="small-cnn-3d or efficientnet-b0 … efficientnet-b7 (the VAE encoder: small-cnn-3d or efficientnet-b0…b2)")
+                   help="small-cnn-3d, small-cnn-2d (2D images, --crop-shape 1 Y X), efficientnet-b0 … efficientnet-b7, "
+                        "or a name registered by an installed package (the VAE encoder: small-cnn-3d or efficientnet-b0…b2)")
+    p.add_argument("--head", default="softmax", choices=("softmax", "sigmoid-binary", "multilabel"),
+                   help="output head: softmax over the classes, one sigmoid logit (two classes), or multi-label sigmoids")
     p.add_argument("--width", type=positive_int, default=8, help="small CNN width")
     p.add_argument("--arch-kwargs", default=None, help="JSON architecture keyword arguments (overrides --width)")
     p.add_argument("--crop-shape", type=positive_int, nargs=3, default=[8, 32, 32], metavar=("Z", "Y", "X"))
@@ -182,4 +187,5 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--first-well", type=int, default=0)
     p.add_argument("--confound-class", default=None, help="break the background confound: mismatch, random or a class index")
+    p.add_argument("--2d", dest="planar", action="store_true", help="2D fields (CYX): each field's widest plane")
     p.set_defaults(func=cmd_synthetic)

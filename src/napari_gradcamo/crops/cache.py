@@ -40,6 +40,8 @@ class CropCache:
     channel_names: list[str]
     crop_shape: list[int]
     reused: bool
+    voxel_size: list[float] | None = None  # µm (z, y, x) of the first image, when its file says
+
 
     @property
     def cells(self) -> pd.DataFrame:
@@ -110,7 +112,8 @@ def open_cache(folder: str | Path) -> CropCache:
     x = np.load(folder / "crops.npy", mmap_mode="r")
     masks = np.load(folder / "masks.npy", mmap_mode="r")
     data = CropSet(x, cells["class_index"].to_numpy(np.int64), cells["group"].astype(str).to_numpy(), masks, cells)
-    return CropCache(folder, data, info["class_names"], info["channel_names"], info["crop_shape"], True)
+    return CropCache(folder, data, info["class_names"], info["channel_names"], info["crop_shape"], True,
+                     info.get("voxel_size"))
 
 
 def build_cache(
@@ -148,12 +151,14 @@ def build_cache(
     folder.mkdir(parents=True, exist_ok=True)
     info_path.unlink(missing_ok=True)  # the cache is valid only once cache.json is written last
     n_rows = len(manifest)
-    plan, names = [], list(channel_names) if channel_names is not None else None
+    plan, names, voxel_size = [], list(channel_names) if channel_names is not None else None, None
     for i, row in manifest.iterrows():  # pass 1: labels (and cellpose when needed), which cells to keep
         check(cancel, "the crop cache")
         image = read_row_image(row)
         if names is None:
             names = list(image.channel_names)
+        if voxel_size is None and image.voxel_size is not None:
+            voxel_size = [float(v) for v in image.voxel_size]
         try:
             channels = resolve_channels(image.channel_names, names)
         except ImageError as error:
@@ -196,7 +201,8 @@ def build_cache(
     table = pd.DataFrame.from_records(records)
     write_with(folder / "cells.parquet", lambda temp: table.to_parquet(temp, index=False))
     info = {"version": CACHE_VERSION, "key": key, "crop_shape": crop_shape, "channel_names": names,
-            "class_names": classes, "n_cells": total, "max_padded_fraction": max_padded_fraction}
+            "class_names": classes, "n_cells": total, "max_padded_fraction": max_padded_fraction,
+            "voxel_size": voxel_size}
     write_text(info_path, json.dumps(info, indent=2))
     cache = open_cache(folder)
     cache.reused = False

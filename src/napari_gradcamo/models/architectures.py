@@ -30,6 +30,7 @@ from napari_gradcamo.models.metadata import CheckpointError, ModelMetadata
 EFFICIENTNET_NAMES = tuple(f"efficientnet-b{i}" for i in range(8))
 SMALL_CNN = "small-cnn-3d"
 VAE = "vae-3d"  # models/vae.py: its forward returns the latent means; class_names name the latent units
+SMALL_CNN_2D = "small-cnn-2d"
 CUSTOM = "custom"
 FACTORY_KEY = "factory"
 ENTRY_POINT_GROUP = "napari_gradcamo.architectures"
@@ -47,19 +48,23 @@ _EFFICIENTNET_BLOCKS = [
 ]
 
 
-def _small_cnn(in_channels: int, num_classes: int, width: int = 16):
-    """A small, fast 3D CNN: three conv stages (z kept at stage 1), global average pooling, linear head."""
+
+def _small_cnn(in_channels: int, num_classes: int, width: int = 16, dims: int = 3):
+    """A small, fast CNN: three conv stages (3D: z kept at stage 1), global average pooling, linear head."""
     import torch.nn as nn
+
+    conv, norm, maxpool, avgpool = ((nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, nn.AdaptiveAvgPool3d) if dims == 3 else
+                                    (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d))
 
     def stage(cin, cout, pool):
         return nn.Sequential(
-            nn.Conv3d(cin, cout, 3, padding=1, bias=False),
-            nn.BatchNorm3d(cout),
+            conv(cin, cout, 3, padding=1, bias=False),
+            norm(cout),
             nn.ReLU(inplace=False),
-            nn.Conv3d(cout, cout, 3, padding=1, bias=False),
-            nn.BatchNorm3d(cout),
+            conv(cout, cout, 3, padding=1, bias=False),
+            norm(cout),
             nn.ReLU(inplace=False),
-            nn.MaxPool3d(pool) if pool else nn.Identity(),
+            maxpool(pool[3 - dims:]) if pool else nn.Identity(),
         )
 
     return nn.Sequential(
@@ -67,7 +72,7 @@ def _small_cnn(in_channels: int, num_classes: int, width: int = 16):
             stage1=stage(in_channels, width, (1, 2, 2)),
             stage2=stage(width, 2 * width, (2, 2, 2)),
             stage3=stage(2 * width, 4 * width, None),
-            pool=nn.AdaptiveAvgPool3d(1),
+            pool=avgpool(1),
             flatten=nn.Flatten(),
             head=nn.Linear(4 * width, num_classes),
         )
@@ -96,6 +101,7 @@ def _efficientnet(name: str, in_channels: int, num_classes: int, crop_shape: Seq
 #: Keyword arguments each built-in accepts from a checkpoint: name → (type, lowest, highest).
 _BUILTIN_KWARGS: dict[str, dict[str, tuple[type, float, float]]] = {
     SMALL_CNN: {"width": (int, 1, 512)},
+    SMALL_CNN_2D: {"width": (int, 1, 512)},
     VAE: {"width": (int, 1, 512), "features": (int, 1, 4096), "encoder": (str, None, None)},
     **{name: {"dropout_rate": (float, 0.0, 1.0), "drop_connect_rate": (float, 0.0, 1.0)} for name in EFFICIENTNET_NAMES},
 }
@@ -111,6 +117,8 @@ def _vae(in_channels: int, num_classes: int, crop_shape: Sequence[int], **kwargs
 def _builtin_factory(arch: str, crop_shape: Sequence[int]) -> Callable:
     if arch == SMALL_CNN:
         return _small_cnn
+    if arch == SMALL_CNN_2D:
+        return functools.partial(_small_cnn, dims=2)
     if arch == VAE:
         return functools.partial(_vae, crop_shape=crop_shape)
     return functools.partial(_efficientnet, arch, crop_shape=crop_shape)
@@ -162,19 +170,37 @@ def import_factory(spec: str) -> Callable:
     return factory
 
 
-def call_factory(factory: Callable, in_channels: int, num_classes: int, kwargs: dict[str, Any]):
-    """The one place a network is built: ``factory(in_channels=, num_classes=, **kwargs)``; any failure, or a
-    result that is not a torch module, is a :class:`CheckpointError`."""
+#: Keyword names a factory may use for the input channels and the number of outputs (first match wins).
+CHANNEL_KWARGS = ("in_channels", "n_input_channels", "n_channels", "num_channels", "in_chans", "input_channels")
+CLASS_KWARGS = ("num_classes", "n_classes", "out_channels", "num_outputs", "n_outputs", "out_features")
+
+
+def call_factory(factory: Callable, in_channels: int, n_outputs: int, kwargs: dict, name: str = "factory"):
+    """Call ``factory`` with ``kwargs`` plus the channel and output counts under the first of
+    :data:`CHANNEL_KWARGS` / :data:`CLASS_KWARGS` its signature names (unless ``kwargs`` already gives one;
+    a zero-argument factory, or one taking only ``**kwargs``, gets neither). Any failure, or a result that
+    is not a torch module, becomes a :class:`CheckpointError`."""
+    import inspect
+
     import torch
 
-    name = getattr(factory, "__name__", None) or getattr(getattr(factory, "func", None), "__name__", repr(factory))
     try:
-        model = factory(in_channels=in_channels, num_classes=num_classes, **kwargs)
-    except Exception as error:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    call = dict(kwargs)
+    for names, value in ((CHANNEL_KWARGS, in_channels), (CLASS_KWARGS, n_outputs)):
+        found = next((n for n in names if n in params), None)
+        if found and not any(n in call for n in names):
+            call[found] = value
+    try:
+        model = factory(**call)
+    except Exception as error:  # a third-party factory may raise anything
         raise CheckpointError(
-            f"Building the network with '{name}' failed ({type(error).__name__}: {error}); check the checkpoint's "
-            "architecture_kwargs, channel and class counts."
-        ) from None
+            f"Model factory '{name}' failed when called with {sorted(call)}: {type(error).__name__}: {error}. "
+            f"Put the arguments it needs in architecture_kwargs (channel/class counts are passed as "
+            f"{CHANNEL_KWARGS[0]}/{CLASS_KWARGS[0]} when its signature names them)."
+        ) from error
     if not isinstance(model, torch.nn.Module):
         raise CheckpointError(f"Model factory '{name}' returned {type(model).__name__}, not a torch.nn.Module.")
     return model
@@ -224,9 +250,11 @@ def build_model(metadata: ModelMetadata, trusted_factory: str | None = None, sou
 
     ``trusted_factory``: the ``package.module:function`` the user trusts for a ``custom`` checkpoint.
     """
+    from napari_gradcamo.models.heads import output_count
+
     arch = metadata.architecture
     kwargs = dict(metadata.architecture_kwargs)
-    in_ch, n_cls = len(metadata.channel_names), len(metadata.class_names)
+    in_ch, n_cls = len(metadata.channel_names), output_count(metadata.head, len(metadata.class_names))
     if arch in _BUILTIN_KWARGS:
         _check_builtin_kwargs(arch, kwargs)
         return call_factory(_builtin_factory(arch, metadata.crop_shape), in_ch, n_cls, kwargs)
@@ -235,7 +263,7 @@ def build_model(metadata: ModelMetadata, trusted_factory: str | None = None, sou
         if trusted_factory is None or checked_factory_spec(trusted_factory, "--trust-factory") != spec:
             raise CheckpointError(untrusted_message(spec, source))
         kwargs.pop(FACTORY_KEY)
-        return call_factory(import_factory(spec), in_ch, n_cls, kwargs)
+        return call_factory(import_factory(spec), in_ch, n_cls, kwargs, spec)
     registered = registered_architectures()
     if arch in registered:
         try:
@@ -243,9 +271,9 @@ def build_model(metadata: ModelMetadata, trusted_factory: str | None = None, sou
         except Exception as error:
             raise CheckpointError(f"The installed architecture '{arch}' ({registered[arch].value}) failed to load: "
                                   f"{type(error).__name__}: {error}. Reinstall the package that provides it.") from None
-        return call_factory(factory, in_ch, n_cls, kwargs)
+        return call_factory(factory, in_ch, n_cls, kwargs, registered[arch].value)
     raise CheckpointError(
-        f"Unknown architecture '{arch}'. Known: {', '.join(EFFICIENTNET_NAMES)}, {SMALL_CNN}, {VAE}"
+        f"Unknown architecture '{arch}'. Known: {', '.join(EFFICIENTNET_NAMES)}, {SMALL_CNN}, {SMALL_CNN_2D}, {VAE}"
         + (f", {', '.join(sorted(registered))} (installed packages)" if registered else "")
         + f", or '{CUSTOM}' with a factory you trust (--trust-factory). A lab's own architecture can be "
         f"registered by its package under the entry-point group '{ENTRY_POINT_GROUP}'."

@@ -69,6 +69,10 @@ FIXES = {
     "target_layer": "give a layer name as text (see 'gradcamo layers') or null",
     "training": "give a JSON object",
     "format_version": f"this version reads format_version ≤ {FORMAT_VERSION}; upgrade napari-gradcamo",
+    "head": "give softmax, sigmoid-binary (one logit, two classes) or multilabel",
+    "voxel_size": "give three positive sizes in µm (z, y, x), or null",
+    "crop_mode": "give context or masked",
+    "padding_value": "give a finite number",
 }
 
 
@@ -95,6 +99,10 @@ class ModelMetadata(BaseModel):
     target_layer: Name | None = None
     training: dict[str, JsonValue] = Field(default_factory=dict)
     format_version: ExactInt = FORMAT_VERSION
+    head: str = "softmax"  # softmax | sigmoid-binary | multilabel (models/heads.py)
+    voxel_size: list[float] | None = None  # µm (z, y, x) of the crops the model was trained on
+    crop_mode: str = "context"  # "context" (neighbours kept) or "masked" (outside the cell = padding_value)
+    padding_value: float = 0.0
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("architecture", "class_names", "channel_names", "crop_shape")
 
@@ -174,6 +182,34 @@ class ModelMetadata(BaseModel):
             return cls(**data)
         except CheckpointError as error:
             raise CheckpointError(f"Checkpoint metadata{where} is invalid: {error}") from None
+
+    @field_validator("voxel_size")
+    @classmethod
+    def _positive_voxels(cls, size: list[float] | None) -> list[float] | None:
+        if size is not None and (len(size) != 3 or not all(math.isfinite(v) and v > 0 for v in size)):
+            raise ValueError("voxel_size must be three positive sizes in µm (z, y, x), or null")
+        return size
+
+    @field_validator("crop_mode")
+    @classmethod
+    def _known_crop_mode(cls, mode: str) -> str:
+        if mode not in ("context", "masked"):
+            raise ValueError(f"crop_mode {mode!r} must be 'context' or 'masked'")
+        return mode
+
+    @field_validator("padding_value")
+    @classmethod
+    def _finite_padding(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("padding_value must be a finite number")
+        return value
+
+    @model_validator(mode="after")
+    def _head_fits_classes(self) -> "ModelMetadata":
+        from napari_gradcamo.models.heads import check_head
+
+        check_head(self.head, len(self.class_names))
+        return self
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump())

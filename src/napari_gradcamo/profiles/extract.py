@@ -77,7 +77,7 @@ def extract_profiles(
     captured: dict = {}
     rows, features = [], []
     n = len(data)
-    with CamEngine(model, cam_layer, method, device) as engine:
+    with CamEngine(model, cam_layer, method, device, head=meta.head) as engine:
         handle = get_module(model, layer).register_forward_hook(
             lambda m, i, o: captured.__setitem__("x", _spatial_mean(o.detach().float()).cpu().numpy())
         )

@@ -21,11 +21,14 @@ def write_synthetic_manifest(
     n_cells: int = 12,
     shape: Sequence[int] | None = None,
     sites_per_well: int = 4,
+    planar: bool = False,
 ) -> Path:
     """Write synthetic fields of an :mod:`.experiment` scenario as OME-TIFFs + label TIFFs + ``manifest.csv``.
 
     ``confound_class`` (``"mismatch"``, ``"random"`` or a class index) breaks the background shortcut,
-    as :func:`napari_gradcamo.synthetic.generator.generate_dataset` documents.
+    as :func:`napari_gradcamo.synthetic.generator.generate_dataset` documents. ``planar=True`` writes 2D
+    fields (CYX images, YX labels): each field's plane with the largest cell area, as a widefield
+    2D Cell Painting image would show it.
     """
     import tifffile
 
@@ -43,12 +46,16 @@ def write_synthetic_manifest(
         m = f.metadata
         stem = f"{m['plate']}_{m['well']}_s{m['site']}"
         image_path = out / "images" / f"{stem}.ome.tif"
+        pixels, labels, axes = f.image.data.transpose(1, 0, 2, 3), f.labels, "ZCYX"
+        if planar:
+            plane = int(np.argmax((labels > 0).sum(axis=(1, 2))))
+            pixels, labels, axes = pixels[plane], labels[plane], "CYX"
         tifffile.imwrite(
-            image_path, f.image.data.transpose(1, 0, 2, 3), ome=True,
-            metadata={"axes": "ZCYX", "Channel": {"Name": list(f.image.channel_names)},
+            image_path, pixels, ome=True,
+            metadata={"axes": axes, "Channel": {"Name": list(f.image.channel_names)},
                       "PhysicalSizeZ": VOXEL_SIZE[0], "PhysicalSizeY": VOXEL_SIZE[1], "PhysicalSizeX": VOXEL_SIZE[2]},
         )
-        tifffile.imwrite(out / "images" / f"{stem}_masks.tif", f.labels.astype(np.uint16), compression="zlib")
+        tifffile.imwrite(out / "images" / f"{stem}_masks.tif", labels.astype(np.uint16), compression="zlib")
         rows.append({"image": f"images/{stem}.ome.tif", "masks": f"images/{stem}_masks.tif",
                      "class": CLASS_NAMES[f.treatment], "plate": m["plate"], "well": m["well"], "site": m["site"]})
     return write_manifest(rows, out / "manifest.csv")

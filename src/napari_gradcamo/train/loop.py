@@ -98,12 +98,15 @@ def augment_with_masks(batch: np.ndarray, masks: np.ndarray, rng: np.random.Gene
 
 
 def evaluate(model, data: CropSet, rows: Sequence[int], normalization: dict, *, batch_size: int = 32, device="cpu",
-             class_weights=None, amp: bool = False) -> dict:
-    """Cross-entropy loss and accuracy of ``model`` on ``data.x[rows]`` (normalised batch by batch)."""
+             class_weights=None, amp: bool = False, head: str = "softmax") -> dict:
+    """Loss (the head's: cross-entropy for softmax) and accuracy of ``model`` on ``data.x[rows]``."""
     import torch
-    import torch.nn.functional as F
 
+    from napari_gradcamo.audit.layers import crops_as_input, model_spatial_dims
+    from napari_gradcamo.models import heads
     from napari_gradcamo.models.checkpoint import normalize_crops
+
+    dims = model_spatial_dims(model)
 
     rows = np.asarray(rows)
     model.eval()
@@ -115,11 +118,11 @@ def evaluate(model, data: CropSet, rows: Sequence[int], normalization: dict, *, 
             x = torch.as_tensor(normalize_crops(np.asarray(data.x[idx]), normalization), device=device)
             y = torch.as_tensor(data.y[idx], device=device)
             with _autocast(device, amp):
-                logits = model(x)
+                logits = model(crops_as_input(x, dims))
             logits = logits.float()
-            correct += int((logits.argmax(1) == y).sum())
+            correct += int((heads.predicted(head, logits) == y).sum())
             w = torch.ones_like(y, dtype=torch.float32) if weight is None else weight[y]
-            loss_sum += float((F.cross_entropy(logits, y, reduction="none") * w).sum())
+            loss_sum += float(heads.loss(head, logits, y, reduction="none").mul(w).sum())
             weight_sum += float(w.sum())
     return {"accuracy": correct / max(1, len(rows)), "loss": loss_sum / max(weight_sum, 1e-12)}
 
@@ -173,14 +176,16 @@ class _LoopState:
 def _run_epoch(state: _LoopState, data: CropSet, order: np.ndarray, normalization: dict, *, batch_size: int,
                device, jitter: float = 0.1, class_weights=None, gradcamo_weight: float = 0.0,
                target_layer: str | None = None, amp: bool = False, progress=None, cancel=None,
-               step_offset: int = 0, total_steps: int = 0, epoch_label: str = "") -> dict:
+               step_offset: int = 0, total_steps: int = 0, epoch_label: str = "", head: str = "softmax") -> dict:
     """One pass over ``order``; returns mean loss, accuracy, penalty and train Grad-CAMO of the epoch."""
     import torch
-    import torch.nn.functional as F
 
+    from napari_gradcamo.audit.layers import crops_as_input, model_spatial_dims
+    from napari_gradcamo.models import heads
     from napari_gradcamo.models.checkpoint import normalize_crops
 
     model, optimizer, schedule, rng = state.model, state.optimizer, state.schedule, state.rng
+    dims = model_spatial_dims(model)
     use_penalty = gradcamo_weight > 0
     if use_penalty:
         if data.masks is None:
@@ -208,8 +213,8 @@ def _run_epoch(state: _LoopState, data: CropSet, order: np.ndarray, normalizatio
             batch = torch.as_tensor(crops, device=device)
             target = torch.as_tensor(data.y[idx], device=device)
             with _autocast(device, amp):
-                logits = model(batch)
-            loss = F.cross_entropy(logits.float(), target, weight=weight)
+                logits = model(crops_as_input(batch, dims))
+            loss = heads.loss(head, logits, target, weight)
             if use_penalty:
                 cell = torch.as_tensor(masks == MASK_CELL, device=device)
                 penalty, batch_scores = gradcamo_penalty(logits.float(), capture.output, target, cell)
@@ -226,7 +231,7 @@ def _run_epoch(state: _LoopState, data: CropSet, order: np.ndarray, normalizatio
                 optimizer.step()
             schedule.step()
             losses.append(float(loss.detach()))
-            correct += int((logits.argmax(1) == target).sum())
+            correct += int((heads.predicted(head, logits) == target).sum())
             seen += len(idx)
             step += 1
             if progress is not None:
@@ -367,6 +372,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # used on CUDA only
+    head: str = "softmax"  # softmax | sigmoid-binary | multilabel (models/heads.py)
 
     def validate(self) -> None:
         if self.balance not in ("loss", "sampler", "none"):
@@ -375,6 +381,10 @@ class TrainConfig:
             raise ValueError("epochs must be ≥ 1 and batch_size ≥ 2 (batch norm needs two crops).")
         if self.gradcamo_weight < 0:
             raise ValueError("--gradcamo-weight must be ≥ 0.")
+        from napari_gradcamo.models.heads import HEADS
+
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}.")
         if not (self.lr > 0 and self.weight_decay >= 0 and self.jitter >= 0 and self.patience >= 0):
             raise ValueError("--lr must be > 0; --weight-decay, --jitter and --patience must be ≥ 0.")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
@@ -431,9 +441,9 @@ LAYER_RULE_CROPS = 256
 def _default_layer(model, meta) -> str:
     """The layer the Grad-CAMO penalty uses during training (the stored layer is :func:`_stored_layer`'s)."""
     from napari_gradcamo.audit.cam import default_target_layer, list_target_layers
-    from napari_gradcamo.models.architectures import SMALL_CNN
+    from napari_gradcamo.models.architectures import SMALL_CNN, SMALL_CNN_2D
 
-    if meta.architecture == SMALL_CNN:
+    if meta.architecture in (SMALL_CNN, SMALL_CNN_2D):
         return "stage1"  # 8×16×16 on an 8×32×32 crop: resolves single cells (see experiment.TARGET_LAYER)
     return default_target_layer(list_target_layers(model, meta.crop_shape, len(meta.channel_names)))
 
@@ -465,6 +475,7 @@ def fit(
     *,
     resume: bool = False,
     extra_metadata: dict | None = None,
+    input_metadata: dict | None = None,
     progress: ProgressCallback | None = None,
     epoch_end=None,
     cancel: CancelToken | None = None,
@@ -476,7 +487,8 @@ def fit(
     improved for ``patience`` epochs (the best epoch's weights are kept), mixed precision on CUDA. With
     ``out_dir``: ``model.safetensors`` (best), ``last.safetensors``, ``resume.pt`` after every epoch,
     ``history.csv``; ``resume=True`` continues from ``resume.pt`` exactly where it stopped.
-    ``epoch_end(epoch, stats)`` is called after each epoch.
+    ``epoch_end(epoch, stats)`` is called after each epoch. ``input_metadata`` (``voxel_size``,
+    ``crop_mode``, ``padding_value``) records how the crops were made.
     """
     import torch
 
@@ -508,7 +520,8 @@ def fit(
     weights = class_weights_for(data.y[split["train"]], n_classes) if config.balance == "loss" else None
     kwargs = dict(config.architecture_kwargs)
     meta = ModelMetadata(config.architecture, list(class_names), list(channel_names), [int(s) for s in crop_shape],
-                         architecture_kwargs=kwargs, normalization=normalization)
+                         architecture_kwargs=kwargs, normalization=normalization, head=config.head,
+                         **(input_metadata or {}))
     torch.manual_seed(config.seed)
     model = build_model(meta).to(device)
     layer = config.target_layer or _default_layer(model, meta)
@@ -588,6 +601,7 @@ def fit(
             class_weights=weights, gradcamo_weight=config.gradcamo_weight, target_layer=layer, amp=amp,
             progress=progress, cancel=cancel, step_offset=epoch * steps_per_epoch,
             total_steps=config.epochs * steps_per_epoch, epoch_label=f"epoch {epoch + 1}/{config.epochs} ",
+            head=config.head,
         )
         history.loss.append(stats["loss"])
         history.accuracy.append(stats["accuracy"])
@@ -596,7 +610,7 @@ def fit(
         history.lr.append(float(schedule.get_last_lr()[0]))
         if len(split["val"]):
             val = evaluate(model, data, split["val"], normalization, batch_size=max(config.batch_size, 32),
-                           device=device, class_weights=weights, amp=amp)
+                           device=device, class_weights=weights, amp=amp, head=config.head)
             history.val_loss.append(val["loss"])
             history.val_accuracy.append(val["accuracy"])
             improved = val["loss"] < best["val_loss"]
@@ -639,7 +653,7 @@ def fit(
             model, data, split["val"], normalization, meta, layer, device)
     test = None
     if len(split["test"]):
-        test = evaluate(model, data, split["test"], normalization, device=device)
+        test = evaluate(model, data, split["test"], normalization, device=device, head=config.head)
         meta.training["test"] = test
     checkpoint = save_checkpoint(out / BEST_FILE, model, meta) if out is not None else None
     return FitResult(model.cpu(), meta, history, split, best["epoch"] + 1, stopped_early, checkpoint, test)
