@@ -197,10 +197,10 @@ def call_factory(factory: Callable, in_channels: int, n_outputs: int, kwargs: di
         model = factory(**call)
     except Exception as error:  # a third-party factory may raise anything
         raise CheckpointError(
-            f"Model factory '{name}' failed when called with {sorted(call)}: {type(error).__name__}: {error}. "
-            f"Put the arguments it needs in architecture_kwargs (channel/class counts are passed as "
-            f"{CHANNEL_KWARGS[0]}/{CLASS_KWARGS[0]} when its signature names them)."
-        ) from error
+            f"Building the network with '{name}' failed ({type(error).__name__}: {error}) when called with "
+            f"{sorted(call)}. Put the arguments it needs in architecture_kwargs (channel/class counts are passed "
+            f"as {CHANNEL_KWARGS[0]}/{CLASS_KWARGS[0]} when its signature names them)."
+        ) from None
     if not isinstance(model, torch.nn.Module):
         raise CheckpointError(f"Model factory '{name}' returned {type(model).__name__}, not a torch.nn.Module.")
     return model
