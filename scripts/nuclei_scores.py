@@ -24,7 +24,8 @@ from napari_gradcamo.io.images import Image
 from napari_gradcamo.models.architectures import build_model
 from napari_gradcamo.models.metadata import ModelBundle, ModelMetadata
 from napari_gradcamo.synthetic.experiment import CLASS_NAMES, CROP_SHAPE, VOXEL_SIZE, scenario_fields
-from napari_gradcamo.train.loop import fit_normalization, train_classifier
+from napari_gradcamo.train.data import fit_normalization
+from napari_gradcamo.train.loop import train_classifier
 
 CELLS3D_VOXEL = (0.29, 0.26, 0.26)
 

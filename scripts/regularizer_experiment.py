@@ -42,7 +42,8 @@ from napari_gradcamo.synthetic.experiment import (
     audit_fields,
 )
 from napari_gradcamo.synthetic.generator import STAINS, generate_dataset
-from napari_gradcamo.train.loop import fit_normalization, train_classifier
+from napari_gradcamo.train.data import fit_normalization
+from napari_gradcamo.train.loop import train_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 

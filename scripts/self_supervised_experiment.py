@@ -42,7 +42,8 @@ from napari_gradcamo.profiles.handcrafted import handcrafted_profiles
 from napari_gradcamo.profiles.metrics import pca_reference, profile_metrics
 from napari_gradcamo.synthetic.experiment import CROP_SHAPE, FIELD_SHAPE, TARGET_LAYER, VOXEL_SIZE
 from napari_gradcamo.synthetic.generator import STAINS, generate_dataset
-from napari_gradcamo.train.loop import fit_normalization, train_classifier
+from napari_gradcamo.train.data import fit_normalization
+from napari_gradcamo.train.loop import train_classifier
 from napari_gradcamo.train.vae_loop import VaeConfig, fit_vae
 
 DOSES = ["dose0", "dose1", "dose2", "dose3", "dose4"]

@@ -15,17 +15,16 @@ from napari_gradcamo.io.field_list import ManifestError, read_manifest
 from napari_gradcamo.models.checkpoint import load_checkpoint
 from napari_gradcamo.progress import Cancelled, CancelToken
 from napari_gradcamo.synthetic.files import write_synthetic_manifest
-from napari_gradcamo.train.loop import (
-    TrainConfig,
+from napari_gradcamo.train.data import (
     augment,
     augment_with_masks,
     class_weights_for,
     epoch_order,
-    fit,
     fit_normalization,
     fit_normalization_rows,
     split_by_group,
 )
+from napari_gradcamo.train.fit import TrainConfig, fit
 
 CROP = [8, 32, 32]
 SHAPE = (12, 48, 48)
@@ -179,7 +178,7 @@ def test_resume_continues_exactly(cache, tmp_path):
 
 
 def test_early_stopping_keeps_the_best_epoch(cache, tmp_path, monkeypatch):
-    import napari_gradcamo.train.loop as T
+    import napari_gradcamo.train.fit as T
 
     losses = iter([1.0, 0.5, 0.8, 0.9, 0.7, 0.6])
     monkeypatch.setattr(T, "evaluate", lambda *a, **k: {"loss": next(losses), "accuracy": 0.5})

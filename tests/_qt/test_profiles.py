@@ -70,7 +70,7 @@ def test_a_checkpoint_from_gradcamo_train_loads_in_the_audit_widget(make_napari_
     from napari_gradcamo._qt import AuditWidget
     from napari_gradcamo.crops.datasets import crops_from_fields
     from napari_gradcamo.synthetic.experiment import scenario_fields
-    from napari_gradcamo.train.loop import TrainConfig, fit
+    from napari_gradcamo.train.fit import TrainConfig, fit
 
     data = crops_from_fields(scenario_fields("honest", 4, 2, n_cells=6, shape=(12, 48, 48), sites_per_well=1), [8, 32, 32])
     config = TrainConfig(architecture_kwargs={"width": 4}, epochs=1, batch_size=8, val_fraction=0.0, device="cpu")

@@ -16,7 +16,7 @@ def cmd_train(args) -> int:
     from napari_gradcamo.io.atomic import check_writable_folder, refuse_existing
     from napari_gradcamo.io.field_list import read_manifest
     from napari_gradcamo.models.architectures import check_layer
-    from napari_gradcamo.train.loop import BEST_FILE, LAST_FILE, RESUME_FILE, TrainConfig, fit
+    from napari_gradcamo.train.fit import BEST_FILE, LAST_FILE, RESUME_FILE, TrainConfig, fit
     from napari_gradcamo.train.resume import load_resume
 
     out = check_writable_folder(args.out)  # before any compute

@@ -16,7 +16,8 @@ from napari_gradcamo.crops.datasets import crops_from_fields
 from napari_gradcamo.models.architectures import build_model
 from napari_gradcamo.models.metadata import ModelBundle, ModelMetadata
 from napari_gradcamo.synthetic.generator import STAINS, generate_dataset, generate_field
-from napari_gradcamo.train.loop import fit_normalization, train_classifier
+from napari_gradcamo.train.data import fit_normalization
+from napari_gradcamo.train.loop import train_classifier
 
 SCENARIOS = {
     "honest": {"confound": None, "cell_signal": True},

@@ -125,14 +125,9 @@ def fit_vae(data: CropSet, dataset_classes: Sequence[str], channel_names: Sequen
     from napari_gradcamo.models.checkpoint import normalize_crops, save_checkpoint
     from napari_gradcamo.models.metadata import ModelMetadata
     from napari_gradcamo.models.vae import MutualInfoCritic, interpolated_mi_bound, vae_losses
-    from napari_gradcamo.train.loop import (
-        BEST_FILE,
-        _environment,
-        _steps_per_epoch,
-        augment,
-        fit_normalization_rows,
-        split_by_group,
-    )
+    from napari_gradcamo.train.data import augment, fit_normalization_rows, split_by_group
+    from napari_gradcamo.train.fit import BEST_FILE, environment
+    from napari_gradcamo.train.loop import count_steps
 
     config.validate()
     device = pick_device(config.device)
@@ -147,7 +142,7 @@ def fit_vae(data: CropSet, dataset_classes: Sequence[str], channel_names: Sequen
     torch.manual_seed(config.seed)
     model = build_model(meta).to(device)
     critic = MutualInfoCritic(len(channel_names), config.latent_dim).to(device) if config.mi_weight > 0 else None
-    steps = _steps_per_epoch(len(split["train"]), config.batch_size)
+    steps = count_steps(len(split["train"]), config.batch_size)
     groups = [{"params": list(model.parameters()), "lr": config.lr}]
     if critic is not None:  # the critic starts near I = 0 and needs a faster start than the VAE
         groups.append({"params": list(critic.parameters()), "lr": CRITIC_LR_FACTOR * config.lr})
@@ -203,7 +198,7 @@ def fit_vae(data: CropSet, dataset_classes: Sequence[str], channel_names: Sequen
         "split_wells": {name: sorted(set(np.asarray(data.groups)[rows].astype(str).tolist()))
                         for name, rows in split.items()},
         "history": asdict(history), "best_epoch": best["epoch"] + 1, "device": str(device),
-        **_environment(), **(extra_metadata or {}),
+        **environment(), **(extra_metadata or {}),
     }
     checkpoint = None
     if out_dir is not None:
