@@ -51,7 +51,9 @@ def test_threaded_run_keeps_gui_alive_and_fills_table_live(setup, qtbot, slow_au
     assert widget.panel.cancel_button.isEnabled()
     qtbot.waitUntil(lambda: not widget.job.running, timeout=60_000)
     assert audited(widget) == labels.data.max()
-    assert sorted(set(sizes))[:3] == [0, 1, 2]  # rows appeared batch by batch
+    partial = sorted(set(sizes) - {0, int(labels.data.max())})
+    assert partial, f"no partial table was shown while the audit ran: {sizes}"  # rows appear as batches finish
+    assert sizes == sorted(sizes)  # and only ever grow
     assert widget.run_all_button.isEnabled() and "Audited" in widget.panel.status.text()
 
 

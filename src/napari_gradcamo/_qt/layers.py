@@ -15,8 +15,10 @@ CHANNEL_AXIS = "channel_axis"  # layer.metadata key: the channel axis of a multi
 ROLE_CELL_CAM = "cell_cam"
 ROLE_ALL_CAM = "all_cells_cam"
 ROLE_SEGMENTATION = "segmentation"
+ROLE_OUTLINE = "selected_outline"
 CELL_CAM_NAME = "Grad-CAM (selected cell)"
 ALL_CAM_NAME = "Grad-CAM (all cells)"
+OUTLINE_NAME = "selected cell (outline)"
 
 
 def image_layers(viewer) -> list:
@@ -28,7 +30,7 @@ def image_layers(viewer) -> list:
 def labels_layers(viewer) -> list:
     from napari.layers import Labels
 
-    return [l for l in viewer.layers if isinstance(l, Labels)]
+    return [l for l in viewer.layers if isinstance(l, Labels) and l.metadata.get(ROLE) != ROLE_OUTLINE]
 
 
 def level0(data):
