@@ -197,13 +197,13 @@ def test_moving_a_cell_recomputes_its_cam(setup, qtbot):
 def test_colour_by_score_and_legend(setup):
     viewer, widget, _, labels = setup
     assert widget.run()
-    widget.color_mode.setCurrentIndex(widget.color_mode.findData("score"))
+    widget.color_mode.setCurrentIndex(widget.color_mode.findData("gradcamo"))
     colors = labels.colormap.color_dict
     table = widget.features()
-    expected = labels_features.label_colors(table, "score")
+    expected = labels_features.label_colors(table, "score", "gradcamo")
     for label in table["label"]:
         np.testing.assert_allclose(colors[int(label)], expected[int(label)])
-    assert "Grad-CAMO (0 → 1)" in widget.legend.text()
+    assert "Grad-CAMO (lowest → highest seen)" in widget.legend.text()
     # the slider and the spin box are one control
     widget.threshold_slider.setValue(80)
     assert widget.threshold.value() == pytest.approx(0.8)

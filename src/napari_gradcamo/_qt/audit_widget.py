@@ -155,6 +155,10 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, QWidget):
     def synchronous(self, value: bool) -> None:
         self.panel.synchronous = bool(value)
 
+    @property
+    def mapping_combos(self) -> list:
+        return self.model_panel.mapping_combos
+
     def load_model(self, path) -> bool:
         """Load a checkpoint (see :meth:`ModelPanel.load_model`)."""
         return self.model_panel.load_model(path)
