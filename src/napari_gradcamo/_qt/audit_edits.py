@@ -248,7 +248,7 @@ class AuditEditsMixin:
                 self.panel.job = None
                 self.export_to(folder, overwrite=True)
             else:
-                self.panel.end("Export cancelled: the earlier files were kept.")
+                self.panel.end("Export cancelled: no file was overwritten.")
             return
         self.panel.end(f"Export failed: {first_line(error)}", error=True)
 

@@ -7,7 +7,9 @@ from pathlib import Path
 from napari_gradcamo.models.metadata import ModelBundle
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
-DEMO_MODELS = ("honest", "shortcut")
+#: honest / shortcut: 5 stains (the synthetic Cell Painting demo); nucleus: 1 channel (DNA), for nucleus
+#: images such as the cells3d sample. All three: scripts/train_demo_models.py.
+DEMO_MODELS = ("honest", "shortcut", "nucleus")
 
 
 def bundled_model_path(name: str) -> Path:
