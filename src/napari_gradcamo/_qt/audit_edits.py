@@ -199,7 +199,31 @@ class AuditEditsMixin:
             if current is not None:
                 self.table.select_label(current)
 
-    # ------------------------------------------------------------------ export
+    # ------------------------------------------------------------------ save / export
+    def _save_dialog(self) -> None:
+        folder, _ = QFileDialog.getSaveFileName(self, "Save the audit as a folder", "gradcamo-audit")
+        if folder:
+            self.save_results(folder)
+
+    def save_results(self, folder) -> bool:
+        """Write image, masks, maps and table to a new results folder (see :mod:`napari_gradcamo.io.results_folder`)."""
+        from napari_gradcamo.io.results_folder import ResultsFolder, ResultsFolderError, write_results_folder
+
+        layer = self.labels_layer
+        try:
+            if layer is None:
+                raise ImageError("Choose the Labels layer first.")
+            image = self.picker.image()
+            saved = ResultsFolder(image.data, list(image.channel_names), tuple(image.voxel_size),
+                                  np.asarray(L.labels_volume(layer)), self.features(layer), dict(self.cams(layer)),
+                                  self.model_panel.model_name)
+            path = write_results_folder(folder, saved)
+        except (ImageError, ResultsFolderError, OSError) as error:
+            self.panel.end(f"Not saved: {error}", error=True)
+            return False
+        self.panel.say(f"Audit saved to {path} (File > Open… that folder brings it back).")
+        return True
+
     def _export_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Export flagged cells to a folder")
         if folder:

@@ -94,6 +94,9 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_all_button)
         buttons.addWidget(self.run_selected_button)
+        self.save_button = QPushButton("Save audit…", self)
+        self.save_button.setToolTip("Image, masks, per-cell maps and table in one folder (File > Open reads it back).")
+        buttons.addWidget(self.save_button)
         run_layout.addLayout(buttons)
         run_layout.addWidget(self.panel)
         self.results = ResultsPanel(self)
@@ -134,6 +137,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, QWidget):
         self.results.delete_button.clicked.connect(self.delete_selected_cells)
         self.results.recheck_button.clicked.connect(self.recheck_masks)
         self.results.export_button.clicked.connect(self._export_dialog)
+        self.save_button.clicked.connect(self._save_dialog)
         self.watcher.edited.connect(self._apply_edit)
         self.watcher.replaced.connect(self._on_data_replaced)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -190,6 +194,10 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, QWidget):
             if self._on_canvas_click not in layer.mouse_drag_callbacks:
                 layer.mouse_drag_callbacks.append(self._on_canvas_click)
             self._ensure_features(layer)
+            saved = layer.metadata.get("gradcamo_cams")  # a results folder opened by the reader
+            if saved and not self.cams(layer):
+                self.cams(layer).update(saved)
+                self._show_composite(layer)
         self._refresh_view()
         self._refresh_buttons()
 
