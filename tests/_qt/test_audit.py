@@ -6,21 +6,13 @@ import numpy as np
 import pytest
 
 from napari_gradcamo._qt import AuditWidget
-from napari_gradcamo._sample_data import field_layers
 from napari_gradcamo.audit import labels_features, results
 from napari_gradcamo.audit import run as core_audit
 
 
 @pytest.fixture
-def setup(make_napari_viewer, plugin_field, plugin_checkpoint):
-    viewer = make_napari_viewer()
-    added = [getattr(viewer, f"add_{kind}")(data, **kw) for data, kw, kind in field_layers(plugin_field)]
-    widget = AuditWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.synchronous = True
-    assert widget.load_model(plugin_checkpoint)
-    widget.batch_size.setValue(1)
-    return viewer, widget, added[:-1], added[-1]
+def setup(field_dock):
+    return field_dock
 
 
 @pytest.fixture

@@ -5,22 +5,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from napari_gradcamo._qt import AuditWidget
 from napari_gradcamo._qt.compare_widget import CompareWidget
-from napari_gradcamo._sample_data import field_layers
 from napari_gradcamo.models.bundled import bundled_model_path
 
 SHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot_compare.png"
 
 
-def test_compare_two_models_and_go_to_a_cell(make_napari_viewer, plugin_field, plugin_checkpoint):
-    viewer = make_napari_viewer(show=True)
-    for data, kw, kind in field_layers(plugin_field):
-        getattr(viewer, f"add_{kind}")(data, **kw)
-    audit = AuditWidget(viewer)
-    audit.synchronous = True
-    assert audit.load_model(plugin_checkpoint)
-    assert audit.run()
+def test_compare_two_models_and_go_to_a_cell(audited_dock):
+    viewer, audit, labels = audited_dock
     table_a = audit.features().set_index("label")
 
     compare = CompareWidget(viewer)
@@ -36,7 +28,6 @@ def test_compare_two_models_and_go_to_a_cell(make_napari_viewer, plugin_field, p
     assert compare.table_model.rowCount() == len(result)
     assert len(compare._scatter.get_offsets()) == len(result)
 
-    labels = viewer.layers[-1]
     target = int(result["label"].iloc[-1])
     compare._on_pick(SimpleNamespace(ind=[len(result) - 1]))
     assert labels.selected_label == target

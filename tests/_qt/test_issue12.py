@@ -8,25 +8,15 @@ import pytest
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QScrollArea
 
-from napari_gradcamo._qt import AuditWidget
 from napari_gradcamo._qt.panel import first_line
-from napari_gradcamo._sample_data import field_layers
 from napari_gradcamo.audit import labels_features, results
 
 SHOTS = Path(__file__).resolve().parents[2] / "docs"
 
 
 @pytest.fixture
-def audited(make_napari_viewer, plugin_field, plugin_checkpoint):
-    viewer = make_napari_viewer(show=True)
-    added = [getattr(viewer, f"add_{kind}")(data, **kw) for data, kw, kind in field_layers(plugin_field)]
-    widget = AuditWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.synchronous = True
-    assert widget.load_model(plugin_checkpoint)
-    widget.batch_size.setValue(4)
-    assert widget.run()
-    return viewer, widget, added[-1]
+def audited(audited_dock):
+    return audited_dock
 
 
 def test_all_cells_layer_comes_back_when_ticked_again(audited):

@@ -4,18 +4,11 @@ import numpy as np
 import pytest
 
 from napari_gradcamo._qt import AuditWidget
-from napari_gradcamo._sample_data import field_layers
 from napari_gradcamo.io.results_folder import ResultsFolderError, read_results_folder
 
 
-def test_saved_audit_reopens_in_a_new_viewer(make_napari_viewer, plugin_field, plugin_checkpoint, tmp_path):
-    viewer = make_napari_viewer()
-    for data, kw, kind in field_layers(plugin_field):
-        getattr(viewer, f"add_{kind}")(data, **kw)
-    widget = AuditWidget(viewer)
-    widget.synchronous = True
-    assert widget.load_model(plugin_checkpoint)
-    assert widget.run()
+def test_saved_audit_reopens_in_a_new_viewer(audited_dock, make_napari_viewer, tmp_path):
+    viewer, widget, _ = audited_dock
     before = widget.features()
     folder = tmp_path / "audit"
     assert widget.save_results(folder)
