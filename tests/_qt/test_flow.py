@@ -142,9 +142,15 @@ def test_end_to_end_flow(viewer, qtbot, plugin_field, plugin_checkpoint, tmp_pat
     qtbot.waitExposed(canvas)
     zz, yy, xx = np.nonzero(out.data == label)
     inside = np.argmin((zz - centroid[0]) ** 2 + (yy - centroid[1]) ** 2 + (xx - centroid[2]) ** 2)
-    L.focus_on(viewer, out, (zz[inside], yy[inside], xx[inside]))
-    assert out.get_value(tuple(L.camera(viewer).center), world=True) == label
-    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=QPoint(canvas.width() // 2, canvas.height() // 2))
+    voxel_zyx = (zz[inside], yy[inside], xx[inside])
+    L.focus_on(viewer, out, voxel_zyx)
+    world = np.asarray(out.data_to_world(voxel_zyx), float)
+    assert out.get_value(tuple(world), world=True) == label
+    # focus_on keeps the field in view, so the cell need not be in the middle: click where it is drawn
+    cam = L.camera(viewer)
+    dy, dx = (world[-2:] - np.asarray(cam.center[-2:], float)) * cam.zoom
+    pos = QPoint(int(round(canvas.width() / 2 + dx)), int(round(canvas.height() / 2 + dy)))
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=pos)
     assert widget.table.current_label() == label
     assert widget.cell_cam_layer().metadata["label"] == label
 
