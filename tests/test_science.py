@@ -3,7 +3,7 @@ learned the cells, although both classify well. Real training (seeded, small 3D 
 
 import pytest
 
-from napari_gradcamo.models.bundled import DEMO_MODELS, load_demo_model
+from napari_gradcamo.models.bundled import FIELD_MODELS, load_demo_model
 from napari_gradcamo.synthetic.experiment import accuracy, audit_fields, demo_field, scenario_fields, train_scenario
 
 
@@ -42,7 +42,7 @@ def test_bundled_demo_models_disagree_about_where_to_look():
     'treated', but the honest model looks at the cells and the shortcut model at the background.
     Measured: Grad-CAMO median honest 0.189 vs shortcut 0.118; background share 0.42 vs 0.72."""
     field = demo_field()
-    tables = {name: audit_fields(load_demo_model(name), [field]) for name in DEMO_MODELS}
+    tables = {name: audit_fields(load_demo_model(name), [field]) for name in FIELD_MODELS}
     honest, shortcut = tables["honest"], tables["shortcut"]
     assert (honest["predicted_class"] == "treated").mean() >= 0.7
     assert (shortcut["predicted_class"] == "treated").mean() >= 0.9

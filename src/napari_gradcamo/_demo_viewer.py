@@ -32,9 +32,6 @@ def build_demo(viewer, model: str | None = DEFAULT_MODEL):
             widget.panel.say("No demo model is bundled in this install: load a checkpoint with Open….", error=True)
     if widget.labels_layer is not None:
         widget.labels_layer.contour = 2  # outlines coloured by flag, the stains stay visible
-    from napari_gradcamo.demo import DEMO_THRESHOLD
-
-    widget.threshold.setValue(DEMO_THRESHOLD)
     viewer.dims.ndisplay = 2
     viewer.reset_view()
     return widget

@@ -89,7 +89,8 @@ def cells3d_files() -> tuple[Path, Path]:
 
 
 def cells3d_nuclei() -> list[tuple]:
-    """napari sample: the real cells3d nuclei (60×256×256) with its 20 reference nucleus labels."""
+    """napari sample: the real cells3d nuclei (60×256×256) with its 20 reference nucleus labels; the bundled
+    one-channel ``nucleus`` demo model audits it out of the box."""
     import tifffile
 
     image_path, labels_path = cells3d_files()
@@ -98,5 +99,7 @@ def cells3d_nuclei() -> list[tuple]:
     return [
         (nuclei, {"name": "nuclei (cells3d)", "scale": CELLS3D_VOXEL_SIZE, "colormap": "gray",
                   "metadata": {"gradcamo_channel": "DNA"}}, "image"),
-        (labels, {"name": "nuclei reference labels", "scale": CELLS3D_VOXEL_SIZE, "opacity": 0.45}, "labels"),
+        (labels, {"name": "nuclei reference labels", "scale": CELLS3D_VOXEL_SIZE, "opacity": 0.45,
+                  "metadata": {"gradcamo_models": {k: str(v) for k, v in bundled_models().items() if k == "nucleus"}}},
+         "labels"),
     ]

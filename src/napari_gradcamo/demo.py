@@ -8,14 +8,10 @@ from pathlib import Path
 
 from napari_gradcamo.audit import results
 from napari_gradcamo.audit.run import AuditSettings, run_audit
-from napari_gradcamo.models.bundled import DEMO_MODELS, load_demo_model
-
-#: The demo's cells are small in their crops (chance ≈ 0.08): 0.15 separates the two models' cells,
-#: where the paper's 0.5 ("most attention on the cell") would flag every cell of both.
-DEMO_THRESHOLD = 0.15
+from napari_gradcamo.models.bundled import FIELD_MODELS, load_demo_model
 
 
-def run_headless_demo(out: Path, threshold: float = DEMO_THRESHOLD) -> dict:
+def run_headless_demo(out: Path) -> dict:
     """Audit the demo field with both bundled models; write image, masks, tables and a summary."""
     import tifffile
 
@@ -31,10 +27,10 @@ def run_headless_demo(out: Path, threshold: float = DEMO_THRESHOLD) -> dict:
     )
     tifffile.imwrite(out / "demo_masks.tif", field.labels, compression="zlib")
     summary = {"field": str(out / "demo_field.ome.tif"), "cells": field.n_cells, "models": {}}
-    for name in DEMO_MODELS:
+    for name in FIELD_MODELS:
         bundle = load_demo_model(name)
         start = time.perf_counter()
-        result = run_audit(image, field.labels, bundle, AuditSettings(threshold=threshold))
+        result = run_audit(image, field.labels, bundle, AuditSettings())
         seconds = time.perf_counter() - start
         csv, _ = results.write_table(result.table, out, f"demo_{name}_gradcamo")
         summary["models"][name] = {"table": str(csv), "seconds": round(seconds, 2),

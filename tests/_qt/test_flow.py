@@ -111,7 +111,12 @@ def test_end_to_end_flow(viewer, qtbot, plugin_field, plugin_checkpoint, tmp_pat
     centroid = labels_features.row_of(table, label)[["centroid_z", "centroid_y", "centroid_x"]].to_numpy(float)
     world = centroid * np.asarray(voxel)
     assert viewer.dims.point[0] == pytest.approx(world[0], abs=voxel[0])
-    assert tuple(L.camera(viewer).center[-2:]) == pytest.approx(tuple(world[1:]))
+    # the cell is in view, and the camera stays over the field (a border cell does not shove it into a corner)
+    center = np.asarray(L.camera(viewer).center[-2:])
+    half = 0.5 * np.asarray(viewer.canvas.size) / L.camera(viewer).zoom
+    assert np.all(np.abs(center - world[1:]) <= half)
+    extent = np.asarray(out.extent.world)[:, -2:]
+    assert np.all(center >= extent[0]) and np.all(center <= extent[1])
     assert viewer.layers.selection.active is out
 
     # ---- canvas click on another cell (2D, event object) → its row --------------------------------
@@ -137,9 +142,15 @@ def test_end_to_end_flow(viewer, qtbot, plugin_field, plugin_checkpoint, tmp_pat
     qtbot.waitExposed(canvas)
     zz, yy, xx = np.nonzero(out.data == label)
     inside = np.argmin((zz - centroid[0]) ** 2 + (yy - centroid[1]) ** 2 + (xx - centroid[2]) ** 2)
-    L.focus_on(viewer, out, (zz[inside], yy[inside], xx[inside]))
-    assert out.get_value(tuple(L.camera(viewer).center), world=True) == label
-    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=QPoint(canvas.width() // 2, canvas.height() // 2))
+    voxel_zyx = (zz[inside], yy[inside], xx[inside])
+    L.focus_on(viewer, out, voxel_zyx)
+    world = np.asarray(out.data_to_world(voxel_zyx), float)
+    assert out.get_value(tuple(world), world=True) == label
+    # focus_on keeps the field in view, so the cell need not be in the middle: click where it is drawn
+    cam = L.camera(viewer)
+    dy, dx = (world[-2:] - np.asarray(cam.center[-2:], float)) * cam.zoom
+    pos = QPoint(int(round(canvas.width() / 2 + dx)), int(round(canvas.height() / 2 + dy)))
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=pos)
     assert widget.table.current_label() == label
     assert widget.cell_cam_layer().metadata["label"] == label
 
@@ -176,6 +187,7 @@ def test_end_to_end_flow(viewer, qtbot, plugin_field, plugin_checkpoint, tmp_pat
 
     # ---- threshold → flagged + colours at once; hand flag via the check box ------------------------
     scores = widget.features().set_index("label")["gradcamo"].dropna()
+    widget.results.flag_on.setCurrentIndex(widget.results.flag_on.findData("gradcamo"))
     widget.threshold.setValue(float(np.round(scores.median(), 2)) + 0.01)
     flagged = widget.features()["flagged"]
     assert 0 < flagged.sum() < len(flagged)

@@ -15,8 +15,10 @@ CHANNEL_AXIS = "channel_axis"  # layer.metadata key: the channel axis of a multi
 ROLE_CELL_CAM = "cell_cam"
 ROLE_ALL_CAM = "all_cells_cam"
 ROLE_SEGMENTATION = "segmentation"
+ROLE_OUTLINE = "selected_outline"
 CELL_CAM_NAME = "Grad-CAM (selected cell)"
 ALL_CAM_NAME = "Grad-CAM (all cells)"
+OUTLINE_NAME = "selected cell (outline)"
 
 
 def image_layers(viewer) -> list:
@@ -28,7 +30,7 @@ def image_layers(viewer) -> list:
 def labels_layers(viewer) -> list:
     from napari.layers import Labels
 
-    return [l for l in viewer.layers if isinstance(l, Labels)]
+    return [l for l in viewer.layers if isinstance(l, Labels) and l.metadata.get(ROLE) != ROLE_OUTLINE]
 
 
 def level0(data):
@@ -135,7 +137,23 @@ def focus_on(viewer, layer, zyx: Sequence[float], center: bool = True) -> None:
         if axis not in displayed:
             viewer.dims.set_point(axis, float(value))
     if center:
-        camera(viewer).center = tuple(float(coords[a - offset]) for a in displayed if a >= offset)
+        wanted = [float(coords[a - offset]) for a in displayed if a >= offset]
+        camera(viewer).center = tuple(_keep_field_in_view(viewer, layer, displayed[-len(wanted):], wanted))
+
+
+def _keep_field_in_view(viewer, layer, axes, wanted):
+    """Clamp a camera centre so a border cell does not shove the field into a corner of the canvas."""
+    size = getattr(getattr(viewer, "canvas", None), "size", None)  # (height, width) in screen pixels
+    zoom = float(getattr(camera(viewer), "zoom", 0) or 0)
+    if size is None or zoom <= 0 or len(wanted) != 2:
+        return wanted
+    extent = np.asarray(layer.extent.world)  # (2, ndim): low and high corners
+    out = []
+    for axis, value, pixels in zip(axes, wanted, size):
+        lo, hi = float(extent[0][axis]), float(extent[1][axis])
+        half = 0.5 * float(pixels) / zoom
+        out.append((lo + hi) / 2 if hi - lo <= 2 * half else min(max(value, lo + half), hi - half))
+    return out
 
 
 def find_role(viewer, role: str, owner: str | None = None):

@@ -1,12 +1,26 @@
-"""A run/cancel/progress strip shared by the widgets, mirrored in napari's activity dock."""
+"""A run/cancel/progress strip shared by the widgets, mirrored in napari's activity dock.
+
+:meth:`JobPanel.start` is the one way a dock runs long work: a generator function (called with the
+panel's fresh :class:`~napari_gradcamo.progress.CancelToken` as its last argument) runs under napari's
+``thread_worker`` (:func:`~napari_gradcamo._qt.workers.start_job`); the panel owns the token, the
+Cancel button, the progress bar and the status line, and reports errors in the dock and as a
+napari notification.
+"""
 
 from __future__ import annotations
 
+import re
 import time
+from typing import Any, Callable
 
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from napari_gradcamo._qt.workers import default_synchronous, start_job
+from napari_gradcamo.progress import CancelToken
+
 ERROR_STYLE = "color: #ff6b6b;"
+#: napari's activity-dock bar redraws the window: update it at most this often (s)
+BAR_INTERVAL_S = 1.0
 OK_STYLE = ""
 
 
@@ -32,8 +46,43 @@ class JobPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
         layout.addWidget(self.status)
+        self.status.setMinimumHeight(2 * self.status.fontMetrics().lineSpacing() + 4)
         self._napari_bar = None
         self._started = 0.0
+        self._bar_updated = 0.0
+        self.token: CancelToken | None = None
+        self.job = None
+        self.synchronous = default_synchronous()
+        self.cancel_button.clicked.connect(self.cancel)
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None and self.job.running
+
+    def start(self, description: str, generator_function: Callable[..., Any], *args,
+              on_yield: Callable[[Any], None] | None = None, on_return: Callable[[Any], None] = lambda r: None,
+              on_error: Callable[[BaseException], None] | None = None, on_finished: Callable[[], None] = lambda: None):
+        """Run ``generator_function(*args, token)``; yields of ``(done, total, message)`` move the bar by default."""
+        self.token = CancelToken()
+        self.begin(description)
+        self.job = start_job(
+            generator_function, *args, self.token, synchronous=self.synchronous,
+            on_yield=on_yield or (lambda update: self.step(*update)), on_return=on_return,
+            on_error=on_error or (lambda error: self.end(f"Failed: {first_line(error)}", error=True)),
+            on_finished=on_finished,
+        )
+        return self.job
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next step."""
+        if self.token is not None:
+            self.token.cancel()
+        if self.running:
+            self.say("Cancelling after the current step…")
+
+    @property
+    def cancelled(self) -> bool:
+        return self.token is not None and self.token.cancelled
 
     @property
     def elapsed(self) -> float:
@@ -58,7 +107,9 @@ class JobPanel(QWidget):
         if message:
             self.say(message)
         bar = self._napari_bar
-        if bar is not None:
+        now = time.perf_counter()
+        if bar is not None and (now - self._bar_updated >= BAR_INTERVAL_S or done >= total):
+            self._bar_updated = now
             try:
                 bar.total = total
                 bar.n = min(int(done), total)
@@ -74,6 +125,8 @@ class JobPanel(QWidget):
             self.progress.setRange(0, 1)
             self.progress.setValue(0 if error else 1)
         self.say(message, error)
+        if error:
+            notify_error(message)
         bar, self._napari_bar = self._napari_bar, None
         if bar is not None:
             try:
@@ -84,3 +137,19 @@ class JobPanel(QWidget):
     def say(self, message: str, error: bool = False) -> None:
         self.status.setText(message)
         self.status.setStyleSheet(ERROR_STYLE if error else OK_STYLE)
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """An error message fit for a person: ANSI escapes removed, first line only, at most ``limit`` characters."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(error)).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def notify_error(message: str) -> None:
+    """Show ``message`` as a napari notification too (the dock shows it already)."""
+    try:
+        from napari.utils.notifications import show_error
+    except ImportError:
+        return
+    show_error(message)

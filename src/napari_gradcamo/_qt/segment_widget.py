@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from qtpy.QtWidgets import (
     QComboBox,
@@ -22,6 +24,9 @@ from napari_gradcamo._qt.panel import JobPanel
 from napari_gradcamo._qt.pickers import ImageLayersPicker, guarded
 from napari_gradcamo._qt.workers import default_synchronous, start_job, with_progress
 from napari_gradcamo.progress import Cancelled, CancelToken
+from napari_gradcamo.segment.cellpose import GENERALIST_MODEL, SegmentationSettings
+
+_DEFAULTS = SegmentationSettings()
 
 NONE = "— none —"
 INVALID_STYLE = "border: 2px solid #e0443e;"
@@ -71,7 +76,7 @@ class SegmentWidget(QWidget):
         self.diameter = QDoubleSpinBox(self)
         self.diameter.setRange(0.0, 1000.0)
         self.diameter.setDecimals(1)
-        self.diameter.setValue(30.0)
+        self.diameter.setValue(_DEFAULTS.diameter or 0.0)
         self.diameter.setSpecialValueText("model default")
         self.diameter.setSuffix(" px")
         self.diameter.setToolTip("Typical cell diameter in pixels (0 = the model's own).")
@@ -200,10 +205,11 @@ class SegmentWidget(QWidget):
             widget.setStyleSheet("")
 
     def _mark(self, message: str) -> None:
+        message = gui_message(message)
         self._clear_marks()
         hit = False
         for name, widget in self._fields.items():
-            if name in message:
+            if re.search(rf"\b{re.escape(name)}\b", message):
                 widget.setStyleSheet(INVALID_STYLE)
                 hit = True
         if not hit and ("channel" in message):
@@ -293,7 +299,7 @@ class SegmentWidget(QWidget):
         if isinstance(error, Cancelled):
             self.panel.end(self._stopped or "Segmentation cancelled; no layer was changed.", error=bool(self._stopped))
             return
-        self.panel.end(f"Segmentation failed: {error}", error=True)
+        self.panel.end(f"Segmentation failed: {gui_message(str(error))}", error=True)
         self._mark(str(error))
 
     @guarded
@@ -318,3 +324,22 @@ def _segment_job(image, settings, cancel):
 
     labels = yield from with_progress(segment, image, settings, cancel=cancel)
     return labels
+
+
+#: the core's advice for offline use names a Python function and CLI flags; a GUI user chooses in the dock
+_CORE_OFFLINE_HINT = "Pass a cellpose-3 model file path as the model instead"
+GUI_OFFLINE_HINT = (f"Choose '{GENERALIST_MODEL}' in the Model box (weights that need no download), "
+                    "or Browse… to a cellpose-3 model file.")
+
+
+def gui_message(message: str, limit: int = 400) -> str:
+    """A core error for the dock: terminal colour codes removed, the offline advice said in GUI words,
+    a long embedded exception cut short."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", message)
+    hint = ""
+    if _CORE_OFFLINE_HINT in text:
+        text, hint = text.split(_CORE_OFFLINE_HINT, 1)[0].rstrip(), " " + GUI_OFFLINE_HINT
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text + hint

@@ -30,14 +30,21 @@ REASON_NOT_AUDITED = "not audited yet"
 REASON_MOVED = "mask edited: the cell's crop moved, its Grad-CAM must be recomputed"
 REASON_NEW = "new label (painted after the audit)"
 
-#: colours (RGBA, 0..1) of the "flag" colouring; blue / orange is safe for red-green colour blindness
-COLOR_OK = (0.22, 0.55, 0.96, 1.0)
+#: colours (RGBA, 0..1) of the "flag" colouring; blue / orange is safe for red-green colour blindness.
+#: 'not audited' is a faint grey so that at the labels layer's opacity over bright stains it never reads
+#: like the saturated "looks at the cell" blue.
+COLOR_OK = (0.0, 0.42, 1.0, 1.0)
 COLOR_FLAGGED = (1.0, 0.48, 0.0, 1.0)
-COLOR_NOT_AUDITED = (0.62, 0.62, 0.62, 1.0)
+COLOR_NOT_AUDITED = (0.55, 0.55, 0.55, 0.3)
 COLOR_UNDEFINED = (0.85, 0.05, 0.15, 1.0)
 TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
 SCORE_COLORMAP = "viridis"
 COLOR_MODES = ("flag", "score")
+#: columns a person may colour the cells by, when the table has them (newer score columns included)
+SCORE_COLUMNS = ("gradcamo", "lift", "normalised", "chance", "probability")
+COLUMN_TITLES = {"gradcamo": "Grad-CAMO"}
+#: which checkpoint produced a row (the file name); '' for rows never audited
+MODEL = "model"
 
 
 # --------------------------------------------------------------------------- schema
@@ -122,13 +129,30 @@ def init_features(
 # --------------------------------------------------------------------------- rows and flags
 
 
-def reflag(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """``flagged`` = below ``threshold`` or undefined (audited cells), unless set by hand."""
+@dataclass(frozen=True)
+class FlagRule:
+    """Which score flags a cell below which value (see :class:`napari_gradcamo.audit.run.AuditSettings`)."""
+
+    threshold: float
+    on: str = "normalised"
+
+    def describe(self) -> str:
+        return f"{column_title(self.on)} < {self.threshold:.2f}"
+
+
+def as_rule(threshold: "float | FlagRule") -> FlagRule:
+    """A :class:`FlagRule`; a bare number is a threshold on raw Grad-CAMO (the paper's rule)."""
+    return threshold if isinstance(threshold, FlagRule) else FlagRule(float(threshold), "gradcamo")
+
+
+def reflag(table: pd.DataFrame, threshold: "float | FlagRule") -> pd.DataFrame:
+    """``flagged`` = the rule's score below its threshold, or undefined (audited cells), unless set by hand."""
     if len(table) == 0:
         out = table.copy()
         out["flagged"] = out["flagged"].astype(bool)
         return out
-    out = results.apply_threshold(table, float(threshold))
+    rule = as_rule(threshold)
+    out = results.apply_threshold(table, rule.threshold, on=rule.on)
     override = out[OVERRIDE].astype(str) if OVERRIDE in out else pd.Series("", index=out.index)
     out.loc[override == OVERRIDE_FLAGGED, "flagged"] = True
     out.loc[override == OVERRIDE_UNFLAGGED, "flagged"] = False
@@ -136,7 +160,7 @@ def reflag(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return out
 
 
-def merge_rows(table: pd.DataFrame, rows: pd.DataFrame, threshold: float) -> pd.DataFrame:
+def merge_rows(table: pd.DataFrame, rows: pd.DataFrame, threshold: "float | FlagRule") -> pd.DataFrame:
     """Replace (or add) the rows of ``rows``' labels by those rows, keeping hand flags and other tools' columns."""
     names = class_names_of(rows) or class_names_of(table)
     table = ensure_schema(table, names)
@@ -156,7 +180,7 @@ def merge_rows(table: pd.DataFrame, rows: pd.DataFrame, threshold: float) -> pd.
     return reflag(ensure_schema(merged, names), threshold)
 
 
-def restart(table: pd.DataFrame | None, labels: np.ndarray, class_names: Sequence[str], threshold: float) -> pd.DataFrame:
+def restart(table: pd.DataFrame | None, labels: np.ndarray, class_names: Sequence[str], threshold: "float | FlagRule") -> pd.DataFrame:
     """A fresh 'not audited' table for a new run over all cells, keeping only the hand flags."""
     fresh = init_features(labels, None, class_names, threshold)
     if table is not None and OVERRIDE in table and len(table):
@@ -165,7 +189,7 @@ def restart(table: pd.DataFrame | None, labels: np.ndarray, class_names: Sequenc
     return reflag(fresh, threshold)
 
 
-def set_override(table: pd.DataFrame, labels: Iterable[int], value: str, threshold: float) -> pd.DataFrame:
+def set_override(table: pd.DataFrame, labels: Iterable[int], value: str, threshold: "float | FlagRule") -> pd.DataFrame:
     """Flag (``"flagged"``), unflag (``"not flagged"``) or hand back to the threshold (``""``) some cells."""
     if value not in OVERRIDE_VALUES:
         raise ValueError(f"flag override must be one of {OVERRIDE_VALUES}, got {value!r}.")
@@ -174,7 +198,7 @@ def set_override(table: pd.DataFrame, labels: Iterable[int], value: str, thresho
     return reflag(out, threshold)
 
 
-def toggle_flag(table: pd.DataFrame, label: int, threshold: float) -> pd.DataFrame:
+def toggle_flag(table: pd.DataFrame, label: int, threshold: "float | FlagRule") -> pd.DataFrame:
     """Invert one cell's current flag by hand (a second toggle back to the threshold's verdict clears it)."""
     row = table.index[table["label"] == int(label)]
     if len(row) == 0:
@@ -239,7 +263,7 @@ def apply_mask_edit(
     labels: np.ndarray,
     touched: Iterable[int],
     cams: Mapping[int, object],
-    threshold: float,
+    threshold: "float | FlagRule",
 ) -> EditOutcome:
     """Update rows after ``touched`` labels were painted, erased or filled.
 
@@ -294,16 +318,42 @@ def apply_mask_edit(
 # --------------------------------------------------------------------------- colours and legend
 
 
-def _score_rgba(values: np.ndarray) -> np.ndarray:
+def color_columns(table: pd.DataFrame | None) -> list[str]:
+    """The score columns of :data:`SCORE_COLUMNS` that ``table`` has, in that order."""
+    if table is None:
+        return ["gradcamo"]
+    return [c for c in SCORE_COLUMNS if c in table and pd.api.types.is_numeric_dtype(table[c])]
+
+
+def column_title(column: str) -> str:
+    """How a score column is named to a person."""
+    return COLUMN_TITLES.get(column, column.replace("_", " "))
+
+
+def score_range(values: np.ndarray) -> tuple[float, float]:
+    """The span of the finite ``values`` the colours stretch over (so 0.03–0.46 does not all look alike)."""
+    finite = np.asarray(values, float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi
+
+
+def _score_rgba(values: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     from matplotlib import colormaps
 
-    return colormaps[SCORE_COLORMAP](np.clip(values, 0.0, 1.0))
+    lo, hi = value_range
+    return colormaps[SCORE_COLORMAP](np.clip((np.asarray(values, float) - lo) / (hi - lo), 0.0, 1.0))
 
 
-def label_colors(table: pd.DataFrame, mode: str = "flag") -> dict:
-    """``{label: RGBA}`` for a ``DirectLabelColormap``: by flag (blue ok / orange flagged) or by score.
+def label_colors(table: pd.DataFrame, mode: str = "flag", column: str = "gradcamo") -> dict:
+    """``{label: RGBA}`` for a ``DirectLabelColormap``: by flag (blue ok / orange flagged) or by a score column,
+    the colours spanning the scores seen (:func:`score_range`).
 
-    Labels without a row (``None`` key) and 'not audited' cells are grey; background (0) is transparent.
+    Labels without a row (``None`` key) and 'not audited' cells are faint grey; background (0) is transparent.
     """
     if mode not in COLOR_MODES:
         raise ValueError(f"colour mode must be one of {COLOR_MODES}, got {mode!r}.")
@@ -312,16 +362,16 @@ def label_colors(table: pd.DataFrame, mode: str = "flag") -> dict:
         return colors
     labels = table["label"].to_numpy(dtype=np.int64)
     audited = (table["status"] == results.STATUS_AUDITED).to_numpy()
-    score = table["gradcamo"].to_numpy(dtype=float)
     flagged = table["flagged"].to_numpy(dtype=bool)
     rgba = np.tile(np.array(COLOR_NOT_AUDITED), (len(table), 1))
     if mode == "flag":
         rgba[audited & ~flagged] = COLOR_OK
         rgba[flagged] = COLOR_FLAGGED
     else:
+        score = table[column].to_numpy(dtype=float) if column in table else np.full(len(table), np.nan)
         defined = audited & np.isfinite(score)
         if defined.any():
-            rgba[defined] = _score_rgba(score[defined])
+            rgba[defined] = _score_rgba(score[defined], score_range(score[defined]))
         rgba[audited & ~np.isfinite(score)] = COLOR_UNDEFINED
     for label, color in zip(labels, rgba):
         colors[int(label)] = color
@@ -330,23 +380,30 @@ def label_colors(table: pd.DataFrame, mode: str = "flag") -> dict:
 
 @dataclass
 class Legend:
-    """What the colours mean: swatches (text, RGBA) and, in score mode, a gradient with the threshold."""
+    """What the colours mean: swatches (text, RGBA) and, in score mode, a gradient over ``value_range``."""
 
     title: str
     swatches: list[tuple[str, tuple[float, ...]]]
     gradient: list[tuple[float, ...]] | None = None
     threshold: float | None = None
+    value_range: tuple[float, float] = (0.0, 1.0)
 
 
-def legend(mode: str, threshold: float, table: pd.DataFrame | None = None) -> Legend:
+def legend(mode: str, threshold: "float | FlagRule", table: pd.DataFrame | None = None, column: str = "gradcamo"
+           ) -> Legend:
     """Legend entries for the colours of :func:`label_colors`, with counts when ``table`` is given."""
+    rule = as_rule(threshold)
     counts = {"ok": None, "flagged": None, "not audited": None, "undefined": None}
+    value_range = (0.0, 1.0)
     if table is not None and len(table):
         audited = table["status"] == results.STATUS_AUDITED
         counts["flagged"] = int(table["flagged"].sum())
         counts["ok"] = int((audited & ~table["flagged"]).sum())
         counts["not audited"] = int((~audited).sum())
-        counts["undefined"] = int((audited & table["gradcamo"].isna()).sum())
+        if column in table:
+            score = table.loc[audited, column].to_numpy(dtype=float)
+            counts["undefined"] = int((~np.isfinite(score)).sum())
+            value_range = score_range(score)
 
     def n(key):
         return f" ({counts[key]})" if counts[key] is not None else ""
@@ -355,17 +412,18 @@ def legend(mode: str, threshold: float, table: pd.DataFrame | None = None) -> Le
         return Legend(
             "Cells coloured by flag",
             [
-                (f"looks at the cell: Grad-CAMO ≥ {threshold:.2f}{n('ok')}", COLOR_OK),
-                (f"flagged: < {threshold:.2f}, undefined, or by hand{n('flagged')}", COLOR_FLAGGED),
+                (f"looks at the cell: {column_title(rule.on)} ≥ {rule.threshold:.2f}{n('ok')}", COLOR_OK),
+                (f"flagged: < {rule.threshold:.2f}, undefined, or by hand{n('flagged')}", COLOR_FLAGGED),
                 (f"not audited{n('not audited')}", COLOR_NOT_AUDITED),
             ],
         )
     stops = [tuple(float(v) for v in c) for c in _score_rgba(np.linspace(0.0, 1.0, 11))]
     return Legend(
-        "Cells coloured by Grad-CAMO (0 → 1)",
+        f"Cells coloured by {column_title(column)} (lowest → highest seen)",
         [(f"undefined (NaN){n('undefined')}", COLOR_UNDEFINED), (f"not audited{n('not audited')}", COLOR_NOT_AUDITED)],
         stops,
-        float(threshold),
+        rule.threshold if rule.on == column else None,
+        value_range,
     )
 
 

@@ -7,7 +7,11 @@ from pathlib import Path
 from napari_gradcamo.models.metadata import ModelBundle
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
-DEMO_MODELS = ("honest", "shortcut")
+#: honest / shortcut: 5 stains (the synthetic Cell Painting demo); nucleus: 1 channel (DNA), for nucleus
+#: images such as the cells3d sample. All three: scripts/train_demo_models.py.
+DEMO_MODELS = ("honest", "shortcut", "nucleus")
+#: The two models of the honest/shortcut demo (the synthetic field's 5 stains).
+FIELD_MODELS = ("honest", "shortcut")
 
 
 def bundled_model_path(name: str) -> Path:

@@ -1,0 +1,296 @@
+"""The audit dock's interactions after a run: select a cell, flag, edit masks, delete cells, export.
+
+A mixin of :class:`~napari_gradcamo._qt.audit_widget.AuditWidget` (kept apart so neither file grows
+past a screenful of concerns); it uses the widget's ``viewer``, ``labels_layer``, ``results``,
+``panel``, ``cam_layers``, ``features()``, ``cams()`` and ``_set_features``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtWidgets import QFileDialog, QMessageBox
+
+from napari_gradcamo._qt import layers as L
+from napari_gradcamo._qt.pickers import guarded
+from napari_gradcamo.audit import labels_features, results
+from napari_gradcamo.io.images import ImageError
+
+
+class AuditEditsMixin:
+    """Selection, flags, mask edits and export for the audit dock."""
+
+    # ------------------------------------------------------------------ selection
+    def select_label(self, label: int, center: bool = True) -> None:
+        """Select a cell: its row, the layer's selected label, the camera, its Grad-CAM and outline."""
+        layer = self.labels_layer
+        if layer is None or self._selecting:
+            return
+        self._selecting = True
+        try:
+            label = int(label)
+            self.table.select_label(label)
+            layer.selected_label = label
+            self._last_selected = label
+            row = labels_features.row_of(self.features(layer), label)
+            if row is not None and center:
+                L.focus_on(self.viewer, layer, (row["centroid_z"], row["centroid_y"], row["centroid_x"]))
+            self._show_cell_cam(layer, label)
+        finally:
+            self._selecting = False
+
+    def _show_cell_cam(self, layer, label: int) -> None:
+        cam = self.cams(layer).get(label)
+        if cam is not None:
+            self.cam_layers.show_cell(layer, cam, label)
+            return
+        self.cam_layers.hide(all_cells=False)
+        row = labels_features.row_of(self.features(layer), label)
+        if row is not None and row["status"] == results.STATUS_AUDITED:
+            self.panel.say(f"Cell {label} was audited before this session: its Grad-CAM is not in memory "
+                           "('Run on selected' recomputes it).")
+        else:
+            self.panel.say(f"Cell {label} has no Grad-CAM yet (not audited).")
+
+    @guarded
+    def _on_canvas_click(self, layer, event):
+        """A click on a cell (pan/zoom or pick mode, 2D or 3D) selects its row."""
+        if event.type != "mouse_press" or str(layer.mode) not in ("pan_zoom", "pick", "transform"):
+            return
+        value = layer.get_value(
+            event.position, view_direction=event.view_direction, dims_displayed=event.dims_displayed, world=True
+        )
+        if isinstance(value, tuple):  # multiscale: (level, value)
+            value = value[-1]
+        if value is None or int(value) <= 0:
+            return
+        self.select_label(int(value), center=False)
+
+    @guarded
+    def _on_selected_label(self, event=None) -> None:
+        layer = self.labels_layer
+        if layer is None or self._selecting:
+            return
+        label = int(layer.selected_label)
+        # napari re-emits selected_label on every colormap change: act only when it really changed
+        if label == self._last_selected:
+            return
+        self._last_selected = label
+        if label > 0 and (self.features(layer)["label"] == label).any():
+            self._selecting = True
+            try:
+                self.table.select_label(label)
+                self._show_cell_cam(layer, label)
+            finally:
+                self._selecting = False
+
+    # ------------------------------------------------------------------ flags
+    def set_threshold(self, value: float) -> None:
+        if abs(self.results.flag_rule() - value) > 1e-9:
+            self.threshold.setValue(value)  # comes back here through valueChanged
+            return
+        if self.labels_layer is not None:
+            self._set_features(self.labels_layer, labels_features.reflag(self.features(), self.results.flag_rule()))
+
+    def _on_flag_toggled(self, label: int) -> None:
+        if self.labels_layer is not None:
+            self._set_features(self.labels_layer,
+                               labels_features.toggle_flag(self.features(), label, self.results.flag_rule()))
+
+    def _flag_selected(self) -> None:
+        chosen = self.table.selected_labels()
+        if not chosen or self.labels_layer is None:
+            self.panel.say("Select rows in the table to flag or unflag them.")
+            return
+        table = self.features()
+        flagged = table.set_index("label").loc[chosen, "flagged"]
+        value = labels_features.OVERRIDE_UNFLAGGED if bool(flagged.all()) else labels_features.OVERRIDE_FLAGGED
+        self._set_features(self.labels_layer,
+                           labels_features.set_override(table, chosen, value, self.results.flag_rule()))
+
+    # ------------------------------------------------------------------ mask edits
+    def delete_selected_cells(self) -> bool:
+        """Erase the selected cells in every slice (one undo step each); their rows go with them."""
+        layer = self.labels_layer
+        chosen = self.table.selected_labels() or ([int(layer.selected_label)] if layer is not None else [])
+        chosen = [c for c in chosen if c > 0]
+        if layer is None or not chosen:
+            self.panel.say("Select the cells to delete in the table (or pick a label) first.")
+            return False
+        data = np.asarray(L.level0(layer.data))
+        for label in chosen:
+            where = np.nonzero(data == label)
+            if where[0].size:
+                layer.data_setitem(where, 0)  # recorded for undo, reported by events.paint
+        self.cam_layers.hide(all_cells=False)
+        return True
+
+    @guarded
+    def _apply_edit(self, layer, touched) -> None:
+        if layer is None or layer is not self.labels_layer or not touched:
+            return
+        cams = self.cams(layer)
+        outcome = labels_features.apply_mask_edit(self.features(layer), L.labels_volume(layer), touched, cams,
+                                                  self.results.flag_rule())
+        for label in outcome.removed + outcome.moved:
+            cams.pop(label, None)
+        if outcome.removed or outcome.moved:
+            self._composites.pop(layer, None)
+            if self.all_cells_layer() is not None:
+                self._show_composite(layer)
+        self._set_features(layer, outcome.table)
+        notes = []
+        if outcome.rescored:
+            notes.append(f"rescored {', '.join(map(str, outcome.rescored))} with the cached Grad-CAM")
+        if outcome.added:
+            notes.append(f"new label(s) {', '.join(map(str, outcome.added))}: not audited")
+        if outcome.removed:
+            notes.append(f"deleted label(s) {', '.join(map(str, outcome.removed))}: rows removed")
+        if outcome.moved:
+            notes.append(f"crop moved for {', '.join(map(str, outcome.moved))}: recomputing its Grad-CAM")
+        if notes:
+            self.panel.say("Mask edit: " + "; ".join(notes) + ".")
+        if outcome.moved and self.bundle is not None:
+            self._pending.update(outcome.moved)
+            if not self.panel.running:
+                pending, self._pending = sorted(self._pending), set()
+                self._recompute(pending)
+
+    def recheck_masks(self) -> None:
+        """Compare the label image with the table and update every row whose mask changed."""
+        layer = self.labels_layer
+        if layer is None:
+            return
+        from napari_gradcamo.crops.extract import cell_table
+
+        current = {c.label: c for c in cell_table(L.labels_volume(layer))}
+        known = self.features(layer).set_index("label")
+        touched = set(known.index) ^ set(current)
+        for label, cell in current.items():
+            if label in known.index:
+                row = known.loc[label]
+                if int(row["volume_voxels"]) != cell.volume or not np.allclose(
+                    [row["centroid_z"], row["centroid_y"], row["centroid_x"]], cell.centroid
+                ):
+                    touched.add(label)
+        self._apply_edit(layer, touched)
+        if not touched:
+            self.panel.say("Masks and table agree; nothing to update.")
+
+    @guarded
+    def _on_data_replaced(self, layer) -> None:
+        if layer is not self.labels_layer:
+            return
+        self.cams(layer).clear()
+        self._composites.pop(layer, None)
+        self.cam_layers.hide()
+        names = self.bundle.metadata.class_names if self.bundle is not None else []
+        self._set_features(layer, labels_features.init_features(L.labels_volume(layer), None, names,
+                                                                self.results.flag_rule()))
+        self.panel.say("The label image was replaced: earlier results were cleared; every cell is 'not audited'.")
+
+    def _recompute(self, labels_to_do) -> None:
+        """Recompute the CAMs of cells whose crops moved after an edit (in the background)."""
+        current = self.table.current_label()
+        self._forced_selection = list(labels_to_do)
+        try:
+            self.run(only_selected=True)
+        finally:
+            self._forced_selection = None
+            if current is not None:
+                self.table.select_label(current)
+
+    # ------------------------------------------------------------------ save / export
+    def _save_dialog(self) -> None:
+        folder, _ = QFileDialog.getSaveFileName(self, "Save the audit as a folder", "gradcamo-audit")
+        if folder:
+            self.save_results(folder)
+
+    def save_results(self, folder) -> bool:
+        """Write image, masks, maps and table to a new results folder (see :mod:`napari_gradcamo.io.results_folder`)."""
+        from napari_gradcamo.io.results_folder import ResultsFolder, ResultsFolderError, write_results_folder
+
+        layer = self.labels_layer
+        try:
+            if layer is None:
+                raise ImageError("Choose the Labels layer first.")
+            image = self.picker.image()
+            saved = ResultsFolder(image.data, list(image.channel_names), tuple(image.voxel_size),
+                                  np.asarray(L.labels_volume(layer)), self.features(layer), dict(self.cams(layer)),
+                                  self.model_panel.model_name)
+            path = write_results_folder(folder, saved)
+        except (ImageError, ResultsFolderError, OSError) as error:
+            self.panel.end(f"Not saved: {error}", error=True)
+            return False
+        self.panel.say(f"Audit saved to {path} (File > Open… that folder brings it back).")
+        return True
+
+    def _export_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export flagged cells to a folder")
+        if folder:
+            self.export_to(folder)
+
+    def export_to(self, folder, overwrite: bool = False) -> bool:
+        """Export to ``folder``; asks before overwriting. Returns True when the export started."""
+        layer = self.labels_layer
+        try:
+            if layer is None:
+                raise ImageError("Choose the Labels layer first.")
+            image = self.picker.image()
+        except ImageError as error:
+            self.panel.end(str(error), error=True)
+            return False
+        table = self.features(layer)
+        crop_shape = self.bundle.metadata.crop_shape if self.bundle is not None else None
+        args = (folder, image, np.array(L.labels_volume(layer)), table, dict(self.cams(layer)), crop_shape, overwrite)
+        self._refresh_buttons(running=True)
+        self.panel.start(
+            f"Exporting {int(table['flagged'].sum())} flagged cell(s) to {folder}…", _export_job, *args,
+            on_return=self._on_export_done, on_error=lambda error: self._on_export_error(error, folder),
+            on_finished=lambda: self._refresh_buttons(running=False),
+        )
+        return True
+
+    @guarded
+    def _on_export_done(self, result) -> None:
+        if result is None:
+            self.panel.end("Export cancelled.")
+            return
+        self.last_export = result
+        self.panel.end(result.describe())
+        from napari.utils.notifications import show_info
+
+        show_info(result.describe())
+
+    @guarded
+    def _on_export_error(self, error, folder) -> None:
+        from napari_gradcamo._qt.panel import first_line
+        from napari_gradcamo.io.export import ExportExistsError
+
+        if isinstance(error, ExportExistsError):
+            if ask_overwrite(self, error):
+                self.panel.end("Overwriting…")
+                self.panel.job = None
+                self.export_to(folder, overwrite=True)
+            else:
+                self.panel.end("Export cancelled: no file was overwritten.")
+            return
+        self.panel.end(f"Export failed: {first_line(error)}", error=True)
+
+
+def ask_overwrite(parent, error) -> bool:
+    """Ask before overwriting an earlier export; True = overwrite."""
+    answer = QMessageBox.question(
+        parent, "Overwrite earlier export?",
+        f"{error}\n\nReplace those files with this export? (No keeps them and writes nothing.)",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
+def _export_job(folder, image, labels, table, cams, crop_shape, overwrite, cancel):
+    from napari_gradcamo._qt.workers import with_progress
+    from napari_gradcamo.io.export import export_flagged
+
+    result = yield from with_progress(export_flagged, folder, image, labels, table, cams, crop_shape,
+                                      overwrite=overwrite, cancel=cancel)
+    return result

@@ -1,0 +1,285 @@
+"""The audit dock's 'Model' box: checkpoint, image channel for each model channel, CAM method/layer/class."""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QCompleter,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+
+from napari_gradcamo._qt.panel import first_line, notify_error
+from napari_gradcamo._qt.pickers import guarded
+from napari_gradcamo.io.images import ImageError
+
+UNMAPPED = "— choose —"
+INVALID_STYLE = "border: 2px solid #e0443e;"
+ERROR_TEXT_STYLE = "color: #ff6b6b;"
+PREDICTED = "predicted class"
+
+
+class ModelPanel(QGroupBox):
+    """Choose a checkpoint and how to explain it; :meth:`audit_settings` turns the choices into core settings."""
+
+    model_changed = Signal(object)  # the new ModelBundle
+
+    def __init__(self, picker, parent=None, title: str = "Model"):
+        from napari_gradcamo.audit.cam import CAM_METHODS
+        from napari_gradcamo.audit.run import AuditSettings
+
+        super().__init__(title, parent)
+        defaults = AuditSettings()
+        self.picker = picker
+        self.bundle = None
+        self.source: str | None = None
+        self.layer_infos: list = []
+        self.model_combo = QComboBox(self)
+        self.model_combo.setToolTip("Bundled demo models and checkpoints opened before.")
+        self.open_button = QPushButton("Open…", self)
+        self.open_button.setToolTip("Load a checkpoint (.safetensors, or a .pt state dict with a .json beside it).")
+        self.model_info = QLabel("No model loaded.", self)
+        self.model_info.setWordWrap(True)
+        self.mapping_box = QWidget(self)
+        self.mapping_form = QFormLayout(self.mapping_box)
+        self.mapping_form.setContentsMargins(0, 0, 0, 0)
+        self.mapping_combos: list[QComboBox] = []
+        self.mapping_message = QLabel("", self)
+        self.mapping_message.setWordWrap(True)
+        self.method = QComboBox(self)
+        self.method.addItems(list(CAM_METHODS))
+        self.method.setCurrentText(defaults.method)
+        self.method.setToolTip("Grad-CAM variant (those that work on 3D networks).")
+        self.target_layer = QComboBox(self)
+        self.target_layer.setToolTip("Layer whose activations the CAM uses (any depth, indented as a tree); the output "
+                                     "shape (ch, z×y×x or y×x) is shown. Type to search.")
+        self.target_layer.setEditable(True)
+        self.target_layer.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.target_layer.completer().setFilterMode(Qt.MatchFlag.MatchContains)
+        self.target_layer.completer().setCompletionMode(QCompleter.CompletionMode.PopupCompletion)
+        self.target_class = QComboBox(self)
+        self.target_class.setToolTip("Explain the predicted class of each cell, or one fixed class.")
+        self.batch_size = QSpinBox(self)
+        self.batch_size.setRange(1, 512)
+        self.batch_size.setValue(int(defaults.batch_size))
+        self.device = QComboBox(self)
+        self.device.addItems(["auto", "cpu"])
+        row = QHBoxLayout()
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.open_button)
+        form = QFormLayout(self)
+        form.addRow("Checkpoint", row)
+        form.addRow(self.model_info)
+        form.addRow(QLabel("Image channel for each model channel:"))
+        form.addRow(self.mapping_box)
+        form.addRow(self.mapping_message)
+        form.addRow("CAM method", self.method)
+        form.addRow("Target layer", self.target_layer)
+        form.addRow("Target class", self.target_class)
+        form.addRow("Batch size", self.batch_size)
+        form.addRow("Device", self.device)
+        self.model_combo.activated.connect(self._on_model_chosen)
+        self.open_button.clicked.connect(self._open_dialog)
+        picker.changed.connect(self.refresh_mapping)
+        self._populate_models()
+
+    # ------------------------------------------------------------------ checkpoint
+    def _populate_models(self) -> None:
+        from napari_gradcamo.models.bundled import bundled_models
+
+        self.model_combo.clear()
+        self.model_combo.addItem("— choose a checkpoint —", None)
+        for name, path in bundled_models().items():
+            self.model_combo.addItem(f"{name} (demo)", str(path))
+
+    def _on_model_chosen(self, index: int) -> None:
+        path = self.model_combo.itemData(index)
+        if path:
+            self.load_model(path)
+
+    def _open_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a classifier checkpoint", "", "Checkpoints (*.safetensors *.pt *.pth *.bin);;All files (*)"
+        )
+        if path:
+            self.load_model(path)
+
+    @property
+    def model_name(self) -> str:
+        """The loaded checkpoint's file name ('' when none)."""
+        return Path(self.source).name if self.source else ""
+
+    def load_model(self, path) -> bool:
+        """Load a checkpoint, list its target layers and map its channels; False (with the reason) on failure."""
+        from napari_gradcamo._qt.trust_dialog import load_checkpoint_confirmed
+        from napari_gradcamo.audit.cam import default_target_layer, list_target_layers
+        from napari_gradcamo.models.metadata import CheckpointError
+
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+        try:
+            bundle = load_checkpoint_confirmed(self, path)
+            if bundle is None:  # a custom factory the user did not trust: nothing was imported
+                return False
+            meta = bundle.metadata
+            infos = list_target_layers(bundle.model, meta.crop_shape, len(meta.channel_names))
+            default = meta.target_layer or default_target_layer(infos)
+        except (CheckpointError, ValueError, OSError, RuntimeError) as error:
+            kept = f" The loaded model ({self.model_name}) is kept." if self.bundle is not None else ""
+            self.model_info.setText(escape(f"Could not load {Path(path).name}: {first_line(error)}{kept}"))
+            self.model_info.setStyleSheet(ERROR_TEXT_STYLE)
+            notify_error(f"Could not load {Path(path).name}: {first_line(error)}")
+            return False
+        finally:
+            QApplication.restoreOverrideCursor()
+        self.bundle, self.layer_infos, self.source = bundle, infos, str(path)
+        self.model_info.setStyleSheet("")
+        self.model_info.setText(
+            f"<b>{escape(Path(path).name)}</b>: {meta.architecture}<br>classes: {', '.join(meta.class_names)}<br>"
+            f"channels: {', '.join(meta.channel_names)}<br>crop z×y×x: {'×'.join(map(str, meta.crop_shape))}"
+            f"<br>head: {meta.head}; crops: {meta.crop_mode}<br>model voxel µm (z, y, x): "
+            f"{_voxels(meta.voxel_size)} (the image's is its layer scale; crops are resampled between them)"
+        )
+        self.target_layer.clear()
+        for info in infos:
+            self.target_layer.addItem("  " * info.depth + info.label, info.name)
+        names = [i.name for i in infos]
+        if default not in names:  # a stored layer that cannot be used: shown, with why, so the menu never hides it
+            self.target_layer.insertItem(0, f"{default}  (stored layer: not a single spatial output)", default)
+            names.insert(0, default)
+        self.target_layer.setCurrentIndex(names.index(default))
+        self.target_class.clear()
+        self.target_class.addItem(PREDICTED, None)
+        for name in meta.class_names:
+            self.target_class.addItem(name, name)
+        self._refresh_devices()
+        index = self.model_combo.findData(str(path))
+        if index < 0:
+            self.model_combo.addItem(Path(path).name, str(path))
+            index = self.model_combo.count() - 1
+        self.model_combo.setCurrentIndex(index)
+        self.refresh_mapping()
+        self.model_changed.emit(bundle)
+        return True
+
+    def _refresh_devices(self) -> None:
+        import torch
+
+        devices = ["auto", "cpu"]
+        if torch.cuda.is_available():
+            devices.append("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            devices.append("mps")
+        current = self.device.currentText()
+        self.device.clear()
+        self.device.addItems(devices)
+        if current in devices:
+            self.device.setCurrentText(current)
+
+    def set_busy(self, busy: bool) -> None:
+        self.open_button.setEnabled(not busy)
+        self.model_combo.setEnabled(not busy)
+
+    # ------------------------------------------------------------------ channel mapping
+    @guarded
+    def refresh_mapping(self) -> None:
+        """One combo per model channel, pre-set by name (case-insensitive); unmatched ones are flagged."""
+        from napari_gradcamo.audit.run import resolve_channels
+
+        image_names = self.picker.channel_names()
+        previous = {c.property("model_channel"): c.currentText() for c in self.mapping_combos}
+        while self.mapping_form.rowCount():
+            self.mapping_form.removeRow(0)
+        self.mapping_combos = []
+        if self.bundle is None:
+            self.mapping_message.setText("")
+            return
+        model_names = self.bundle.metadata.channel_names
+        try:
+            preset = resolve_channels(image_names, model_names)
+        except ImageError:
+            lower = [n.lower() for n in image_names]
+            preset = [lower.index(m.lower()) if m.lower() in lower else None for m in model_names]
+        if len(model_names) == 1 and len(image_names) == 1:
+            preset = [0]  # one stain, one model channel: nothing to choose
+        for i, name in enumerate(model_names):
+            combo = QComboBox(self.mapping_box)
+            combo.setProperty("model_channel", name)
+            combo.addItem(UNMAPPED, None)
+            for j, image_name in enumerate(image_names):
+                combo.addItem(f"{j}: {image_name}", j)
+            keep = combo.findText(previous.get(name, ""))
+            if keep > 0:
+                combo.setCurrentIndex(keep)
+            elif preset[i] is not None:
+                combo.setCurrentIndex(preset[i] + 1)
+            combo.currentIndexChanged.connect(self.check_mapping)
+            self.mapping_form.addRow(name, combo)
+            self.mapping_combos.append(combo)
+        self.check_mapping()
+
+    def check_mapping(self, *args) -> str:
+        """Validate the mapping; mark bad combos and return the problem ('' when it is fine)."""
+        problem = ""
+        chosen = [c.currentData() for c in self.mapping_combos]
+        for combo, value in zip(self.mapping_combos, chosen):
+            bad = value is None or chosen.count(value) > 1
+            combo.setStyleSheet(INVALID_STYLE if bad else "")
+        if self.bundle is not None:
+            model_names = self.bundle.metadata.channel_names
+            image_names = self.picker.channel_names()
+            missing = [m for m, v in zip(model_names, chosen) if v is None]
+            twice = sorted({image_names[v] for v in chosen if v is not None and chosen.count(v) > 1})
+            if not image_names:
+                problem = "Tick the image layers that hold the stains."
+            elif missing:
+                problem = (
+                    f"Channel mismatch: the model needs {', '.join(model_names)}; the image has "
+                    f"{', '.join(image_names)}. Choose an image channel for {', '.join(missing)}."
+                )
+            elif twice:
+                problem = f"Channel mismatch: image channel(s) {', '.join(twice)} are used for two model channels."
+        self.mapping_message.setText(problem)
+        self.mapping_message.setStyleSheet(ERROR_TEXT_STYLE if problem else "")
+        return problem
+
+    def set_channel_map(self, channel_map) -> None:
+        """Choose the image channel index for each model channel (for scripts and tests)."""
+        for combo, index in zip(self.mapping_combos, channel_map):
+            combo.setCurrentIndex(0 if index is None else int(index) + 1)
+        self.check_mapping()
+
+    def channel_map(self) -> list[int]:
+        problem = self.check_mapping()
+        if problem:
+            raise ImageError(problem)
+        return [int(c.currentData()) for c in self.mapping_combos]
+
+    def audit_settings(self, rule):
+        """The core :class:`~napari_gradcamo.audit.run.AuditSettings` for the current choices and flag rule."""
+        from napari_gradcamo.audit.run import AuditSettings
+
+        return AuditSettings(
+            method=self.method.currentText(),
+            target_layer=self.target_layer.currentData(),
+            target_class=self.target_class.currentData(),
+            batch_size=int(self.batch_size.value()),
+            device=self.device.currentText(),
+            threshold=float(rule.threshold),
+            flag_on=rule.on,
+            channel_map=self.channel_map(),
+        )
+
+
+def _voxels(size) -> str:
+    return "unknown" if size is None else " × ".join(f"{float(v):g}" for v in size)

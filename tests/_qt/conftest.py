@@ -1,0 +1,28 @@
+"""Fixtures of the dock tests: a real viewer with the small synthetic field and the audit dock."""
+
+import pytest
+
+from napari_gradcamo._qt import AuditWidget
+from napari_gradcamo._sample_data import field_layers
+
+
+@pytest.fixture
+def field_dock(make_napari_viewer, plugin_field, plugin_checkpoint):
+    """(viewer, audit dock with the test checkpoint, image layers, labels layer); jobs run synchronously."""
+    viewer = make_napari_viewer(show=True)
+    added = [getattr(viewer, f"add_{kind}")(data, **kw) for data, kw, kind in field_layers(plugin_field)]
+    widget = AuditWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.synchronous = True
+    assert widget.load_model(plugin_checkpoint)
+    widget.batch_size.setValue(1)
+    return viewer, widget, added[:-1], added[-1]
+
+
+@pytest.fixture
+def audited_dock(field_dock):
+    """(viewer, audit dock, labels layer) after an audit of every cell."""
+    viewer, widget, _, labels = field_dock
+    widget.batch_size.setValue(4)
+    assert widget.run()
+    return viewer, widget, labels

