@@ -66,7 +66,7 @@ def test_factories_of_any_signature():
     assert isinstance(call_factory(lambda: nn.Linear(2, 2), 5, 3, {}), nn.Module)
     m = call_factory(lambda in_chans, n_classes: nn.Conv2d(in_chans, n_classes, 1), 5, 3, {})
     assert (m.in_channels, m.out_channels) == (5, 3)
-    with pytest.raises(CheckpointError, match="failed when called"):
+    with pytest.raises(CheckpointError, match="when called with"):
         call_factory(lambda depth: nn.Linear(depth, 2), 5, 3, {})
     with pytest.raises(CheckpointError, match="not a torch.nn.Module"):
         call_factory(lambda: "model", 5, 3, {})

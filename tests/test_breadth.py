@@ -74,14 +74,21 @@ def train(data, options, planar, out):
     return out / "model.safetensors"
 
 
-def audit(data, planar, model, out) -> pd.DataFrame:
+def trust(options) -> list[str]:
+    """``--trust-factory`` for a family whose checkpoint names its own factory (the user trusts what they trained)."""
+    if "custom" not in options:
+        return []
+    return ["--trust-factory", json.loads(options[options.index("--arch-kwargs") + 1])["factory"]]
+
+
+def audit(data, planar, model, out, options=()) -> pd.DataFrame:
     d = data["2d" if planar else "3d"]
     manifest = pd.read_csv(d["test"])
     tables = []
     for _, row in manifest.iterrows():
         image = d["test"].parent / row["image"]
         assert main(["audit", str(image), "--model", str(model), "--masks", str(d["test"].parent / row["masks"]),
-                     "--out", str(out)]) == 0
+                     "--out", str(out), *trust(list(options))]) == 0
         table = pd.read_csv(next(out.glob(image.name.split(".")[0] + "*_gradcamo.csv")))
         tables.append(table.assign(true_class=row["class"]))
     return pd.concat(tables, ignore_index=True)
@@ -92,13 +99,13 @@ def test_family_end_to_end(family, data, tmp_path, capsys):
     options, planar, _ = FAMILIES[family]
     model = train(data, options, planar, tmp_path / "model")
     capsys.readouterr()
-    assert main(["layers", str(model)]) == 0
+    assert main(["layers", str(model), *trust(options)]) == 0
     listing = capsys.readouterr().out.splitlines()
     marked = [line for line in listing if line.startswith("* ")]
     assert len(marked) == 1 and "ch," in marked[0], f"the chosen layer must be listed with its shape: {listing}"
     candidates = [line for line in listing[2:] if " ch, " in line]
     assert len(candidates) >= 3
-    table = audit(data, planar, model, tmp_path / "audit")
+    table = audit(data, planar, model, tmp_path / "audit", options)
     assert len(table) >= 20
     undefined = table[table["gradcamo"].isna()]
     assert undefined["reason"].astype(str).str.contains("zero everywhere").all(), undefined["reason"].unique()

@@ -164,7 +164,8 @@ def test_centring_on_a_border_cell_keeps_the_field_in_view(audited):
 
 def test_segment_dock_says_model_errors_in_gui_words(make_napari_viewer):
     from napari_gradcamo._qt.segment_widget import GUI_OFFLINE_HINT, SegmentWidget
-    from napari_gradcamo.segment.cellpose import SegmentationError, SegmentationSettings, _check_model_file
+    from napari_gradcamo.segment.cellpose import SegmentationError, SegmentationSettings
+    from napari_gradcamo.segment.cellpose3 import check_model_file
 
     viewer = make_napari_viewer()
     widget = SegmentWidget(viewer)
@@ -172,7 +173,7 @@ def test_segment_dock_says_model_errors_in_gui_words(make_napari_viewer):
     junk = Path(__import__("tempfile").mkdtemp()) / "junk.pt"
     junk.write_bytes(b"\x80\x04not a model" * 100)
     with pytest.raises(SegmentationError) as caught:
-        _check_model_file(junk)
+        check_model_file(junk)
     widget._mark(str(caught.value) + "\x1b[31m" + "x" * 1500 + "\x1b[0m")
     assert widget.invalid_fields() == ["model"]  # not 'mode' as well
     text = widget.panel.status.text()

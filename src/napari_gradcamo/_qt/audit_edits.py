@@ -85,7 +85,7 @@ class AuditEditsMixin:
 
     # ------------------------------------------------------------------ flags
     def set_threshold(self, value: float) -> None:
-        if abs(self.results.flag_rule() - value) > 1e-9:
+        if abs(self.threshold.value() - value) > 1e-9:
             self.threshold.setValue(value)  # comes back here through valueChanged
             return
         if self.labels_layer is not None:

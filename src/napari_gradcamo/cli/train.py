@@ -34,7 +34,9 @@ def cmd_train(args) -> int:
         manifest, cache = load_cache(args, args.manifest, out, args.crop_shape, channels, classes)
         return _train_vae(args, manifest, cache, out)
     kwargs = _arch_kwargs(args)
-    check_layer(args.arch, kwargs, args.crop_shape, args.layer)  # unknown arch, kwargs or layer: before the cache
+    # a factory the user names on this command line (--arch custom --arch-kwargs '{"factory": ...}') is trusted
+    trusted = kwargs.get("factory") if args.arch == "custom" else None
+    check_layer(args.arch, kwargs, args.crop_shape, args.layer, trusted)  # unknown arch, kwargs or layer: before the cache
     config = TrainConfig(
         architecture=args.arch, architecture_kwargs=kwargs, target_layer=args.layer, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, val_fraction=args.val_fraction,
@@ -59,7 +61,7 @@ def cmd_train(args) -> int:
     extra = {"manifest": str(Path(args.manifest).resolve()), "crop_cache": str(cache.folder)}
     try:
         result = fit(cache.data, cache.class_names, cache.channel_names, args.crop_shape, config, out,
-                     resume=args.resume, extra_metadata=extra, input_metadata={"voxel_size": cache.voxel_size},
+                     resume=args.resume, extra_metadata=extra, trusted_factory=trusted, input_metadata={"voxel_size": cache.voxel_size},
                      progress=update, epoch_end=epoch_end)
     finally:
         bar.close()

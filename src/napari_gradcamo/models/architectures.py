@@ -280,10 +280,12 @@ def build_model(metadata: ModelMetadata, trusted_factory: str | None = None, sou
     )
 
 
-def check_layer(architecture: str, kwargs: dict, crop_shape: Sequence[int], layer: str | None) -> None:
+def check_layer(architecture: str, kwargs: dict, crop_shape: Sequence[int], layer: str | None,
+                trusted_factory: str | None = None) -> None:
     """Build the architecture once (cheaply, before any crop is cut) to refuse an unknown architecture,
     bad keyword arguments or a ``layer`` it does not have, naming the layers it has."""
-    model = build_model(ModelMetadata(architecture, ["a", "b"], ["c"], list(crop_shape), architecture_kwargs=kwargs))
+    model = build_model(ModelMetadata(architecture, ["a", "b"], ["c"], list(crop_shape), architecture_kwargs=kwargs),
+                        trusted_factory=trusted_factory)
     names = [name for name, _ in model.named_modules() if name]
     if layer is not None and layer not in names:
         raise ValueError(f"--layer {layer!r} is not a layer of {architecture}; its layers include "

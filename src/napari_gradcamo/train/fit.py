@@ -124,9 +124,12 @@ def _stored_layer(model, data: CropSet, rows: Sequence[int], normalization: dict
     """The layer stored with the trained model: :func:`napari_gradcamo.audit.layer_sweep.choose_layer`
     (deletion rule) on the validation crops; ``fallback`` when there are no validation crops or masks."""
     from napari_gradcamo.audit.layer_sweep import DELETION_FRACTION, choose_layer
+    from napari_gradcamo.audit.layers import model_spatial_dims
 
     if len(rows) == 0 or data.masks is None:
         return fallback, {"rule": "fallback (no validation crops with masks)", "layer": fallback}
+    if meta.head != "softmax" or model_spatial_dims(model) != 3:
+        return fallback, {"rule": "fallback (the deletion rule covers 3D softmax classifiers only)", "layer": fallback}
     rows = np.asarray(rows)
     rows = np.sort(rows[np.linspace(0, len(rows) - 1, min(len(rows), LAYER_RULE_CROPS)).astype(int)])
     layer, drops = choose_layer(model, np.asarray(data.x[rows]), np.asarray(data.masks[rows]), data.y[rows],
@@ -182,7 +185,8 @@ def _split_and_normalise(data: CropSet, class_names: Sequence[str], config: Trai
     return split, normalization, weights
 
 
-def _start_run(data, class_names, channel_names, crop_shape, config, input_metadata, device) -> _Run:
+def _start_run(data, class_names, channel_names, crop_shape, config, input_metadata, device,
+               trusted_factory: str | None = None) -> _Run:
     """A new model (seeded), its metadata, optimiser, schedule and loop state."""
     import torch
 
@@ -194,7 +198,7 @@ def _start_run(data, class_names, channel_names, crop_shape, config, input_metad
                          architecture_kwargs=dict(config.architecture_kwargs), normalization=normalization,
                          head=config.head, **(input_metadata or {}))
     torch.manual_seed(config.seed)
-    model = build_model(meta).to(device)
+    model = build_model(meta, trusted_factory=trusted_factory).to(device)
     layer = config.target_layer or _default_layer(model, meta)
     meta.target_layer = layer
     steps = count_steps(len(split["train"]), config.batch_size)
@@ -337,6 +341,7 @@ def fit(
     progress: ProgressCallback | None = None,
     epoch_end=None,
     cancel: CancelToken | None = None,
+    trusted_factory: str | None = None,
 ) -> FitResult:
     """Train a new classifier on ``data`` as ``gradcamo train`` does.
 
@@ -346,7 +351,8 @@ def fit(
     ``out_dir``: ``model.safetensors`` (best), ``last.safetensors``, ``resume.pt`` after every epoch,
     ``history.csv``; ``resume=True`` continues from ``resume.pt`` exactly where it stopped.
     ``epoch_end(epoch, stats)`` is called after each epoch. ``input_metadata`` (``voxel_size``,
-    ``crop_mode``, ``padding_value``) records how the crops were made.
+    ``crop_mode``, ``padding_value``) records how the crops were made; ``trusted_factory`` is the factory of a
+    ``custom`` architecture that the user named (see :func:`napari_gradcamo.models.architectures.build_model`).
     """
     from napari_gradcamo.audit.cam import pick_device
     from napari_gradcamo.models.checkpoint import save_checkpoint
@@ -355,7 +361,7 @@ def fit(
     _check_classes(data, class_names)
     out = Path(out_dir) if out_dir is not None else None
     device = pick_device(config.device)
-    run = _start_run(data, class_names, channel_names, crop_shape, config, input_metadata, device)
+    run = _start_run(data, class_names, channel_names, crop_shape, config, input_metadata, device, trusted_factory)
     if resume:
         _restore(run, out, config)
     total_steps = config.epochs * run.steps_per_epoch

@@ -168,8 +168,9 @@ def guidance_gradcamo(classifier, stains: np.ndarray, cell_masks: np.ndarray, cl
     wrapped = FixedTimestep(classifier, timestep)
     layer = f"classifier.down_blocks.{len(classifier.down_blocks) - 1}.resnets.0"
     with CamEngine(wrapped, layer, "gradcam", device="cpu") as engine:
-        probs, _, raw = engine.compute(np.asarray(stains, np.float32), list(classes))
-    cams = F.interpolate(torch.as_tensor(raw)[:, None], size=stains.shape[2:], mode="bilinear",
+        # the engine takes crops (N, C, z, y, x) and treats a 2D model's crop as z planes: one plane here
+        probs, _, raw = engine.compute(np.asarray(stains, np.float32)[:, :, None], list(classes))
+    cams = F.interpolate(torch.as_tensor(raw[:, 0])[:, None], size=stains.shape[2:], mode="bilinear",
                          align_corners=False)[:, 0].clamp_min(0).numpy()
     rows = []
     for i, (cam, mask) in enumerate(zip(cams, cell_masks)):
