@@ -119,6 +119,7 @@ def test_ten_thousand_cells_in_the_audit_widget(make_napari_viewer):
     start = time.perf_counter()
     layer.features = table
     refreshed = time.perf_counter() - start
+    widget.results.flag_on.setCurrentIndex(widget.results.flag_on.findData("gradcamo"))  # the scores set above
     start = time.perf_counter()
     widget.threshold.setValue(0.25)
     rethresholded = time.perf_counter() - start

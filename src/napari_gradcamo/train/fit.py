@@ -132,8 +132,12 @@ def _stored_layer(model, data: CropSet, rows: Sequence[int], normalization: dict
         return fallback, {"rule": "fallback (the deletion rule covers 3D softmax classifiers only)", "layer": fallback}
     rows = np.asarray(rows)
     rows = np.sort(rows[np.linspace(0, len(rows) - 1, min(len(rows), LAYER_RULE_CROPS)).astype(int)])
-    layer, drops = choose_layer(model, np.asarray(data.x[rows]), np.asarray(data.masks[rows]), data.y[rows],
-                                normalization, meta.crop_shape, device=device)
+    try:
+        layer, drops = choose_layer(model, np.asarray(data.x[rows]), np.asarray(data.masks[rows]), data.y[rows],
+                                    normalization, meta.crop_shape, device=device)
+    except (RuntimeError, ValueError) as error:  # e.g. in-place activations after a hooked layer (DenseNet)
+        return fallback, {"rule": f"fallback (the deletion rule could not run on this model: {error})",
+                          "layer": fallback}
     return layer, {"rule": f"largest mean drop of the true class's probability with the top {DELETION_FRACTION:.0%} "
                            "of each validation crop's map replaced by background", "layer": layer,
                    "deletion_drop": drops, "validation_crops": int(len(rows))}
