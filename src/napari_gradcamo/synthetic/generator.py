@@ -48,9 +48,19 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from napari_gradcamo.io.images import Image
+from napari_gradcamo.synthetic.shapes import (
+    NUCLEUS_XY_GAIN,
+    NUCLEUS_Z_GAIN,
+    boundaries,
+    draw_cells,
+    gauss,
+    rasterise,
+    render_segments,
+    smooth_noise,
+    um_to_px,
+)
 
 STAINS = ("DNA", "ER", "RNA", "AGP", "Mito")
 CONFOUNDS = (None, "background", "debris")
@@ -62,8 +72,6 @@ DEFAULT_SHAPE = (24, 192, 192)
 DEFAULT_VOXEL_SIZE = (1.0, 0.5, 0.5)
 
 # Treatment effect sizes at s = 1 (the highest class).
-NUCLEUS_XY_GAIN = 0.30
-NUCLEUS_Z_GAIN = 0.10
 DNA_GAIN = 0.6
 MITO_LENGTH_PX = (9.0, 3.0)  # mean tubule length (px along xy) at s = 0 and s = 1
 MITO_GAIN = 0.5
@@ -121,190 +129,6 @@ def class_strength(k: int, n_classes: int) -> float:
     return float(k) / (n_classes - 1) if n_classes > 1 else 0.0
 
 
-# --------------------------------------------------------------------------------------------
-# helpers
-
-
-def _gauss(a: np.ndarray, sigma) -> np.ndarray:
-    return ndi.gaussian_filter(a, sigma, mode="nearest", truncate=3.0)
-
-
-def _smooth_noise(rng: np.random.Generator, shape, sigma) -> np.ndarray:
-    """Smooth Gaussian noise with unit standard deviation (float32)."""
-    n = _gauss(rng.standard_normal(shape, dtype=np.float32), sigma)
-    sd = float(n.ravel()[::7].std()) or 1.0
-    n /= sd
-    return n
-
-
-def _um_to_px(values_um, voxel_size) -> tuple[float, float, float]:
-    return tuple(float(v) / float(s) for v, s in zip(values_um, voxel_size))
-
-
-def _render_segments(shape, starts, steps, lengths, weights, owner, allowed) -> np.ndarray:
-    """Sum segments into a volume: segment i has points ``starts[i] + t * steps[i]``, t < lengths[i].
-
-    A point is kept only where ``allowed`` (flat array of label ids, 0 = refused) equals ``owner[i]``.
-    """
-    size = int(np.prod(shape))
-    if len(starts) == 0:
-        return np.zeros(shape, np.float32)
-    lmax = int(np.ceil(lengths.max()))
-    t = np.arange(lmax, dtype=np.float32)
-    if steps.ndim == 2:  # straight segments
-        pts = starts[:, None, :] + t[None, :, None] * steps[:, None, :]
-    else:  # per-point steps (curved segments): cumulative sum, first point at the start
-        steps = steps[:, :lmax]
-        pts = starts[:, None, :] + np.cumsum(steps, axis=1) - steps[:, :1]
-    idx = np.rint(pts).astype(np.int64)
-    keep = t[None, :] < lengths[:, None]
-    for ax in range(3):
-        keep &= (idx[..., ax] >= 0) & (idx[..., ax] < shape[ax])
-    idx = idx[keep]
-    flat = np.ravel_multi_index((idx[:, 0], idx[:, 1], idx[:, 2]), shape)
-    own = np.broadcast_to(owner[:, None], keep.shape)[keep]
-    w = np.broadcast_to(weights[:, None], keep.shape)[keep]
-    ok = (allowed[flat] == own) & (own > 0)
-    out = np.bincount(flat[ok], weights=w[ok], minlength=size)
-    return out.astype(np.float32).reshape(shape)
-
-
-def _boundaries(labels: np.ndarray, z_weight: float = 0.6) -> np.ndarray:
-    """Membrane map: 1 on cell voxels that touch another label or background in y/x, ``z_weight`` in z."""
-    b = np.zeros(labels.shape, np.float32)
-    for axis, w in ((0, z_weight), (1, 1.0), (2, 1.0)):
-        diff = np.diff(labels, axis=axis) != 0
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis] = slice(0, -1)
-        hi[axis] = slice(1, None)
-        b[tuple(lo)] = np.maximum(b[tuple(lo)], w * diff)
-        b[tuple(hi)] = np.maximum(b[tuple(hi)], w * diff)
-    b[labels == 0] = 0
-    return b
-
-
-@dataclass
-class _Cell:
-    cy: float
-    cx: float
-    angle: float
-    a: float  # xy semi-axes (px) of the cell
-    b: float
-    height: float  # px (z) above the coverslip
-    harm: np.ndarray  # (k, amp, phase) rows
-    ny: float
-    nx: float
-    nz: float
-    n_angle: float
-    na: float  # nucleus semi-axes (px) at s = 0
-    nb: float
-    nc: float
-    n_harm: np.ndarray
-    nucleoli: np.ndarray  # (m, 3) offsets in units of the nucleus semi-axes
-
-
-def _draw_cells(rng, shape, n_cells, vox, z0) -> list[_Cell]:
-    """Random cells (class-independent); centres respect a minimal nucleus-to-nucleus distance."""
-    _, Y, X = shape
-    vz, vy, vx = vox
-    cells: list[_Cell] = []
-    max_nuc_xy = 5.4 * (1 + NUCLEUS_XY_GAIN) * 1.08  # µm, largest possible nucleus radius
-    min_dist = 2 * max_nuc_xy + 1.5  # µm between nucleus centres
-    tries = 0
-    while len(cells) < n_cells and tries < 400 * n_cells:
-        tries += 1
-        cy, cx = rng.uniform(0, Y), rng.uniform(0, X)
-        # nucleus centre offset from the cell centre
-        off_r, off_t = rng.uniform(0, 1.5), rng.uniform(0, 2 * np.pi)
-        ny, nx = cy + off_r * np.sin(off_t) / vy, cx + off_r * np.cos(off_t) / vx
-        if any(np.hypot((ny - c.ny) * vy, (nx - c.nx) * vx) < min_dist for c in cells):
-            continue
-        r_um = rng.uniform(11.0, 15.0)
-        aspect = rng.uniform(0.7, 1.0)
-        ks = np.arange(2, 6)
-        harm = np.stack([ks, rng.uniform(0, 0.11, ks.size) / (ks - 1) ** 0.5, rng.uniform(0, 2 * np.pi, ks.size)], 1)
-        nr_um = rng.uniform(4.3, 5.4)
-        n_aspect = rng.uniform(0.75, 0.95)
-        nzr_um = rng.uniform(2.4, 3.1)
-        nks = np.arange(2, 4)
-        n_harm = np.stack([nks, rng.uniform(0, 0.05, nks.size), rng.uniform(0, 2 * np.pi, nks.size)], 1)
-        m = rng.integers(1, 5)
-        nucleoli = rng.uniform(-0.45, 0.45, (m, 3)) * np.array([0.5, 1.0, 1.0])
-        height_um = rng.uniform(9.0, 12.0)
-        cells.append(
-            _Cell(
-                cy=cy, cx=cx, angle=rng.uniform(0, np.pi), a=r_um / vy, b=r_um * aspect / vy,
-                height=height_um / vz, harm=harm, ny=ny, nx=nx,
-                nz=z0 + (nzr_um * (1 + NUCLEUS_Z_GAIN) + 0.6) / vz,
-                n_angle=rng.uniform(0, np.pi), na=nr_um / vy, nb=nr_um * n_aspect / vy, nc=nzr_um / vz,
-                n_harm=n_harm, nucleoli=nucleoli,
-            )
-        )
-    return cells
-
-
-def _harmonic(theta, harm) -> np.ndarray:
-    mod = np.ones_like(theta)
-    for k, amp, ph in harm:
-        mod += amp * np.cos(k * theta + ph)
-    return mod
-
-
-def _rasterise(cells, shape, z0, rough, s_nuc, x_over_y=1.0):
-    """Whole-cell labels, nuclei, each voxel's normalised distance to its nucleus and to its cell rim."""
-    Z, Y, X = shape
-    best = np.full(shape, np.inf, np.float32)
-    lab = np.zeros(shape, np.uint32)
-    dnuc = np.full(shape, np.inf, np.float32)
-    dcell = np.full(shape, np.inf, np.float32)
-    fx = 1 + NUCLEUS_XY_GAIN * s_nuc
-    fz = 1 + NUCLEUS_Z_GAIN * s_nuc
-    for i, c in enumerate(cells, start=1):
-        reach = max(c.a, c.b) * 1.25 + 2  # in y pixels; x distances are scaled by x_over_y
-        y0, y1 = max(int(c.cy - reach), 0), min(int(c.cy + reach) + 2, Y)
-        x0, x1 = max(int(c.cx - reach / x_over_y), 0), min(int(c.cx + reach / x_over_y) + 2, X)
-        zlo, zhi = max(int(np.floor(z0)), 0), min(int(np.ceil(z0 + c.height)) + 1, Z)
-        if y1 <= y0 or x1 <= x0 or zhi <= zlo:
-            continue
-        sl = (slice(zlo, zhi), slice(y0, y1), slice(x0, x1))
-        zz = (np.arange(zlo, zhi, dtype=np.float32) - z0)[:, None, None]
-        yy = np.arange(y0, y1, dtype=np.float32)[:, None]
-        xx = np.arange(x0, x1, dtype=np.float32)[None, :]
-        # cell: half-ellipsoid dome with an irregular outline
-        dy, dx = yy - c.cy, (xx - c.cx) * x_over_y
-        ca, sa = np.cos(c.angle), np.sin(c.angle)
-        u, v = (dx * ca + dy * sa) / c.a, (-dx * sa + dy * ca) / c.b
-        rho = np.sqrt(u * u + v * v) / _harmonic(np.arctan2(dy, dx), c.harm)
-        zn = zz / c.height
-        d = np.sqrt(rho[None] ** 2 + zn**2) + 0.07 * rough[sl]
-        d = np.where(zz >= -0.5, d, np.inf).astype(np.float32)
-        # nucleus: irregular ellipsoid, scaled by the treatment
-        dy, dx = yy - c.ny, (xx - c.nx) * x_over_y
-        ca, sa = np.cos(c.n_angle), np.sin(c.n_angle)
-        u, v = (dx * ca + dy * sa) / (c.na * fx), (-dx * sa + dy * ca) / (c.nb * fx)
-        nrho = np.sqrt(u * u + v * v) / _harmonic(np.arctan2(dy, dx), c.n_harm)
-        nzz = (zz - (c.nz - z0)) / (c.nc * fz)
-        dn = (np.sqrt(nrho[None] ** 2 + nzz**2) + 0.03 * rough[sl]).astype(np.float32)
-        deff = np.where(dn < 1, dn - 2.0, d)  # own nucleus always wins
-        bview = best[sl]
-        win = deff < bview
-        bview[win] = deff[win]
-        lab[sl][win] = i
-        dnuc[sl][win] = dn[win]
-        dcell[sl][win] = d[win]
-    labels = np.where(best < 1, lab, 0).astype(np.uint32)
-    # keep ids consecutive (a cell may have lost every voxel to neighbours or the border)
-    present = np.unique(labels)
-    present = present[present > 0]
-    lut = np.zeros(len(cells) + 1, np.uint32)  # drawn cell index -> final id (0: vanished)
-    lut[present] = np.arange(1, present.size + 1, dtype=np.uint32)
-    if present.size != len(cells):
-        labels = lut[labels]
-    nuclei = np.where(dnuc < 1, labels, 0).astype(np.uint32)
-    return labels, nuclei, dnuc, dcell, lut
-
-
 def _add_debris(obj, rng, in_cell, voxel_size, density, z0) -> None:
     """Round specks floating in the medium above the coverslip, outside every cell, ``density`` × the base
     number per area."""
@@ -314,10 +138,10 @@ def _add_debris(obj, rng, in_cell, voxel_size, density, z0) -> None:
     points = np.zeros(in_cell.shape, np.float32)
     zlo = min(max(int(round(z0)), 0), Z - 1)
     points[rng.integers(zlo, Z, n), rng.integers(0, Y, n), rng.integers(0, X, n)] = 1.0
-    sigma = _um_to_px((_DEBRIS_RADIUS_UM,) * 3, voxel_size)
+    sigma = um_to_px((_DEBRIS_RADIUS_UM,) * 3, voxel_size)
     one = np.zeros((9, 9, 9), np.float32)
     one[4, 4, 4] = 1.0
-    specks = _gauss(points, sigma) * ~in_cell / max(float(_gauss(one, sigma).max()), 1e-12)
+    specks = gauss(points, sigma) * ~in_cell / max(float(gauss(one, sigma).max()), 1e-12)
     for name in DEBRIS_CHANNELS:
         obj[STAINS.index(name)] += _DEBRIS_INTENSITY[name] * specks
 
@@ -378,9 +202,9 @@ def generate_field(
 
     # ---- geometry --------------------------------------------------------------------------
     z0 = Z * r_geo.uniform(0.12, 0.25)  # coverslip plane (voxel index)
-    cells = _draw_cells(r_geo, shape, n_cells, voxel_size, z0)
-    rough = _smooth_noise(r_geo, shape, _um_to_px((1.5, 2.0, 2.0), voxel_size))
-    labels, nuclei, dnuc, dcell, lut = _rasterise(cells, shape, z0, rough, s, vx / vy)
+    cells = draw_cells(r_geo, shape, n_cells, voxel_size, z0)
+    rough = smooth_noise(r_geo, shape, um_to_px((1.5, 2.0, 2.0), voxel_size))
+    labels, nuclei, dnuc, dcell, lut = rasterise(cells, shape, z0, rough, s, vx / vy)
     n = int(labels.max())
     in_cell = labels > 0
     in_nuc = nuclei > 0
@@ -401,7 +225,7 @@ def generate_field(
     C = cyto[slab]
     perinuc = np.maximum(dn - 1.0, 0.0)
 
-    fine = _smooth_noise(r_tex, sshape, _um_to_px((0.5, 0.35, 0.35), voxel_size))
+    fine = smooth_noise(r_tex, sshape, um_to_px((0.5, 0.35, 0.35), voxel_size))
     obj = np.zeros((len(STAINS),) + shape, np.float32)
     o = {name: obj[i][slab] for i, name in enumerate(STAINS)}  # views into the slab
 
@@ -414,7 +238,7 @@ def generate_field(
             iy, ix = int(round(c.ny + oy * c.na * fx)), int(round(c.nx + ox * c.nb * fx * vy / vx))
             if 0 <= iz < sshape[0] and 0 <= iy < Y and 0 <= ix < X:
                 pts[iz, iy, ix] = 1.0
-    nucleoli = _gauss(pts, _um_to_px((0.6, 0.55, 0.55), voxel_size))
+    nucleoli = gauss(pts, um_to_px((0.6, 0.55, 0.55), voxel_size))
     peak = nucleoli.max()
     if peak > 0:
         nucleoli = np.minimum(nucleoli / (0.6 * peak), 1.0)
@@ -427,8 +251,8 @@ def generate_field(
     # ER: reticulum = zero crossings of band-passed noise; coarser and more perinuclear with treatment
     er_sigma = 0.35 * (1 + ER_SCALE_GAIN * s)
     white = r_tex.standard_normal(sshape, dtype=np.float32)
-    g1 = _gauss(white, _um_to_px((er_sigma * 1.6, er_sigma, er_sigma), voxel_size))
-    dog = g1 - _gauss(g1, _um_to_px((er_sigma * 2.4, er_sigma * 1.5, er_sigma * 1.5), voxel_size))
+    g1 = gauss(white, um_to_px((er_sigma * 1.6, er_sigma, er_sigma), voxel_size))
+    dog = g1 - gauss(g1, um_to_px((er_sigma * 2.4, er_sigma * 1.5, er_sigma * 1.5), voxel_size))
     dog /= float(dog.ravel()[::7].std()) or 1.0
     reticulum = np.exp(-((dog / 0.45) ** 2))
     lam = 1.1 * (1 - 0.45 * s)
@@ -443,7 +267,7 @@ def generate_field(
     o["RNA"][:] = rna * cell_fac[2][L]
 
     # AGP: plasma membrane on every border (also between touching cells), cortex, basal stress fibres
-    memb = _boundaries(L)
+    memb = boundaries(L)
     cortex = np.exp(-np.clip(1.0 - dc, 0, None) / 0.08)
     agp = memb * _I_AGP_MEMBRANE + (L > 0) * (_I_AGP_CORTEX * cortex + _I_AGP_DIFFUSE)
     starts, steps, lengths, owner = [], [], [], []
@@ -460,7 +284,7 @@ def generate_field(
         lengths.append(length)
         owner.append(np.full(k, i))
     if starts:
-        fib = _render_segments(
+        fib = render_segments(
             sshape, np.concatenate(starts).astype(np.float32), np.concatenate(steps).astype(np.float32),
             np.concatenate(lengths).astype(np.float32), np.full(sum(len(a) for a in owner), _I_AGP_FIBRE, np.float32),
             lut[np.concatenate(owner)].astype(np.int64), L.ravel(),
@@ -485,7 +309,7 @@ def generate_field(
         dz = np.broadcast_to(r_mito.normal(0, 0.12, (m, 1)) * vy / vz, phi.shape)
         step = np.stack([dz, np.sin(phi), np.cos(phi)], -1).astype(np.float32)
         p -= 0.5 * lens[:, None] * step[:, 0]  # tubules start near the sampled voxel, half a length back
-        mito = _render_segments(
+        mito = render_segments(
             sshape, p, step, lens, np.full(m, _I_MITO * (1 + MITO_GAIN * s), np.float32),
             L.ravel()[cand].astype(np.int64), np.where(C, L, 0).ravel(),
         )
@@ -510,7 +334,7 @@ def generate_field(
                     confound_strength * (0.3 + class_strength(confound_class, n_classes)), z0)
 
     # ---- optics, background, batch effect, noise --------------------------------------------
-    psf = _um_to_px((1.0, 0.3, 0.3), voxel_size)
+    psf = um_to_px((1.0, 0.3, 0.3), voxel_size)
     yy = (np.arange(Y, dtype=np.float32)[:, None] - (Y - 1) / 2) / (Y / 2)
     xx = (np.arange(X, dtype=np.float32)[None, :] - (X - 1) / 2) / (X / 2)
     flat = (1.0 - 0.18 * (yy**2 + xx**2) / 2)[None]
@@ -518,7 +342,7 @@ def generate_field(
     autofl = r_batch.uniform(0.7, 1.3, len(STAINS))
     data = np.empty_like(obj)
     for i, name in enumerate(STAINS):
-        blurred = _gauss(obj[i], psf)
+        blurred = gauss(obj[i], psf)
         signal = (blurred + _AUTOFLUORESCENCE[name] * autofl[i]) * (gains[i] * flat)
         data[i] = signal
     np.clip(data, 0, None, out=data)
