@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from analytic_models import ChannelMeanClassifier
-from napari_gradcamo.audit.cam import CAM_METHODS, CamEngine, cam_class, default_target_layer, list_target_layers
+from napari_gradcamo.audit.cam import CAM_METHODS, CamEngine, cam_class
+from napari_gradcamo.audit.layers import default_target_layer, list_target_layers
 from napari_gradcamo.audit.run import AuditSettings, run_audit
 from napari_gradcamo.io.images import make_image
 from napari_gradcamo.models.architectures import build_model

@@ -18,7 +18,8 @@ def speedups(cfg: dict) -> dict:
     import torch
 
     set_threads(cfg["threads"])
-    from napari_gradcamo.audit.cam import CamEngine, list_target_layers, upsample
+    from napari_gradcamo.audit.cam import CamEngine, upsample
+    from napari_gradcamo.audit.layers import list_target_layers
     from napari_gradcamo.audit.run import AuditSettings, prepare
 
     everywhere_cls = everywhere_class()

@@ -164,7 +164,7 @@ class ProfilesWidget(QWidget):
             self.load_model(bundled_model_path(text.split()[0]))
 
     def load_model(self, path) -> bool:
-        from napari_gradcamo.audit.cam import list_target_layers
+        from napari_gradcamo.audit.layers import list_target_layers
         from napari_gradcamo.models.checkpoint import load_checkpoint
         from napari_gradcamo.models.metadata import CheckpointError
         from napari_gradcamo.profiles.extract import default_feature_layer

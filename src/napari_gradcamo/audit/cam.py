@@ -12,13 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from napari_gradcamo.audit.layers import (  # noqa: F401  (re-exported: the layer API lived here)
-    LayerError,
-    LayerInfo,
-    default_target_layer,
-    list_target_layers,
-    model_spatial_dims,
-)
+from napari_gradcamo.audit.layers import model_spatial_dims
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "eigencam")
 #: Methods pytorch-grad-cam runs on 2D models only (they perturb the input image plane by plane).

@@ -22,7 +22,8 @@ import pandas as pd
 
 from napari_gradcamo.audit import results
 from napari_gradcamo.audit.batch import ScoredBatch, batch_of
-from napari_gradcamo.audit.cam import get_module, list_target_layers, pick_device, upsample
+from napari_gradcamo.audit.cam import get_module, pick_device, upsample
+from napari_gradcamo.audit.layers import list_target_layers
 from napari_gradcamo.audit.occlusion import background_levels
 from napari_gradcamo.audit.run import AuditSettings, cell_rows, prepare, resolve_target_class
 from napari_gradcamo.audit.scoring import inside_image_mask, score_cam

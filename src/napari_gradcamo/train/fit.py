@@ -111,7 +111,7 @@ LAYER_RULE_CROPS = 256
 
 def _default_layer(model, meta) -> str:
     """The layer the Grad-CAMO penalty uses during training (the stored layer is :func:`_stored_layer`'s)."""
-    from napari_gradcamo.audit.cam import default_target_layer, list_target_layers
+    from napari_gradcamo.audit.layers import default_target_layer, list_target_layers
     from napari_gradcamo.models.architectures import SMALL_CNN, SMALL_CNN_2D
 
     if meta.architecture in (SMALL_CNN, SMALL_CNN_2D):
