@@ -57,6 +57,8 @@ def test_bundled_demo_models_disagree_about_where_to_look():
 def confound_study():
     """Per seed: honest, stripes-shortcut and debris-shortcut models, each audited on held-out wells at
     the layer the training rule (deletion on validation wells) picks for it, with the occlusion drops."""
+    from napari_gradcamo.audit.run import AuditSettings
+    from napari_gradcamo.audit.sanity import check_image
     from napari_gradcamo.synthetic.score_study import CONFOUND_SCENARIOS, held_out_fields, occlusion_table, rule_layer
 
     study = {}
@@ -64,7 +66,12 @@ def confound_study():
         for name in ("honest", *CONFOUND_SCENARIOS.values()):
             bundle = train_scenario(name, seed=seed)
             layer, _ = rule_layer(bundle, name, seed)
-            study[seed, name] = occlusion_table(bundle, held_out_fields(name, seed), layer)
+            fields = held_out_fields(name, seed)
+            study[seed, name] = occlusion_table(bundle, fields, layer)
+            study[seed, name, "sanity"] = check_image(fields[0].image, fields[0].labels, bundle,
+                                                      AuditSettings(target_layer=layer), seed=seed)
+            if name == "honest":
+                study[seed, name, "bundle"], study[seed, name, "fields"] = bundle, fields
     return study
 
 
@@ -105,3 +112,40 @@ def test_occlusion_agrees_in_direction_with_the_score(confound_study, confound):
                                   ("shortcut", confound_study[seed, CONFOUND_SCENARIOS[confound]]))}
         print(f"{confound} seed {seed}: median (drop cell hidden − drop context hidden) {margin}")
         assert margin["honest"] > margin["shortcut"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_trained_models_pass_the_randomisation_check_at_the_rule_layer(confound_study, seed):
+    """Adebayo et al.'s model-randomisation test, every weight random, median over 5 draws."""
+    from napari_gradcamo.synthetic.score_study import CONFOUND_SCENARIOS
+
+    for name in ("honest", *CONFOUND_SCENARIOS.values()):
+        report = confound_study[seed, name, "sanity"]
+        last = report.steps[-1]
+        print(f"seed {seed} {name} at {report.layer}: every weight random, median Spearman per draw "
+              f"{[round(v, 2) for v in last.draw_spearman]} -> {last.median_spearman:.2f}")
+        assert report.passed, report.warnings
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_maps_of_a_model_trained_on_shuffled_labels_differ(confound_study, seed):
+    """Adebayo et al.'s data-randomisation test: the same architecture and data with the labels shuffled."""
+    import numpy as np
+
+    from napari_gradcamo.audit.batch import batch_of
+    from napari_gradcamo.audit.sanity import MAX_CORRELATION, compare_models
+    from napari_gradcamo.crops.extract import cell_table, extract_crop
+
+    bundle, fields = confound_study[seed, "honest", "bundle"], confound_study[seed, "honest", "fields"]
+    shuffled = train_scenario("honest", seed=seed, shuffle_labels=True)
+    field = fields[0]
+    crops = batch_of([extract_crop(field.image, field.labels, c, bundle.metadata.crop_shape)
+                      for c in cell_table(field.labels)])
+    layer = confound_study[seed, "honest", "sanity"].layer
+    rho = compare_models(bundle.model, shuffled.model, crops, bundle.metadata.normalization, layer)
+    median = float(np.nanmedian(rho))
+    print(f"seed {seed} at {layer}: shuffled-label model's training accuracy "
+          f"{shuffled.metadata.training['final_accuracy']:.2f}; median Spearman with the honest maps {median:.2f}")
+    assert median < MAX_CORRELATION

@@ -40,16 +40,21 @@ def scenario_fields(scenario: str, seed: int, n_fields: int, first_well: int = 0
     )
 
 
-def train_scenario(scenario: str, seed: int = 1, n_fields: int = 16, epochs: int = 6, width: int = 8) -> ModelBundle:
-    """Train the small 3D CNN on one scenario (≈1 min on 2 CPU cores)."""
+def train_scenario(scenario: str, seed: int = 1, n_fields: int = 16, epochs: int = 6, width: int = 8,
+                   shuffle_labels: bool = False) -> ModelBundle:
+    """Train the small 3D CNN on one scenario (≈1 min on 2 CPU cores). ``shuffle_labels`` permutes the
+    classes over the training crops (seeded): the data-randomisation control of the sanity checks."""
     import torch
 
     train = crops_from_fields(scenario_fields(scenario, seed, n_fields), CROP_SHAPE)
+    if shuffle_labels:
+        train.y = np.random.default_rng(seed).permutation(train.y)
     normalization = fit_normalization(train.x)
     meta = ModelMetadata(
         "small-cnn-3d", list(CLASS_NAMES), list(STAINS), list(CROP_SHAPE),
         architecture_kwargs={"width": width}, normalization=normalization, target_layer=TARGET_LAYER,
-        training={"scenario": scenario, "seed": seed, "n_fields": n_fields, "epochs": epochs, "crops": len(train)},
+        training={"scenario": scenario, "seed": seed, "n_fields": n_fields, "epochs": epochs, "crops": len(train),
+                  "shuffled_labels": shuffle_labels},
     )
     torch.manual_seed(seed)
     model = build_model(meta)

@@ -1,33 +1,29 @@
-"""Grad-CAMO as a training regulariser: a differentiable penalty that rewards attention on the cell.
+"""Grad-CAMO as a training regulariser: a differentiable penalty that rewards evidence on the cell.
 
 For a batch of crops with true classes ``y`` and central-cell masks ``M`` (crop grid), at a chosen layer
-with activations ``A`` (B, C, z', y', x'):
+with activations ``A`` (B, C, z', y', x') and the true-class gradients ``g = ∂logit_y/∂A`` (kept in the
+autograd graph, ``create_graph=True``):
 
-* Grad-CAM of the true class, kept in the autograd graph (``create_graph=True``):
-  ``w_c = mean_zyx ∂logit_y/∂A_c``, ``cam = ReLU(Σ_c w_c A_c)`` — the same map as pytorch-grad-cam's
-  GradCAM before its normalisation (and as :class:`napari_gradcamo.audit.cam.CamEngine` keeps it);
-* ``cam`` upsampled trilinearly to the crop grid (as :func:`napari_gradcamo.audit.cam.upsample`);
-* Grad-CAMO = Σ cam·M / Σ cam (as :func:`napari_gradcamo.audit.scoring.score_cam`);
-* penalty = mean over the batch of (1 − Grad-CAMO), over every crop whose mask is non-empty.
+* the penalty's map is the magnitude of every local first-order contribution, ``Σ_c |g_c · A_c|`` per
+  voxel (:func:`contribution_map`), upsampled to the crop grid;
+* its share inside the cell, ``Σ map·M / Σ map`` (:func:`share_inside`), is the crop's score;
+* penalty = mean over the batch of (1 − score), over every crop whose mask is non-empty.
 
-The penalty's map is a smooth, strictly positive version of the ReLU'd map (:func:`smooth_positive`:
-softplus of the signed map scaled by its own mean magnitude, temperature :data:`SOFTNESS`). With the plain
-ReLU a crop whose true-class map is ≤ 0 everywhere had no defined score and was left out of the penalty,
-and the ReLU passes no gradient from negative voxels: a model could escape the penalty by making its
-true-class evidence negative in training mode, and the audit (eval mode) then found what positive evidence
-was left on the background (seed 3 at λ = 0.5 in docs/regularizer.md). With the smooth map every crop
-counts and every voxel passes a gradient. The scores *reported* per crop stay the audit's (ReLU) ones.
+Why not the audit's Grad-CAM map (``ReLU(Σ_c mean(g_c) A_c)``)? It was the first objective, and it could
+be gamed (docs/regularizer.md): Grad-CAM averages each channel's gradient over the crop, so a channel that
+reads the background with gradients of both signs gets a weight near zero and vanishes from the map, and the
+ReLU hides evidence *against* the class. Over 8 seeds the Grad-CAM penalty raised the audit's Grad-CAMO on
+some and made the model *more* dependent on the background on others (seed 3 once collapsed to 0.000).
+Local contributions cannot cancel between voxels or channels, and background evidence of either sign
+costs. The scores *reported* per crop stay the audit's Grad-CAM ones (:func:`gradcam_of`).
 
 The training loss is ``cross_entropy + λ · penalty``; λ = 0 skips the penalty altogether, so training is
-exactly the plain loop. In training mode batch norm couples the crops of a batch, so the map can differ
-slightly from an audit's (eval mode); the score definition is the same.
+exactly the plain loop. In training mode batch norm couples the crops of a batch.
 """
 
 from __future__ import annotations
 
 EPS = 1e-8
-#: Temperature of :func:`smooth_positive`: a voxel at −1 mean magnitude keeps e^−SOFTNESS/SOFTNESS of one at 0.
-SOFTNESS = 10.0
 
 
 class LayerCapture:
@@ -53,15 +49,8 @@ class LayerCapture:
         self.remove()
 
 
-def differentiable_gradcam(logits, activations, target, create_graph: bool = True):
-    """Grad-CAM of class ``target[i]`` for each crop: (B, z', y', x') ≥ 0, differentiable w.r.t. the weights."""
-    import torch
-
-    return torch.relu(signed_gradcam(logits, activations, target, create_graph))
-
-
-def signed_gradcam(logits, activations, target, create_graph: bool = True):
-    """Σ_c w_c A_c before the ReLU (B, z', y', x'): negative where the evidence speaks against the class."""
+def true_class_gradients(logits, activations, target, create_graph: bool = True):
+    """∂logit_target[i]/∂A for each crop (same shape as ``activations``), in the graph if ``create_graph``."""
     import torch
 
     if activations is None or not activations.requires_grad:
@@ -69,23 +58,25 @@ def signed_gradcam(logits, activations, target, create_graph: bool = True):
                          "under torch.no_grad(), or are the weights frozen?).")
     score = logits.gather(1, target.reshape(-1, 1).long()).sum()
     (grads,) = torch.autograd.grad(score, activations, create_graph=create_graph)
+    return grads
+
+
+def gradcam_of(grads, activations):
+    """The audit's Grad-CAM map ReLU(Σ_c mean_zyx(g_c) · A_c): (B, z', y', x') ≥ 0."""
+    import torch
+
     spatial = tuple(range(2, activations.ndim))
     weights = grads.float().mean(dim=spatial, keepdim=True)
-    return (weights * activations.float()).sum(dim=1)
+    return torch.relu((weights * activations.float()).sum(dim=1))
 
 
-def smooth_positive(signed):
-    """softplus(τ·x/s)·s/τ per crop, s = the map's mean magnitude (not differentiated): ≈ ReLU(x) where
-    |x| ≫ s/τ, but > 0 everywhere and with a gradient at every voxel."""
-    import torch.nn.functional as F
-
-    dims = tuple(range(1, signed.ndim))
-    scale = signed.detach().abs().mean(dim=dims, keepdim=True).clamp_min(EPS)
-    return F.softplus(SOFTNESS * signed / scale) * scale / SOFTNESS
+def contribution_map(grads, activations):
+    """Σ_c |g_c · A_c| per voxel (B, z', y', x'): how much each place moves the logit, of either sign."""
+    return (grads.float() * activations.float()).abs().sum(dim=1)
 
 
-def soft_gradcamo(cam, cell_mask):
-    """Grad-CAMO of each map on the crop grid: returns (scores (B,), valid (B,) bool).
+def share_inside(cam, cell_mask):
+    """Share of each map inside the cell on the crop grid: returns (scores (B,), valid (B,) bool).
 
     ``cam`` (B, z', y', x') is upsampled trilinearly (bilinearly in 2D) to ``cell_mask``'s grid.
     """
@@ -104,17 +95,19 @@ def soft_gradcamo(cam, cell_mask):
 
 
 def gradcamo_penalty(logits, activations, target, cell_mask, create_graph: bool = True):
-    """Return (penalty, scores): mean (1 − Grad-CAMO) of the smooth true-class map over every crop with a
-    non-empty mask, and each crop's audit (ReLU) Grad-CAMO (NaN where that map is zero or the mask empty)."""
+    """Return (penalty, scores): mean (1 − share of the local contributions inside the cell) over every
+    crop with a non-empty mask, and each crop's audit Grad-CAMO (NaN where its Grad-CAM is zero or the mask
+    empty)."""
     import torch
 
-    signed = signed_gradcam(logits, activations, target, create_graph=create_graph)
-    smooth_scores, counted = soft_gradcamo(smooth_positive(signed), cell_mask)
+    grads = true_class_gradients(logits, activations, target, create_graph=create_graph)
+    shares, _ = share_inside(contribution_map(grads, activations), cell_mask)
+    counted = cell_mask.flatten(1).any(dim=1)
     if bool(counted.any()):
-        penalty = (1.0 - smooth_scores[counted]).mean()
+        penalty = (1.0 - shares[counted]).mean()
     else:
         penalty = logits.sum() * 0.0
     with torch.no_grad():
-        scores, valid = soft_gradcamo(torch.relu(signed.detach()), cell_mask)
+        scores, valid = share_inside(gradcam_of(grads.detach(), activations.detach()), cell_mask)
     reported = torch.where(valid, scores, torch.full_like(scores, float("nan")))
     return penalty, reported
