@@ -99,3 +99,16 @@ def test_export_refuses_mismatched_labels(tmp_path, plugin_field, audit):
 
     with pytest.raises(ImageError, match="differs"):
         export_flagged(tmp_path, plugin_field.image, plugin_field.labels[:, :10], table, cams)
+
+
+def test_gallery_text_never_shows_a_score_equal_to_a_threshold_it_is_not():
+    from napari_gradcamo.io.export import _fmt, _panel_text
+
+    assert _fmt(0.146, unlike=0.15) == "0.146" and _fmt(0.1496, unlike=0.15) == "0.1496"
+    assert _fmt(0.15, unlike=0.15) == "0.150" and _fmt(float("nan")) == "NaN" and _fmt(None) == "–"
+    row = pd.Series({"gradcamo": 0.21, "chance": 0.08, "normalised": 0.1499, "flagged": True,
+                     "predicted_class": "treated", "probability": 0.93})
+    text = _panel_text(row, 7, True, ("normalised", 0.15))
+    assert "normalised 0.1499 < 0.1500: flagged" in text, text
+    row["normalised"] = float("nan")
+    assert "normalised undefined (empty map): flagged" in _panel_text(row, 7, False, ("normalised", 0.15))

@@ -126,12 +126,43 @@ def _display(pixels: np.ndarray) -> np.ndarray:
     return out / max(len(proj), 1)
 
 
-def _fmt(value, digits: int = 2) -> str:
+def _fmt(value, digits: int = 3, unlike: float | None = None) -> str:
+    """``value`` with ``digits`` decimals, more (up to 6) where it would otherwise read the same as ``unlike``
+    (a score of 0.146 next to a threshold of 0.15 must not read "0.15")."""
     try:
         value = float(value)
     except (TypeError, ValueError):
         return "–"
-    return "NaN" if not np.isfinite(value) else f"{value:.{digits}f}"
+    if not np.isfinite(value):
+        return "NaN"
+    while unlike is not None and digits < 6 and value != unlike and f"{value:.{digits}f}" == f"{unlike:.{digits}f}":
+        digits += 1
+    return f"{value:.{digits}f}"
+
+
+def _flag_rule(run_record: dict | None) -> tuple[str, float] | None:
+    """(score, threshold) of the audit that made the table, from its run record."""
+    audit = ((run_record or {}).get("settings") or {}).get("audit") or {}
+    try:
+        return str(audit["flag_on"]), float(audit["threshold"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _panel_text(row, label: int, has_cam: bool, rule: tuple[str, float] | None) -> str:
+    lines = [f"cell {label} · Grad-CAMO {_fmt(row.get('gradcamo'))} (chance {_fmt(row.get('chance'))})"]
+    if rule is not None and rule[0] in row:
+        score, threshold = rule
+        value = pd.to_numeric(row.get(score), errors="coerce")
+        verdict = "flagged" if bool(row.get("flagged")) else "not flagged"
+        if np.isfinite(value):
+            sign = "<" if value < threshold else "≥"
+            lines.append(f"{score} {_fmt(value, unlike=threshold)} {sign} {_fmt(threshold, unlike=value)}: {verdict}")
+        else:
+            lines.append(f"{score} undefined (empty map): {verdict}")
+    lines.append(f"{row.get('predicted_class') or '?'} p={_fmt(row.get('probability'), 2)}"
+                 + ("" if has_cam else " · no Grad-CAM"))
+    return "\n".join(lines)
 
 
 def _save_png(fig, path: Path) -> None:
@@ -226,6 +257,7 @@ def export_flagged(
     for axis in "zyx":
         out_table[f"crop_origin_{axis}"] = np.nan
     names = [*image.channel_names, "mask", "gradcam"]
+    rule = _flag_rule(run_record)
     panels = []
     total = len(chosen) + 1
     for done, (_, row) in enumerate(chosen.iterrows()):
@@ -242,16 +274,11 @@ def export_flagged(
         out_table.loc[where, "crop_file"] = str(cell_paths[label].relative_to(folder))
         out_table.loc[where, ["crop_origin_z", "crop_origin_y", "crop_origin_x"]] = origin
         if gallery:
-            text = (
-                f"cell {label} · Grad-CAMO {_fmt(row.get('gradcamo'))} (chance {_fmt(row.get('chance'))})\n"
-                f"{row.get('predicted_class') or '?'} p={_fmt(row.get('probability'))}"
-                + ("" if label in cams else " · no Grad-CAM")
-            )
             panels.append({
                 "image": _display(pixels),
                 "mask": mask.max(axis=0) > 0,
                 "cam": cam.max(axis=0) if label in cams else None,
-                "text": text,
+                "text": _panel_text(row, label, label in cams, rule),
             })
         report(progress, done + 1, total, f"cell {label}")
     for column in ("crop_file",):
