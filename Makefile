@@ -47,6 +47,7 @@ test-cellpose4: setup-cellpose4
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/families.py
 
 bench-quick: setup
 	$(BIN)/python benchmarks/run.py --quick
