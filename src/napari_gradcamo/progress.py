@@ -7,9 +7,13 @@ tqdm bar, napari passes a ``thread_worker`` signal, tests pass nothing.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional
+from typing import Callable, Generator, Optional, TypeVar
 
 ProgressCallback = Callable[[int, int, str], None]
+T = TypeVar("T")
+#: A long step written as a generator: yields ``(done, total, message)``, returns its result. napari runs it
+#: in a ``thread_worker`` (each yield a progress update and a chance to stop); :func:`drain` runs it inline.
+Steps = Generator[tuple[int, int, str], None, T]
 
 
 class Cancelled(Exception):
@@ -44,3 +48,13 @@ def check(cancel: Optional[CancelToken], what: str = "the run") -> None:
     """Raise :class:`Cancelled` if ``cancel`` was set."""
     if cancel is not None:
         cancel.raise_if_cancelled(what)
+
+
+def drain(steps: Steps[T], progress: Optional[ProgressCallback] = None) -> T:
+    """Run a step generator to its end, handing each ``(done, total, message)`` to ``progress``."""
+    while True:
+        try:
+            done, total, message = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        report(progress, done, total, message)

@@ -240,3 +240,23 @@ def test_bad_checkpoints_are_refused_with_a_message(setup, tmp_path):
     torch.save(torch.nn.Linear(2, 2), pickled)
     assert not widget.load_model(pickled)
     assert "Refused" in widget.model_info.text() and widget.bundle is loaded
+
+
+def test_export_cancelled_between_cells_writes_no_table(setup, tmp_path):
+    """The export runs the core's per-cell steps in the job itself: Cancel stops it before the table is written."""
+    viewer, widget, _, labels = setup
+    assert widget.run()
+    widget.threshold.setValue(1.0)  # flag every cell (normalised ≤ 1), so the export has several steps
+    assert int(widget.features()["flagged"].sum()) >= 2
+    seen, step = [], widget.panel.step
+
+    def step_then_cancel(done, total, message=""):
+        seen.append(done)
+        step(done, total, message)
+        if done == 1:
+            widget.panel.cancel_button.click()
+
+    widget.panel.step = step_then_cancel
+    assert widget.export_to(tmp_path / "export")
+    assert seen == [1] and "cancelled" in widget.panel.status.text().lower()
+    assert not list((tmp_path / "export").glob("*.csv")) and not list((tmp_path / "export").glob("*.parquet"))

@@ -66,3 +66,29 @@ def test_dock_refuses_a_wrong_file(make_napari_viewer, tmp_path):
     bad.write_bytes(b"not a model")
     assert dock.load_model(str(bad)) is False
     assert "safetensors" in dock.panel.status.text() and dock.model is None
+
+
+def test_cancel_mid_prediction_adds_no_layer(make_napari_viewer, demo):
+    """The dock runs the core's sampling steps directly (no second thread): Cancel acts at the next step."""
+    from napari_gradcamo._qt.virtual_stain_dock import VirtualStainDock
+
+    pair, path = demo
+    viewer = make_napari_viewer()
+    viewer.add_image(pair.brightfield, name="brightfield", colormap="gray")
+    dock = VirtualStainDock(viewer)
+    dock.synchronous = True
+    assert dock.load_model(str(path))
+    dock.steps.setValue(5)
+    seen, step = [], dock.panel.step
+
+    def step_then_cancel(done, total, message=""):
+        seen.append((done, total))
+        step(done, total, message)
+        if done == 2:
+            dock.panel.cancel_button.click()
+
+    dock.panel.step = step_then_cancel
+    assert dock.run()
+    assert seen == [(1, 5), (2, 5)]
+    assert "cancelled" in dock.panel.status.text() and [layer.name for layer in viewer.layers] == ["brightfield"]
+    assert dock.run_button.isEnabled() and not dock.panel.cancel_button.isEnabled()

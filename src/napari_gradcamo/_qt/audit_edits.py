@@ -288,9 +288,7 @@ def ask_overwrite(parent, error) -> bool:
 
 
 def _export_job(folder, image, labels, table, cams, crop_shape, overwrite, cancel):
-    from napari_gradcamo._qt.workers import with_progress
-    from napari_gradcamo.io.export import export_flagged
+    from napari_gradcamo.io.export import iter_export_flagged
 
-    result = yield from with_progress(export_flagged, folder, image, labels, table, cams, crop_shape,
-                                      overwrite=overwrite, cancel=cancel)
-    return result
+    return (yield from iter_export_flagged(folder, image, labels, table, cams, crop_shape, overwrite=overwrite,
+                                           cancel=cancel))

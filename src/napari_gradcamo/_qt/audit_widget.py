@@ -32,13 +32,13 @@ from napari_gradcamo._qt.audit_runner import REFRESH_MS, AuditRun, AuditRunMixin
 from napari_gradcamo._qt.cam_layers import CamLayers
 from napari_gradcamo._qt.mask_edits import MaskEditWatcher
 from napari_gradcamo._qt.model_panel import ModelPanel
-from napari_gradcamo._qt.panel import JobPanel
+from napari_gradcamo._qt.panel import JobPanel, PanelJobs
 from napari_gradcamo._qt.pickers import ImageLayersPicker, LabelsLayerPicker, guarded
 from napari_gradcamo._qt.results_panel import ResultsPanel, legend_html  # noqa: F401  (legend_html: public API)
 from napari_gradcamo.audit import labels_features
 
 
-class AuditWidget(AuditRunMixin, AuditEditsMixin, QWidget):
+class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
     """Load a classifier, audit every cell's Grad-CAM, and browse, flag and export the results."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -147,18 +147,6 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, QWidget):
     @property
     def bundle(self):
         return self.model_panel.bundle
-
-    @property
-    def job(self):
-        return self.panel.job
-
-    @property
-    def synchronous(self) -> bool:
-        return self.panel.synchronous
-
-    @synchronous.setter
-    def synchronous(self, value: bool) -> None:
-        self.panel.synchronous = bool(value)
 
     @property
     def mapping_combos(self) -> list:

@@ -139,6 +139,29 @@ class JobPanel(QWidget):
         self.status.setStyleSheet(ERROR_STYLE if error else OK_STYLE)
 
 
+class PanelJobs:
+    """For a dock whose long work runs through its ``panel`` (a :class:`JobPanel`): the running job and the
+    ``synchronous`` switch (tests run jobs inline) are the panel's."""
+
+    panel: JobPanel
+
+    @property
+    def job(self):
+        return self.panel.job
+
+    @property
+    def synchronous(self) -> bool:
+        return self.panel.synchronous
+
+    @synchronous.setter
+    def synchronous(self, value: bool) -> None:
+        self.panel.synchronous = bool(value)
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next step."""
+        self.panel.cancel()
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
     """An error message fit for a person: ANSI escapes removed, first line only, at most ``limit`` characters."""
     text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(error)).strip()

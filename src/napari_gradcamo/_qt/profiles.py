@@ -27,10 +27,9 @@ from qtpy.QtWidgets import (
 
 from napari_gradcamo._qt import layers as L
 from napari_gradcamo._qt._compat import avoid_llvm_clash
-from napari_gradcamo._qt.panel import JobPanel
+from napari_gradcamo._qt.panel import JobPanel, PanelJobs
 from napari_gradcamo._qt.pickers import ImageLayersPicker, LabelsLayerPicker, guarded
-from napari_gradcamo._qt.workers import default_synchronous, start_job, with_progress
-from napari_gradcamo.progress import Cancelled, CancelToken
+from napari_gradcamo.progress import Cancelled
 
 COLOR_CHOICES = ("class", "predicted_class", "site", "gradcamo", "local_quality")
 CONTINUOUS = ("gradcamo", "local_quality")  # in [0, 1], drawn with viridis
@@ -38,38 +37,31 @@ ALL_IMAGES = "— all rows —"
 BROWSE = "Browse…"
 
 
-def _compute(image, labels, bundle, layer, seed, progress=None, cancel=None):
+def _profile_job(image, labels, bundle, layer, seed, cancel):
+    """Worker body: crops, then the core's profile steps (one per batch, then the UMAP); None if cancelled."""
     from napari_gradcamo.crops.datasets import cropset_from_image
-    from napari_gradcamo.profiles.extract import profile_table
+    from napari_gradcamo.profiles.extract import iter_profile_table
 
-    data = cropset_from_image(image, labels, bundle)
-    table, info = profile_table(bundle, data, layer=layer, seed=seed, progress=progress, cancel=cancel)
+    try:
+        data = cropset_from_image(image, labels, bundle)
+        table, info = yield from iter_profile_table(bundle, data, layer=layer, seed=seed, cancel=cancel)
+    except Cancelled:
+        return None
     table.attrs = {}
     return table, info
 
 
-def _profile_job(image, labels, bundle, layer, seed, cancel):
-    try:
-        result = yield from with_progress(_compute, image, labels, bundle, layer, seed, cancel=cancel)
-    except Cancelled:
-        return None
-    return result
-
-
-class ProfilesWidget(QWidget):
+class ProfilesWidget(PanelJobs, QWidget):
     """UMAP of single-cell profiles, linked to a labels layer: click a point ↔ select a cell."""
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         avoid_llvm_clash()
         self.viewer = napari_viewer
-        self.synchronous = default_synchronous()
         self.bundle = None
         self.table: pd.DataFrame | None = None
         self.info: dict = {}
         self.labels_layer = None
-        self.job = None
-        self._cancel: CancelToken | None = None
         self._selecting = False
         self._highlight = None
         self._scatter = None
@@ -131,7 +123,6 @@ class ProfilesWidget(QWidget):
         self.axes = self.figure.add_subplot(111)
         self.canvas.mpl_connect("pick_event", self._on_pick)
         self.panel = JobPanel(self)
-        self.panel.cancel_button.clicked.connect(self.cancel)
 
         layout = QVBoxLayout(self)
         layout.addWidget(data_box)
@@ -205,22 +196,11 @@ class ProfilesWidget(QWidget):
         except ValueError as error:
             self.panel.say(str(error), error=True)
             return False
-        self._cancel = CancelToken()
-        self.panel.begin("Profiles: features and Grad-CAMO per cell…")
-        self.job = start_job(
-            _profile_job, image, labels, self.bundle, self.feature_layer(), seed, self._cancel,
-            synchronous=self.synchronous,
-            on_yield=lambda update: self.panel.step(*update),
-            on_return=self._on_computed, on_error=self._on_error, on_finished=self._refresh_buttons,
-        )
+        self.panel.start("Profiles: features and Grad-CAMO per cell…", _profile_job, image, labels, self.bundle,
+                         self.feature_layer(), seed, on_return=self._on_computed, on_error=self._on_error,
+                         on_finished=self._refresh_buttons)
         self._refresh_buttons()
         return True
-
-    def cancel(self) -> None:
-        if self._cancel is not None:
-            self._cancel.cancel()
-        if self.job is not None:
-            self.job.quit()
 
     def _on_computed(self, result) -> None:
         if result is None:

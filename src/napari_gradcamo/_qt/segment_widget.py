@@ -20,11 +20,10 @@ from qtpy.QtWidgets import (
 
 from napari_gradcamo._qt import layers as L
 from napari_gradcamo._qt._compat import avoid_llvm_clash
-from napari_gradcamo._qt.panel import JobPanel
+from napari_gradcamo._qt.panel import JobPanel, PanelJobs
 from napari_gradcamo._qt.pickers import ImageLayersPicker, guarded
-from napari_gradcamo._qt.workers import default_synchronous, start_job, with_progress
-from napari_gradcamo.progress import Cancelled, CancelToken
-from napari_gradcamo.segment.cellpose import GENERALIST_MODEL, SegmentationSettings
+from napari_gradcamo.progress import Cancelled
+from napari_gradcamo.segment.cellpose import GENERALIST_MODEL, SegmentationSettings, iter_segment
 
 _DEFAULTS = SegmentationSettings()
 
@@ -44,7 +43,7 @@ def _guess(names, hints) -> int | None:
     return None
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(PanelJobs, QWidget):
     """Segment cells with cellpose (stitched 2D per slice, or 3D); the result is a Labels layer."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -53,10 +52,7 @@ class SegmentWidget(QWidget):
         from napari_gradcamo.segment.cellpose import GENERALIST_MODEL, available_models
 
         self.viewer = napari_viewer
-        self.synchronous = default_synchronous()
         self.output_layer = None
-        self.job = None
-        self._cancel: CancelToken | None = None
         self._source_layers: list = []
         self._stopped = ""
 
@@ -137,7 +133,6 @@ class SegmentWidget(QWidget):
         self.picker.changed.connect(self._on_source_changed)
         self.browse.clicked.connect(self._browse)
         self.run_button.clicked.connect(self.run)
-        self.panel.cancel_button.clicked.connect(self.cancel)
         self.mode.currentIndexChanged.connect(self._on_mode)
         for widget in self._fields.values():
             signal = getattr(widget, "currentIndexChanged", None) or getattr(widget, "valueChanged", None)
@@ -241,27 +236,12 @@ class SegmentWidget(QWidget):
         self._clear_marks()
         self._stopped = ""
         self._source_layers = self.picker.layers()
-        self._cancel = CancelToken()
         self.run_button.setEnabled(False)
-        self.panel.begin(f"cellpose ({settings.model}) on {'×'.join(map(str, image.spatial_shape))} voxels…")
         self._image_shape = image.spatial_shape
-        self.job = start_job(
-            _segment_job, image, settings, self._cancel,
-            synchronous=self.synchronous,
-            on_yield=self._on_progress, on_return=self._on_done, on_error=self._on_error,
-            on_finished=self._on_finished,
-        )
+        self.panel.start(f"cellpose ({settings.model}) on {'×'.join(map(str, image.spatial_shape))} voxels…",
+                         iter_segment, image, settings, on_return=self._on_done, on_error=self._on_error,
+                         on_finished=self._on_finished)
         return True
-
-    def cancel(self) -> None:
-        if self._cancel is not None:
-            self._cancel.cancel()
-            self.panel.say("Cancelling after the current slice…")
-
-    @guarded
-    def _on_progress(self, update) -> None:
-        done, total, message = update
-        self.panel.step(done, total, message)
 
     @guarded
     def _on_done(self, labels) -> None:
@@ -316,14 +296,6 @@ class SegmentWidget(QWidget):
             self._stopped = f"Layer '{layer.name}' was deleted while cellpose ran on it: segmentation stopped, no layer was changed."
             self.cancel()
             self.panel.say(self._stopped, error=True)
-
-
-def _segment_job(image, settings, cancel):
-    """Worker body: cellpose with progress updates; returns the label volume."""
-    from napari_gradcamo.segment.cellpose import segment
-
-    labels = yield from with_progress(segment, image, settings, cancel=cancel)
-    return labels
 
 
 #: the core's advice for offline use names a Python function and CLI flags; a GUI user chooses in the dock

@@ -23,28 +23,24 @@ from qtpy.QtWidgets import (
 
 from napari_gradcamo._qt import layers as L
 from napari_gradcamo._qt._compat import avoid_llvm_clash
-from napari_gradcamo._qt.panel import JobPanel
+from napari_gradcamo._qt.panel import JobPanel, PanelJobs
 from napari_gradcamo._qt.pickers import guarded
-from napari_gradcamo._qt.workers import default_synchronous, start_job, with_progress
-from napari_gradcamo.progress import Cancelled, CancelToken
+from napari_gradcamo.progress import Cancelled
 
 NO_LABEL = "— no label —"
 COLORMAPS = {"DNA": "blue", "ER": "green", "RNA": "cyan", "AGP": "red", "Mito": "magenta"}
 SUFFIX = " (virtual)"
 
 
-class VirtualStainDock(QWidget):
+class VirtualStainDock(PanelJobs, QWidget):
     """Pick a brightfield layer, a model file and a class; Predict adds one layer per stain."""
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         avoid_llvm_clash()
         self.viewer = napari_viewer
-        self.synchronous = default_synchronous()
         self.model = None
-        self.job = None
         self.output_layers: list = []
-        self._cancel: CancelToken | None = None
         self._source = None
 
         self.layer = QComboBox(self)
@@ -93,7 +89,6 @@ class VirtualStainDock(QWidget):
         self.browse.clicked.connect(self._browse)
         self.load_button.clicked.connect(lambda: self.load_model(self.path.text().strip()))
         self.run_button.clicked.connect(self.run)
-        self.panel.cancel_button.clicked.connect(self.cancel)
         napari_viewer.layers.events.inserted.connect(self._refresh_layers)
         napari_viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
@@ -184,23 +179,11 @@ class VirtualStainDock(QWidget):
             return False
         kwargs = dict(klass=klass, guidance_scale=scale, sampler=self.sampler.currentText(),
                       steps=int(self.steps.value()), seed=int(self.seed.value()))
-        self._cancel = CancelToken()
         self.run_button.setEnabled(False)
-        self.panel.begin(f"Sampling {kwargs['steps']} {kwargs['sampler'].upper()} steps on "
-                         f"{'×'.join(map(str, image.shape))}…")
-        self.job = start_job(_predict_job, self.model, image, kwargs, self._cancel, synchronous=self.synchronous,
-                             on_yield=self._on_progress, on_return=self._on_done, on_error=self._on_error,
-                             on_finished=self._on_finished)
+        self.panel.start(f"Sampling {kwargs['steps']} {kwargs['sampler'].upper()} steps on "
+                         f"{'×'.join(map(str, image.shape))}…", _predict_job, self.model, image, kwargs,
+                         on_return=self._on_done, on_error=self._on_error, on_finished=self._on_finished)
         return True
-
-    def cancel(self) -> None:
-        if self._cancel is not None:
-            self._cancel.cancel()
-            self.panel.say("Cancelling after the current step…")
-
-    @guarded
-    def _on_progress(self, update) -> None:
-        self.panel.step(*update)
 
     @guarded
     def _on_done(self, stains) -> None:
@@ -240,6 +223,5 @@ class VirtualStainDock(QWidget):
 
 
 def _predict_job(model, brightfield, kwargs, cancel):
-    """Worker body: sample the stains with progress; returns ``(C, Y, X)`` in camera units."""
-    stains = yield from with_progress(model.predict_image, brightfield, cancel=cancel, **kwargs)
-    return stains
+    """Worker body: the prediction's steps; returns ``(C, Y, X)`` in camera units."""
+    return (yield from model.iter_predict_image(brightfield, cancel=cancel, **kwargs))

@@ -113,37 +113,3 @@ def start_job(
     worker.finished.connect(finished)
     worker.start()
     return job
-
-
-def with_progress(function: Callable[..., Any], *args, **kwargs):
-    """Generator running ``function(*args, progress=..., **kwargs)`` in a helper thread.
-
-    Yields each ``(done, total, message)`` it reports and returns its result (re-raising its error),
-    so a plain function with a progress callback can drive a :func:`start_job` job.
-    """
-    import queue
-    import threading
-
-    updates: "queue.Queue[tuple[int, int, str]]" = queue.Queue()
-    outcome: dict[str, Any] = {}
-
-    def progress(done: int, total: int, message: str = "") -> None:
-        updates.put((int(done), int(total), str(message)))
-
-    def target() -> None:
-        try:
-            outcome["value"] = function(*args, progress=progress, **kwargs)
-        except BaseException as error:  # handed to the caller's thread below
-            outcome["error"] = error
-
-    thread = threading.Thread(target=target, name="gradcamo-job", daemon=True)
-    thread.start()
-    while thread.is_alive() or not updates.empty():
-        try:
-            yield updates.get(timeout=0.05)
-        except queue.Empty:
-            continue
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")

@@ -30,7 +30,7 @@ from napari_gradcamo.audit.results import write_table
 from napari_gradcamo.crops.extract import crop_origin, window
 from napari_gradcamo.io.atomic import write_with
 from napari_gradcamo.io.images import Image, ImageError
-from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
+from napari_gradcamo.progress import CancelToken, ProgressCallback, Steps, check, drain
 
 CELLS_DIR = "cells"
 GALLERY_DIR = "gallery"
@@ -202,7 +202,13 @@ def write_gallery(pages: Sequence[Path], panels: Sequence[dict], title: str = ""
     return written
 
 
-def export_flagged(
+def export_flagged(*args, progress: ProgressCallback | None = None, **kwargs) -> ExportResult:
+    """Export the table and, for each flagged cell (or every row), an OME-TIFF crop and a gallery panel:
+    :func:`iter_export_flagged` (same arguments) run to its end, its steps handed to ``progress``."""
+    return drain(iter_export_flagged(*args, **kwargs), progress)
+
+
+def iter_export_flagged(
     out_dir: str | Path,
     image: Image,
     labels: np.ndarray,
@@ -215,10 +221,10 @@ def export_flagged(
     gallery: bool = True,
     stem: str = "gradcamo",
     run_record: dict | None = None,
-    progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
-) -> ExportResult:
-    """Export the table and, for each flagged cell (or every row), an OME-TIFF crop and a gallery panel.
+) -> Steps[ExportResult]:
+    """The export of :func:`export_flagged` as steps, one per cell (a cancel acts between cells; the table
+    is written last).
 
     ``cams`` maps label → :class:`~napari_gradcamo.audit.run.CellCam` (crop position and raw map);
     ``crop_shape`` (z, y, x) is needed only for cells without a CAM (default: the CAMs' crop shape).
@@ -280,11 +286,11 @@ def export_flagged(
                 "cam": cam.max(axis=0) if label in cams else None,
                 "text": _panel_text(row, label, label in cams, rule),
             })
-        report(progress, done + 1, total, f"cell {label}")
+        yield (done + 1, total, f"cell {label}")
     for column in ("crop_file",):
         out_table[column] = out_table[column].astype(str)
     write_table(out_table, folder, csv.stem, run_record)
     title = f"{Path(image.source).name or 'image'}: flagged cells" + (f"\n{describe(run_record)}" if run_record else "")
     written = write_gallery(pages, panels, title) if gallery and panels else []
-    report(progress, total, total, f"exported {len(cell_paths)} cell(s)")
+    yield (total, total, f"exported {len(cell_paths)} cell(s)")
     return ExportResult(folder, csv, parquet, cell_paths, written)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from napari_gradcamo.crops.datasets import MASK_CELL, MASK_OTHER, CropSet
-from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
+from napari_gradcamo.progress import CancelToken, ProgressCallback, Steps, check, drain
 
 FEATURE_PREFIX = "f_"
 SPHERED_PREFIX = "s_"
@@ -46,7 +46,13 @@ def default_feature_layer(model, crop_shape: Sequence[int], in_channels: int) ->
     return layers[-1].name
 
 
-def extract_profiles(
+def extract_profiles(*args, progress: ProgressCallback | None = None, **kwargs) -> pd.DataFrame:
+    """One row per crop: :func:`iter_extract_profiles` (same arguments) run to its end, its steps handed to
+    ``progress``."""
+    return drain(iter_extract_profiles(*args, **kwargs), progress)
+
+
+def iter_extract_profiles(
     bundle,
     data: CropSet,
     *,
@@ -55,10 +61,10 @@ def extract_profiles(
     method: str = "gradcam",
     batch_size: int = 16,
     device: str | None = "auto",
-    progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
-) -> pd.DataFrame:
-    """One row per crop: ``data.info`` columns, prediction, Grad-CAMO scores and ``f_###`` features.
+) -> Steps[pd.DataFrame]:
+    """One row per crop: ``data.info`` columns, prediction, Grad-CAMO scores and ``f_###`` features; one step
+    per batch (a cancel acts between batches).
 
     Grad-CAM is computed at ``cam_layer`` (default: the model's target layer) for the predicted class, as
     the audit does; the features are ``layer``'s output averaged over space, from the same forward pass.
@@ -92,7 +98,7 @@ def extract_profiles(
                 scored = score_batch(engine, crops, meta.normalization)
                 features.append(captured.pop("x"))
                 rows.extend(scored.result_columns(meta.class_names, method, cam_layer))
-                report(progress, int(idx[-1]) + 1, n, f"{int(idx[-1]) + 1}/{n} cells")
+                yield (int(idx[-1]) + 1, n, f"{int(idx[-1]) + 1}/{n} cells")
         finally:
             handle.remove()
     feats = np.concatenate(features).astype(np.float32)
@@ -261,16 +267,22 @@ def plot_umap(table: pd.DataFrame, out_dir: str | Path, stem: str = "umap") -> d
     return paths
 
 
-def profile_table(bundle, data: CropSet, *, layer=None, cam_layer=None, control: str | None = None,
-                  seed: int = 0, umap: bool = True, batch_size: int = 16, device="auto",
-                  progress=None, cancel=None) -> tuple[pd.DataFrame, dict]:
+def profile_table(*args, progress=None, **kwargs) -> tuple[pd.DataFrame, dict]:
+    """Features + Grad-CAMO per cell, sphered, with UMAP coordinates: :func:`iter_profile_table` (same
+    arguments) run to its end, its steps handed to ``progress``."""
+    return drain(iter_profile_table(*args, **kwargs), progress)
+
+
+def iter_profile_table(bundle, data: CropSet, *, layer=None, cam_layer=None, control: str | None = None,
+                       seed: int = 0, umap: bool = True, batch_size: int = 16, device="auto",
+                       cancel=None) -> Steps[tuple[pd.DataFrame, dict]]:
     """Features + Grad-CAMO per cell, sphered on the control cells, with UMAP coordinates; returns (table, info).
 
     ``control``: the class whose cells fit the sphering (default: the model's first class); when no cell
     carries a class (one unlabelled image), the sphering is fitted on every cell and ``info`` says so.
     """
-    table = extract_profiles(bundle, data, layer=layer, cam_layer=cam_layer, batch_size=batch_size, device=device,
-                             progress=progress, cancel=cancel)
+    table = yield from iter_extract_profiles(bundle, data, layer=layer, cam_layer=cam_layer, batch_size=batch_size,
+                                             device=device, cancel=cancel)
     attrs = dict(table.attrs)
     classes = table["class"].astype(str) if "class" in table.columns else pd.Series([""] * len(table))
     control = control if control is not None else dataset_class_names(bundle.metadata)[0]
@@ -286,7 +298,7 @@ def profile_table(bundle, data: CropSet, *, layer=None, cam_layer=None, control:
     scols = [f"{SPHERED_PREFIX}{c[len(FEATURE_PREFIX):]}" for c in sphering.columns]
     table = pd.concat([table, pd.DataFrame(sphered, columns=scols)], axis=1)
     if umap:
-        report(progress, len(table), len(table), "UMAP (the first one in a process compiles numba code: ~1 min)")
+        yield (len(table), len(table), "UMAP (the first one in a process compiles numba code: ~1 min)")
         coords = embed_umap(sphered, seed=seed)
         table[UMAP_COLUMNS[0]], table[UMAP_COLUMNS[1]] = coords[:, 0], coords[:, 1]
     info = {**attrs, "sphering": sphering.method, "sphering_fitted_on": fitted_on,

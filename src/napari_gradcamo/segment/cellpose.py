@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 
 from napari_gradcamo.io.images import Image
-from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
+from napari_gradcamo.progress import CancelToken, ProgressCallback, Steps, check, drain
 
 MODES = ("stitch2d", "3d")
 GENERALIST_MODEL = "generalist_cyto"
@@ -325,11 +325,16 @@ def segment(
     cancel: CancelToken | None = None,
 ) -> np.ndarray:
     """Segment ``image`` with cellpose; returns ``ZYX`` ``uint32`` labels 1..N (0 = background).
+    :func:`iter_segment` run to its end, its steps handed to ``progress``."""
+    return drain(iter_segment(image, settings, cancel), progress)
 
-    Stitched 2D reports ``progress(done, Z + 1, message)`` after each slice and after stitching and
-    raises :class:`~napari_gradcamo.progress.Cancelled` between slices when ``cancel`` is set; 3D
-    reports ``(0, 1)`` and ``(1, 1)`` and honours ``cancel`` before and after cellpose's single run.
-    """
+
+def iter_segment(image: Image, settings: SegmentationSettings | None = None,
+                 cancel: CancelToken | None = None) -> Steps[np.ndarray]:
+    """Segmentation as steps: stitched 2D yields ``(done, Z + 1, message)`` after each slice and after
+    stitching and raises :class:`~napari_gradcamo.progress.Cancelled` between slices when ``cancel`` is set;
+    3D yields ``(0, 1)`` and ``(1, 1)``: cellpose's single 3D run cannot be stopped part-way, so a cancel acts
+    before and after it."""
     settings = settings or SegmentationSettings()
     validate_settings(image, settings)
     check(cancel, "segmentation")
@@ -344,29 +349,29 @@ def segment(
 
     if settings.mode == "3d" and Z > 1:
         anisotropy = settings.anisotropy if settings.anisotropy is not None else image.anisotropy
-        report(progress, 0, 1, f"cellpose 3D on {Z}×{Y}×{X} voxels (anisotropy {anisotropy:.2f})")
+        yield (0, 1, f"cellpose 3D on {Z}×{Y}×{X} voxels (anisotropy {anisotropy:.2f})")
         check(cancel, "segmentation")
         masks = model.eval(x, z_axis=0, channel_axis=3, do_3D=True, anisotropy=anisotropy, min_size=int(settings.min_size),
                            **common)[0]
         check(cancel, "segmentation")
         labels = _relabel(np.asarray(masks).reshape(Z, Y, X))
-        report(progress, 1, 1, f"cellpose 3D done: {int(labels.max())} cells")
+        yield (1, 1, f"cellpose 3D done: {int(labels.max())} cells")
         return labels
 
     from cellpose import utils as cp_utils
 
     total = Z + 1
     masks = np.zeros((Z, Y, X), np.uint32)
-    report(progress, 0, total, f"cellpose: slice 1 of {Z}")
+    yield (0, total, f"cellpose: slice 1 of {Z}")
     for z in range(Z):
         check(cancel, "segmentation")
         # like cellpose's own stitched mode: no size filter per slice, one after stitching
         masks[z] = model.eval(x[z], channel_axis=2, min_size=-1 if Z > 1 else int(settings.min_size), **common)[0]
-        report(progress, z + 1, total, f"cellpose: slice {z + 1} of {Z} segmented")
+        yield (z + 1, total, f"cellpose: slice {z + 1} of {Z} segmented")
     check(cancel, "segmentation")
     if Z > 1:
         masks = cp_utils.stitch3D(masks, stitch_threshold=float(settings.stitch_threshold))
         masks = cp_utils.fill_holes_and_remove_small_masks(masks, min_size=int(settings.min_size))
     labels = _relabel(masks)
-    report(progress, total, total, f"stitched {Z} slice(s): {int(labels.max())} cells")
+    yield (total, total, f"stitched {Z} slice(s): {int(labels.max())} cells")
     return labels

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from napari_gradcamo.progress import Steps, drain
 from napari_gradcamo.virtual_stain.data import StainScaling, normalise_brightfield
-from napari_gradcamo.virtual_stain.diffusion import Schedule, sample
+from napari_gradcamo.virtual_stain.diffusion import Schedule, iter_sample
 from napari_gradcamo.virtual_stain.model import (
     ClassifierConfig,
     NoisyClassifier,
@@ -61,13 +62,16 @@ class VirtualStainModel:
             "defocus_um": list(self.defocus_um), "training": self.training,
         }
 
-    def predict_image(self, brightfield: np.ndarray, *, klass: int | None = None, guidance_scale: float = 0.0,
-                      sampler: str = "ddim", steps: int = 25, seed: int = 0, device: str = "cpu",
-                      progress=None, cancel=None) -> np.ndarray:
-        """Stains ``(C, Y, X)`` in camera units for one brightfield image ``(P, Y, X)`` of any size.
+    def predict_image(self, brightfield: np.ndarray, *, progress=None, **kwargs) -> np.ndarray:
+        """Stains ``(C, Y, X)`` in camera units for one brightfield image ``(P, Y, X)`` of any size:
+        :meth:`iter_predict_image` (same arguments) run to its end, its steps handed to ``progress``."""
+        return drain(self.iter_predict_image(brightfield, **kwargs), progress)
 
-        The image is reflect-padded to the U-Net's multiple and sampled whole.
-        """
+    def iter_predict_image(self, brightfield: np.ndarray, *, klass: int | None = None, guidance_scale: float = 0.0,
+                           sampler: str = "ddim", steps: int = 25, seed: int = 0, device: str = "cpu",
+                           cancel=None) -> Steps[np.ndarray]:
+        """The prediction as steps, one per sampling step. The image is reflect-padded to the U-Net's
+        multiple and sampled whole."""
         bf = normalise_brightfield(brightfield)
         if bf.shape[0] != self.unet_config.condition_channels:
             raise VirtualStainError(
@@ -80,10 +84,10 @@ class VirtualStainModel:
         klass = self._check_class(klass)
         if guidance_scale and klass is None:
             raise VirtualStainError("classifier guidance needs a class: pick one or set the guidance scale to 0.")
-        out = sample(self.unet, self.schedule, bf[None], classes=[klass], classifier=self.classifier,
-                     guidance_scale=guidance_scale, guidance_classes=None if klass is None else [klass],
-                     sampler=sampler, steps=steps, seed=seed, device=device, prediction=self.unet_config.prediction,
-                     progress=progress, cancel=cancel)
+        out = yield from iter_sample(
+            self.unet, self.schedule, bf[None], classes=[klass], classifier=self.classifier,
+            guidance_scale=guidance_scale, guidance_classes=None if klass is None else [klass], sampler=sampler,
+            steps=steps, seed=seed, device=device, prediction=self.unet_config.prediction, cancel=cancel)
         return self.scaling.to_camera(out[0, :, :h, :w])
 
     def _check_class(self, klass):

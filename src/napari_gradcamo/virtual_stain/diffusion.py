@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
+from napari_gradcamo.progress import CancelToken, ProgressCallback, Steps, check, drain, report
 from napari_gradcamo.virtual_stain.data import PairedImage, StainScaling, random_crops
 from napari_gradcamo.virtual_stain.model import VirtualStainError
 
@@ -153,12 +153,18 @@ def guidance_gradient(classifier, y_t: torch.Tensor, t: int, classes: torch.Tens
     return grad
 
 
+def sample(*args, progress: ProgressCallback | None = None, **kwargs) -> np.ndarray:
+    """Stains ``(N, C, H, W)`` in model units from normalised brightfield ``(N, P, H, W)``:
+    :func:`iter_sample` (same arguments) run to its end, its steps handed to ``progress``."""
+    return drain(iter_sample(*args, **kwargs), progress)
+
+
 @torch.no_grad()
-def sample(unet, schedule: Schedule, brightfield: np.ndarray, *, classes=None, classifier=None,
-           guidance_scale: float = 0.0, guidance_classes=None, sampler: str = "ddim", steps: int = 25,
-           eta: float = 0.0, seed: int = 0, device: str = "cpu", prediction: str = "sample",
-           progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> np.ndarray:
-    """Stains ``(N, C, H, W)`` in model units from normalised brightfield ``(N, P, H, W)``.
+def iter_sample(unet, schedule: Schedule, brightfield: np.ndarray, *, classes=None, classifier=None,
+                guidance_scale: float = 0.0, guidance_classes=None, sampler: str = "ddim", steps: int = 25,
+                eta: float = 0.0, seed: int = 0, device: str = "cpu", prediction: str = "sample",
+                cancel: CancelToken | None = None) -> Steps[np.ndarray]:
+    """Sampling as steps, one per denoising step (a cancel acts between steps).
 
     ``classes``: per-sample class for the AdaGN U-Net (None = the "no label" class; ignored by an
     unlabelled U-Net).  ``guidance_scale`` s > 0 needs a ``classifier`` and ``guidance_classes`` (default:
@@ -199,5 +205,5 @@ def sample(unet, schedule: Schedule, brightfield: np.ndarray, *, classes=None, c
             y = scheduler.step(eps, t, y, eta=eta, generator=gen).prev_sample
         else:
             y = scheduler.step(eps, t, y, generator=gen).prev_sample
-        report(progress, i + 1, total, f"sampling step {i + 1}/{total}")
+        yield (i + 1, total, f"sampling step {i + 1}/{total}")
     return y.clamp(-1.5, 1.5).cpu().numpy()
