@@ -26,7 +26,29 @@ def guarded(method):
     return wrapper
 
 
-class ImageLayersPicker(QWidget):
+class FollowsLayers:
+    """A picker that refreshes itself whenever the viewer's layer list changes."""
+
+    def follow_layers(self, viewer, moved: bool = False) -> None:
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed, *((events.moved,) if moved else ())):
+            event.connect(self._on_layers_changed)
+
+    def follow_names(self, layers) -> None:
+        """Refresh when a layer new to this picker is renamed."""
+        for layer in layers:
+            if layer not in self._layers:
+                try:
+                    layer.events.name.connect(self._on_layers_changed)
+                except (AttributeError, TypeError):
+                    pass
+
+    @guarded
+    def _on_layers_changed(self, event=None) -> None:
+        self.refresh()
+
+
+class ImageLayersPicker(FollowsLayers, QWidget):
     """Tick the image layers that hold the stains: several 2D/3D layers, or one 4D multi-channel layer."""
 
     changed = Signal()
@@ -47,14 +69,7 @@ class ImageLayersPicker(QWidget):
         self._layers: list = []
         self._refreshing = False
         self.list.itemChanged.connect(self._on_item_changed)
-        events = viewer.layers.events
-        events.inserted.connect(self._on_layers_changed)
-        events.removed.connect(self._on_layers_changed)
-        events.moved.connect(self._on_layers_changed)
-        self.refresh()
-
-    @guarded
-    def _on_layers_changed(self, event=None) -> None:
+        self.follow_layers(viewer, moved=True)
         self.refresh()
 
     def _default_ticks(self, layers) -> None:
@@ -77,12 +92,7 @@ class ImageLayersPicker(QWidget):
 
     def refresh(self) -> None:
         layers = L.image_layers(self.viewer)
-        for layer in layers:
-            if layer not in self._layers:
-                try:
-                    layer.events.name.connect(self._on_layers_changed)
-                except (AttributeError, TypeError):
-                    pass
+        self.follow_names(layers)
         self._default_ticks(layers)
         alive = {id(l) for l in layers}
         self._checked = {k: v for k, v in self._checked.items() if k in alive}
@@ -119,7 +129,7 @@ class ImageLayersPicker(QWidget):
         return L.image_from_layers(self.layers())
 
 
-class LabelsLayerPicker(QComboBox):
+class LabelsLayerPicker(FollowsLayers, QComboBox):
     """A combo box of the viewer's Labels layers; :meth:`layer` returns the chosen layer object."""
 
     layer_changed = Signal(object)
@@ -130,24 +140,13 @@ class LabelsLayerPicker(QComboBox):
         self._layers: list = []
         self._current = None
         self.setToolTip("The label image with one id per cell (e.g. from 'Segment cells').")
-        events = viewer.layers.events
-        events.inserted.connect(self._on_layers_changed)
-        events.removed.connect(self._on_layers_changed)
+        self.follow_layers(viewer)
         self.currentIndexChanged.connect(self._on_index)
-        self.refresh()
-
-    @guarded
-    def _on_layers_changed(self, event=None) -> None:
         self.refresh()
 
     def refresh(self) -> None:
         layers = L.labels_layers(self.viewer)
-        for layer in layers:
-            if layer not in self._layers:
-                try:
-                    layer.events.name.connect(self._on_layers_changed)
-                except (AttributeError, TypeError):
-                    pass
+        self.follow_names(layers)
         current = self._current if self._current in layers else None
         if current is None and layers:
             # prefer the most recently added labels layer

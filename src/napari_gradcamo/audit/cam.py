@@ -147,10 +147,7 @@ class CamEngine:
         n, planes = x.shape[0], x.shape[2]
         if self.spatial_dims == 2:
             x = x.permute(0, 2, 1, 3, 4).reshape(n * planes, x.shape[1], *x.shape[3:])
-        if self._layout is not None:
-            self._layout.after_target = False
-            if x.ndim == 5:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = self._in_layout(x)
         with torch.enable_grad():
             logits = cam.activations_and_grads(x)
             probs = probabilities(self.head, logits)
@@ -176,17 +173,23 @@ class CamEngine:
         return probs, targets_idx, raw
 
 
+    def _in_layout(self, x):
+        """The input in the memory layout the engine runs the layers up to the target in."""
+        import torch
+
+        if self._layout is not None:
+            self._layout.after_target = False
+            if x.ndim == 5:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (B, K) of an already normalised batch, without maps (no backward pass)."""
         import torch
 
         if not self.channels_last:
             self._drop_layout()
-        x = torch.as_tensor(batch, dtype=torch.float32, device=self.device)
-        if self._layout is not None:
-            self._layout.after_target = False
-            if x.ndim == 5:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = self._in_layout(torch.as_tensor(batch, dtype=torch.float32, device=self.device))
         with torch.no_grad():
             logits = self.model(x)
         self._cam.activations_and_grads.clear()  # the CAM's hooks saw this pass: keep them empty for compute

@@ -31,15 +31,22 @@ def cmd_synthetic(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from napari_gradcamo.synthetic.brightfield import DEFAULT_DEFOCUS_UM
-    from napari_gradcamo.virtual_stain.checkpoint import save_model
+def _new_output(args) -> Path:
+    """``--out``, refused if it exists and ``--overwrite`` was not given."""
     from napari_gradcamo.virtual_stain.model import VirtualStainError
-    from napari_gradcamo.virtual_stain.pipeline import FitSettings, fit_model
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise VirtualStainError(f"{out} exists; choose another --out or pass --overwrite.")
+    return out
+
+
+def cmd_train(args) -> int:
+    from napari_gradcamo.synthetic.brightfield import DEFAULT_DEFOCUS_UM
+    from napari_gradcamo.virtual_stain.checkpoint import save_model
+    from napari_gradcamo.virtual_stain.pipeline import FitSettings, fit_model
+
+    out = _new_output(args)
     pairs, names = _training_pairs(args)
     settings = FitSettings(labelled=not args.unlabelled, steps=args.steps, classifier_steps=args.classifier_steps,
                            crop=args.crop, batch=args.batch_size, lr=args.lr, widths=args.widths, seed=args.seed,
@@ -63,9 +70,7 @@ def cmd_predict(args) -> int:
     from napari_gradcamo.virtual_stain.files import read_tiff
     from napari_gradcamo.virtual_stain.model import VirtualStainError
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise VirtualStainError(f"{out} exists; choose another --out or pass --overwrite.")
+    out = _new_output(args)
     model = load_model(args.model)
     klass = None
     if args.klass is not None:
@@ -97,9 +102,7 @@ def cmd_evaluate(args) -> int:
     from napari_gradcamo.virtual_stain.model import VirtualStainError
     from napari_gradcamo.virtual_stain.pipeline import evaluate_model
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise VirtualStainError(f"{out} exists; choose another --out or pass --overwrite.")
+    out = _new_output(args)
     model = load_model(args.model)
     pairs, _ = _training_pairs(args, model.class_names)
     if not all(p.labels.any() for p in pairs):

@@ -90,13 +90,18 @@ def train_denoiser(unet, pairs: Sequence[PairedImage], scaling: StainScaling, sc
             labels = torch.where(drop, torch.full_like(cls, null), cls).to(device)
         pred = unet(torch.cat([noisy, bf], 1).to(device), t.to(device), class_labels=labels).sample
         loss = F.mse_loss(pred, (st if prediction == "sample" else noise).to(device))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+        _optimise(optimiser, loss, losses)
         report(progress, step + 1, steps, f"denoiser step {step + 1}/{steps}: loss {losses[-1]:.4f}")
     unet.eval()
     return losses
+
+
+def _optimise(optimiser, loss, losses: list[float]) -> None:
+    """One optimiser step on ``loss``, logged in ``losses``."""
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    losses.append(loss.item())
 
 
 def train_classifier(classifier, pairs: Sequence[PairedImage], scaling: StainScaling, schedule: Schedule, *,
@@ -119,10 +124,7 @@ def train_classifier(classifier, pairs: Sequence[PairedImage], scaling: StainSca
         _, st, cls = (torch.from_numpy(a) for a in random_crops(pairs, scaling, crop, batch, rng))
         noisy, _, t = _noised(scheduler, st, gen, low_noise_bias=True)
         loss = F.cross_entropy(classifier(noisy.to(device), t.to(device)), cls.to(device))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+        _optimise(optimiser, loss, losses)
         report(progress, step + 1, steps, f"classifier step {step + 1}/{steps}: loss {losses[-1]:.4f}")
     classifier.eval()
     return losses
