@@ -129,6 +129,22 @@ def _check_channel(name: str, index, n_channels: int, image: Image) -> None:
         )
 
 
+def load_state_dict(path: Path, version: int, hint: str, **load_kwargs) -> dict:
+    """A cellpose model file's weights, loaded without unpickling code (``weights_only``); a file that is not
+    a state dict raises :class:`SegmentationError` with ``hint`` (how to get a good one)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, **load_kwargs)
+    except Exception as exc:
+        raise SegmentationError(
+            f"{path} is not a loadable cellpose-{version} model file ({type(exc).__name__}: {exc}). {hint}"
+        ) from exc
+    if not isinstance(state, dict):
+        raise SegmentationError(f"{path} does not hold a state dict of network weights.")
+    return state
+
+
 def validate_settings(image: Image, settings: SegmentationSettings) -> None:
     """Raise :class:`SegmentationError` naming the first bad parameter."""
     if not isinstance(image, Image) or image.data.ndim != 4:

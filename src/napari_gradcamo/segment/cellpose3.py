@@ -47,19 +47,11 @@ def check_model_file(path: Path) -> None:
 
     cellpose 3 itself loads with ``strict=False``, so a wrong file would run with random weights.
     """
-    import torch
     from cellpose.resnet_torch import CPnet
 
-    from napari_gradcamo.segment.cellpose import SegmentationError
+    from napari_gradcamo.segment.cellpose import SegmentationError, load_state_dict
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise SegmentationError(
-            f"{path} is not a loadable cellpose-3 model file ({type(exc).__name__}: {exc}). {offline_hint()}"
-        ) from exc
-    if not isinstance(state, dict):
-        raise SegmentationError(f"{path} does not hold a state dict of network weights.")
+    state = load_state_dict(path, 3, offline_hint())
     if "W2" in state:
         raise SegmentationError(
             f"{path} is a cellpose 4 (SAM) model, but cellpose 3 is installed. Install cellpose 4 "

@@ -55,18 +55,9 @@ def offline_hint(name: str | None = None) -> str:
 
 
 def _load_state(path: Path) -> dict:
-    import torch
+    from napari_gradcamo.segment.cellpose import load_state_dict
 
-    from napari_gradcamo.segment.cellpose import SegmentationError
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise SegmentationError(
-            f"{path} is not a loadable cellpose-4 model file ({type(exc).__name__}: {exc}). {offline_hint()}"
-        ) from exc
-    if not isinstance(state, dict):
-        raise SegmentationError(f"{path} does not hold a state dict of network weights.")
+    state = load_state_dict(path, 4, offline_hint(), mmap=True)
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
