@@ -1,5 +1,6 @@
 """Profiles dock: compute profiles for the viewer's cells, UMAP ↔ labels linking both ways, loaded tables."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -82,3 +83,54 @@ def test_a_checkpoint_from_gradcamo_train_loads_in_the_audit_widget(make_napari_
     viewer.window.add_dock_widget(widget)
     assert widget.load_model(result.checkpoint)
     assert widget.bundle.metadata.training["config"]["epochs"] == 1
+
+
+def test_dock_reuses_the_audit_model_colours_by_what_differs_and_speaks_plainly(field_dock, tmp_path, monkeypatch):
+    """The defects seen in issue 12: colour by a class that is '(none)' for every cell, no colour bar, a clipped
+    title, jargon in the status line, and a second model to load although the Audit dock holds one."""
+    import napari_gradcamo.profiles.extract as P
+
+    monkeypatch.setattr(P, "embed_umap", lambda x, seed=0, **kw: np.linalg.svd(x - x.mean(0), full_matrices=False)[0][:, :2])
+    viewer, audit, _, labels = field_dock
+    widget = ProfilesWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Profiles")
+    widget.synchronous = True
+    assert widget.bundle is None
+    assert widget.compute()  # no model chosen here: the Audit dock's is used, not read again
+    assert widget.bundle is audit.bundle and "Audit dock" in widget.model_label.text()
+    status = widget.panel.status.text()
+    assert "cells profiled" in status and "ZCA" not in status and "eigenvalue" not in status
+    assert "ZCA" in widget.panel.status.toolTip() or "sphering" in widget.panel.status.toolTip()
+    offered = [widget.color_combo.itemText(i) for i in range(widget.color_combo.count())]
+    assert offered and all(widget.table[c].astype(str).nunique() > 1 for c in offered)
+    assert "class" not in offered or widget.table["class"].astype(str).nunique() > 1
+    widget.color_combo.setCurrentText("normalised")
+    assert widget._colorbar is not None
+    low, high = widget._colorbar.mappable.get_clim()
+    assert high - low < 1.0 and high <= widget.table["normalised"].max() + 1e-9  # spans the data, not 0..1
+    two_wells = widget.table.assign(well=np.where(np.arange(len(widget.table)) % 2, "B02", "B03"))
+    widget.set_table(two_wells, widget.info)
+    widget.color_combo.setCurrentText("well")
+    assert widget._colorbar is None and widget.axes.get_legend() is not None
+    widget.canvas.draw()
+    title = widget.axes.title
+    renderer = widget.figure.canvas.get_renderer()
+    box, fig_box = title.get_window_extent(renderer), widget.figure.bbox
+    assert box.x0 >= fig_box.x0 and box.x1 <= fig_box.x1  # the title fits
+    # both docks open on a 1366×768 screen: stacked they would not fit (each has a minimum height), so the
+    # Profiles dock opens in a tab beside the Audit dock
+    from qtpy.QtWidgets import QDockWidget
+
+    def dock(w):
+        while not isinstance(w, QDockWidget):
+            w = w.parent()
+        return w
+
+    main = viewer.window._qt_window
+    assert dock(audit) in main.tabifiedDockWidgets(dock(widget))
+    main.resize(1366, 768)
+    shot = viewer.screenshot(canvas_only=False)
+    from imageio.v3 import imwrite
+
+    imwrite(Path(__file__).resolve().parents[2] / "docs" / "screenshot_profiles_1366x768.png", shot)
+    assert shot.shape[0] <= 800 and widget.panel.status.isVisible() and widget.compute_button.isVisible()

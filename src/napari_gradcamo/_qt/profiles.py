@@ -20,7 +20,9 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -29,12 +31,17 @@ from napari_gradcamo._qt import layers as L
 from napari_gradcamo._qt._compat import avoid_llvm_clash
 from napari_gradcamo._qt.panel import JobPanel, PanelJobs
 from napari_gradcamo._qt.pickers import ImageLayersPicker, LabelsLayerPicker, guarded
+from napari_gradcamo._qt.profile_plot import (
+    ALL_IMAGES,
+    AUDIT_MODEL,
+    BROWSE,
+    audit_dock_bundle,
+    color_choices,
+    draw_points,
+    plain_summary,
+    share_tab_with_audit_dock,
+)
 from napari_gradcamo.progress import Cancelled
-
-COLOR_CHOICES = ("class", "predicted_class", "site", "gradcamo", "local_quality")
-CONTINUOUS = ("gradcamo", "local_quality")  # in [0, 1], drawn with viridis
-ALL_IMAGES = "— all rows —"
-BROWSE = "Browse…"
 
 
 def _profile_job(image, labels, bundle, layer, seed, cancel):
@@ -51,6 +58,19 @@ def _profile_job(image, labels, bundle, layer, seed, cancel):
     return table, info
 
 
+def _scrolling(parent, *parts) -> QScrollArea:
+    """``parts`` (widgets or layouts) stacked in a scroll area."""
+    inner = QWidget(parent)
+    layout = QVBoxLayout(inner)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for part in parts:
+        (layout.addLayout if isinstance(part, QLayout) else layout.addWidget)(part)
+    scroll = QScrollArea(parent)
+    scroll.setWidgetResizable(True)
+    scroll.setWidget(inner)
+    return scroll
+
+
 class ProfilesWidget(PanelJobs, QWidget):
     """UMAP of single-cell profiles, linked to a labels layer: click a point ↔ select a cell."""
 
@@ -65,6 +85,8 @@ class ProfilesWidget(PanelJobs, QWidget):
         self._selecting = False
         self._highlight = None
         self._scatter = None
+        self._colorbar = None
+        self._placed = False
         self._build_ui()
         self.labels_picker.layer_changed.connect(self._on_labels_changed)
         self._on_labels_changed(self.labels_picker.layer())
@@ -87,7 +109,9 @@ class ProfilesWidget(PanelJobs, QWidget):
         self.model_combo = QComboBox(self)
         from napari_gradcamo.models.bundled import bundled_models
 
-        self.model_combo.addItems(["— choose —", *(f"{name} (bundled demo)" for name in bundled_models()), BROWSE])
+        self.model_combo.addItems(["— choose —", AUDIT_MODEL, *(f"{name} (bundled demo)" for name in bundled_models()),
+                                   BROWSE])
+        self.model_combo.setToolTip("With no model chosen, 'Compute profiles' uses the model loaded in the Audit dock.")
         self.model_combo.activated.connect(self._on_model_combo)
         self.model_label = QLabel("no model", self)
         self.model_label.setWordWrap(True)
@@ -109,7 +133,7 @@ class ProfilesWidget(PanelJobs, QWidget):
 
         view = QFormLayout()
         self.color_combo = QComboBox(self)
-        self.color_combo.addItems(list(COLOR_CHOICES))
+        self.color_combo.setToolTip("Only columns whose values differ between the cells are offered.")
         self.color_combo.currentTextChanged.connect(lambda _: self._draw())
         self.image_combo = QComboBox(self)
         self.image_combo.setToolTip("Rows of a loaded table that belong to the labels layer's image.")
@@ -124,17 +148,15 @@ class ProfilesWidget(PanelJobs, QWidget):
         self.canvas.mpl_connect("pick_event", self._on_pick)
         self.panel = JobPanel(self)
 
-        layout = QVBoxLayout(self)
-        layout.addWidget(data_box)
-        layout.addWidget(model_box)
-        layout.addLayout(buttons)
-        layout.addWidget(self.panel)
-        layout.addLayout(view)
-        layout.addWidget(self.canvas, 1)
         from napari_gradcamo._qt.profile_metrics import ProfileMetricsPanel
 
         self.metrics_panel = ProfileMetricsPanel(self)
-        layout.addWidget(self.metrics_panel)
+        # settings and results scroll on their own; the run strip between them stays in view on a small screen
+        layout = QVBoxLayout(self)
+        layout.addWidget(_scrolling(self, data_box, model_box), 2)
+        layout.addLayout(buttons)
+        layout.addWidget(self.panel)
+        layout.addWidget(_scrolling(self, view, self.canvas, self.metrics_panel), 5)
         self._draw()
 
     def _refresh_buttons(self) -> None:
@@ -142,10 +164,17 @@ class ProfilesWidget(PanelJobs, QWidget):
         self.compute_button.setEnabled(not running and self.bundle is not None and self.labels_layer is not None)
         self.load_button.setEnabled(not running)
 
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self._placed:
+            self._placed = share_tab_with_audit_dock(self) or self._placed
+
     # ================================================================== model
     def _on_model_combo(self, index: int) -> None:
         text = self.model_combo.itemText(index)
-        if text == BROWSE:
+        if text == AUDIT_MODEL:
+            self.use_audit_model()
+        elif text == BROWSE:
             path, _ = QFileDialog.getOpenFileName(self, "Classifier checkpoint", "", "Checkpoints (*.safetensors *.pt *.pth)")
             if path:
                 self.load_model(path)
@@ -155,16 +184,31 @@ class ProfilesWidget(PanelJobs, QWidget):
             self.load_model(bundled_model_path(text.split()[0]))
 
     def load_model(self, path) -> bool:
-        from napari_gradcamo.audit.layers import list_target_layers
         from napari_gradcamo.models.checkpoint import load_checkpoint
         from napari_gradcamo.models.metadata import CheckpointError
-        from napari_gradcamo.profiles.extract import default_feature_layer
 
         try:
             bundle = load_checkpoint(path)
         except CheckpointError as error:
             self.panel.say(str(error), error=True)
             return False
+        return self.use_bundle(bundle, Path(str(path)).name)
+
+    def use_audit_model(self) -> bool:
+        """Take the model loaded in the Audit dock (no second copy is read from disk)."""
+        bundle = audit_dock_bundle(self.viewer)
+        if bundle is None:
+            self.panel.say("No model is loaded in the Audit dock: load one there, or choose one here.", error=True)
+            return False
+        index = self.model_combo.findText(AUDIT_MODEL)
+        self.model_combo.setCurrentIndex(index)
+        return self.use_bundle(bundle, f"from the Audit dock ({Path(str(bundle.source or 'model')).name})")
+
+    def use_bundle(self, bundle, name: str) -> bool:
+        """Profile with ``bundle``: fill the feature-layer menu."""
+        from napari_gradcamo.audit.layers import list_target_layers
+        from napari_gradcamo.profiles.extract import default_feature_layer
+
         self.bundle = bundle
         meta = bundle.metadata
         layers = [l for l in list_target_layers(bundle.model, meta.crop_shape, len(meta.channel_names))
@@ -176,7 +220,7 @@ class ProfilesWidget(PanelJobs, QWidget):
         names = [info.name for info in layers]
         if default in names:
             self.layer_combo.setCurrentIndex(names.index(default))
-        self.model_label.setText(f"{Path(str(path)).name}: {bundle.describe()}")
+        self.model_label.setText(f"{name}: {bundle.describe()}")
         self.panel.say("Model loaded.")
         self._refresh_buttons()
         return True
@@ -187,6 +231,8 @@ class ProfilesWidget(PanelJobs, QWidget):
     # ================================================================== compute / load
     def compute(self, seed: int = 0) -> bool:
         layer = self.labels_layer
+        if self.bundle is None and audit_dock_bundle(self.viewer) is not None:
+            self.use_audit_model()
         if self.bundle is None or layer is None:
             self.panel.say("Choose a model and a labels layer first.", error=True)
             return False
@@ -210,8 +256,9 @@ class ProfilesWidget(PanelJobs, QWidget):
         source = self.labels_layer.name if self.labels_layer is not None else ""
         table = table.assign(image=source)
         self.set_table(table, info)
-        self.panel.end(f"{len(table)} cells profiled at {info.get('feature_layer')}; "
-                       f"sphering fitted on {info.get('sphering_fitted_on')} ({info.get('sphering')}).")
+        status, details = plain_summary(len(table), info)
+        self.panel.end(status)
+        self.panel.status.setToolTip(details)
 
     def _on_error(self, error) -> None:
         self.panel.end(f"Profiles failed: {error}", error=True)
@@ -245,6 +292,13 @@ class ProfilesWidget(PanelJobs, QWidget):
         self.image_combo.clear()
         self.image_combo.addItems([ALL_IMAGES] + images if len(images) > 1 else images or [ALL_IMAGES])
         self.image_combo.blockSignals(False)
+        choices = color_choices(self.table) or ["gradcamo"]
+        current = self.color_combo.currentText()
+        self.color_combo.blockSignals(True)
+        self.color_combo.clear()
+        self.color_combo.addItems(choices)
+        self.color_combo.setCurrentText(current if current in choices else choices[0])
+        self.color_combo.blockSignals(False)
         self._draw()
 
     # ================================================================== linking
@@ -326,6 +380,9 @@ class ProfilesWidget(PanelJobs, QWidget):
     # ================================================================== drawing
     def _draw(self) -> None:
         ax = self.axes
+        if self._colorbar is not None:
+            self._colorbar.remove()
+            self._colorbar = None
         ax.clear()
         self._scatter = self._highlight = None
         self.highlighted = []
@@ -337,33 +394,9 @@ class ProfilesWidget(PanelJobs, QWidget):
         ax.set_axis_on()
         table = self.table
         linked = self.linked_rows()
-        others = np.setdiff1d(np.arange(len(table)), linked)
-        xy = table[["umap_1", "umap_2"]].to_numpy(float)
-        if len(others):
-            ax.scatter(xy[others, 0], xy[others, 1], s=6, color="0.8", zorder=1)
         key = self.color_combo.currentText()
-        if key not in table.columns:
-            key = "gradcamo" if "gradcamo" in table.columns else None
-        import matplotlib.pyplot as plt
-
-        if key in CONTINUOUS:
-            self._scatter = ax.scatter(xy[linked, 0], xy[linked, 1], c=table[key].to_numpy()[linked], cmap="viridis",
-                                       vmin=0, vmax=1, s=18, picker=True, pickradius=4, zorder=2)
-        else:
-            values = table[key].astype(str).to_numpy()[linked] if key else np.array([""] * len(linked))
-            levels = sorted(set(values.tolist()))
-            colors = [plt.cm.tab10(levels.index(v) % 10) for v in values]
-            self._scatter = ax.scatter(xy[linked, 0], xy[linked, 1], c=colors, s=18, picker=True, pickradius=4, zorder=2)
-            for k, v in enumerate(levels[:10]):
-                ax.scatter([], [], color=plt.cm.tab10(k % 10), label=v or "(none)", s=18)
-            if levels and key:
-                ax.legend(title=key, fontsize=7, loc="best")
+        self._scatter, self._colorbar = draw_points(self.figure, ax, table, linked, key)
         self._highlight = ax.scatter([], [], s=140, facecolors="none", edgecolors="red", linewidths=2, zorder=3)
-        ax.set_xlabel("UMAP 1")
-        ax.set_ylabel("UMAP 2")
-        title = {"gradcamo": "Grad-CAMO", "local_quality": "local quality"}.get(key, "")
-        scale = f"  ·  {title} 0 (purple) → 1 (yellow)" if key in CONTINUOUS else ""
-        ax.set_title(f"Single-cell profiles (click a point){scale}", fontsize=8)
         if self.labels_layer is not None and int(self.labels_layer.selected_label) > 0:
             self.highlight_label(int(self.labels_layer.selected_label))
         self.canvas.draw_idle()
