@@ -6,6 +6,16 @@ from napari_gradcamo._qt import AuditWidget
 from napari_gradcamo._sample_data import field_layers
 
 
+@pytest.fixture(autouse=True)
+def autosave_in_tmp(tmp_path, monkeypatch):
+    """napari closing at the end of a test autosaves an unsaved audit: keep it out of the home folder."""
+    from napari_gradcamo._qt.audit_edits import AUTOSAVE_ENV
+
+    folder = tmp_path / "autosave"
+    monkeypatch.setenv(AUTOSAVE_ENV, str(folder))
+    return folder
+
+
 @pytest.fixture
 def field_dock(make_napari_viewer, plugin_field, plugin_checkpoint):
     """(viewer, audit dock with the test checkpoint, image layers, labels layer); jobs run synchronously."""

@@ -55,3 +55,38 @@ def test_cells3d_sample_is_auditable_with_the_nucleus_demo_model(make_napari_vie
     assert widget.run(only_selected=True), widget.panel.status.text()
     audited = widget.features().query("status == 'audited'")
     assert sorted(audited["label"]) == [1, 2, 3] and audited["gradcamo"].notna().all()
+
+
+def close_window(widget):
+    """What napari's window does when the user closes it, as far as the dock sees it: the Close event reaches
+    the dock's filter on the main window (napari's own close handling is left out: the test's viewer must
+    stay usable for its teardown)."""
+    from qtpy.QtGui import QCloseEvent
+
+    window = widget.window()
+    assert widget._watched_window() is window  # the dock watches the window it is docked in
+    assert widget.eventFilter(window, QCloseEvent()) is False  # the close goes on
+
+
+def test_closing_napari_saves_an_unsaved_audit_with_its_run_record(audited_dock, autosave_in_tmp):
+    """An audit is not lost when napari closes: the window's close saves it (with provenance) and says where."""
+    from napari_gradcamo.io.results_folder import read_results_folder
+
+    viewer, widget, labels = audited_dock
+    assert widget.unsaved
+    record = labels.metadata["gradcamo_run_record"]
+    assert record["completed"] and record["cells_done"] == int(labels.data.max())
+    assert record["checkpoint"]["sha256"] and record["settings"]["audit"]["flag_on"] == "normalised"
+    close_window(widget)
+    saved = list(autosave_in_tmp.iterdir())
+    assert len(saved) == 1 and saved[0].name.startswith("Cells")
+    back = read_results_folder(saved[0])
+    assert back.run_record == record and len(back.table) == int(labels.data.max())
+    assert not widget.unsaved
+
+
+def test_a_saved_audit_is_not_saved_again_on_close(audited_dock, autosave_in_tmp, tmp_path):
+    viewer, widget, labels = audited_dock
+    assert widget.save_results(tmp_path / "mine")
+    close_window(widget)
+    assert not autosave_in_tmp.exists() or not list(autosave_in_tmp.iterdir())

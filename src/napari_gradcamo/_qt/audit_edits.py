@@ -7,10 +7,16 @@ past a screenful of concerns); it uses the widget's ``viewer``, ``labels_layer``
 
 from __future__ import annotations
 
+import os
+import re
+import time
+from pathlib import Path
+
 import numpy as np
 from qtpy.QtWidgets import QFileDialog, QMessageBox
 
 from napari_gradcamo._qt import layers as L
+from napari_gradcamo._qt.audit_runner import RUN_RECORD_KEY
 from napari_gradcamo._qt.pickers import guarded
 from napari_gradcamo.audit import labels_features, results
 from napari_gradcamo.io.images import ImageError
@@ -138,6 +144,7 @@ class AuditEditsMixin:
             if self.all_cells_layer() is not None:
                 self._show_composite(layer)
         self._set_features(layer, outcome.table)
+        self.unsaved = self.unsaved or bool(self.cams(layer))  # edits to an audited layer are unsaved work
         notes = []
         if outcome.rescored:
             notes.append(f"rescored {', '.join(map(str, outcome.rescored))} with the cached Grad-CAM")
@@ -216,13 +223,29 @@ class AuditEditsMixin:
             image = self.picker.image()
             saved = ResultsFolder(image.data, list(image.channel_names), tuple(image.voxel_size),
                                   np.asarray(L.labels_volume(layer)), self.features(layer), dict(self.cams(layer)),
-                                  self.model_panel.model_name)
+                                  self.model_panel.model_name, layer.metadata.get(RUN_RECORD_KEY))
             path = write_results_folder(folder, saved)
         except (ImageError, ResultsFolderError, OSError) as error:
             self.panel.end(f"Not saved: {error}", error=True)
             return False
+        self.unsaved = False
         self.panel.say(f"Audit saved to {path} (File > Open… that folder brings it back).")
         return True
+
+    def autosave(self) -> Path | None:
+        """Save an audit that was not saved to a new folder under :func:`autosave_root` (napari is closing);
+        returns the folder, or None when there was nothing to save or it could not be saved."""
+        layer = self.labels_layer
+        if not self.unsaved or layer is None or layer not in self.viewer.layers:
+            return None
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", layer.name).strip("_") or "audit"
+        folder = autosave_root() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if not self.save_results(folder):
+            return None
+        from napari.utils.notifications import show_info
+
+        show_info(f"The unsaved audit was saved to {folder} (File > Open… that folder brings it back).")
+        return folder
 
     def _export_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Export flagged cells to a folder")
@@ -241,7 +264,8 @@ class AuditEditsMixin:
             return False
         table = self.features(layer)
         crop_shape = self.bundle.metadata.crop_shape if self.bundle is not None else None
-        args = (folder, image, np.array(L.labels_volume(layer)), table, dict(self.cams(layer)), crop_shape, overwrite)
+        args = (folder, image, np.array(L.labels_volume(layer)), table, dict(self.cams(layer)), crop_shape, overwrite,
+                layer.metadata.get(RUN_RECORD_KEY))
         self._refresh_buttons(running=True)
         self.panel.start(
             f"Exporting {int(table['flagged'].sum())} flagged cell(s) to {folder}…", _export_job, *args,
@@ -277,6 +301,14 @@ class AuditEditsMixin:
         self.panel.end(f"Export failed: {first_line(error)}", error=True)
 
 
+#: Where an unsaved audit is written when napari closes (default: ~/napari-gradcamo-autosave)
+AUTOSAVE_ENV = "NAPARI_GRADCAMO_AUTOSAVE_DIR"
+
+
+def autosave_root() -> Path:
+    return Path(os.environ.get(AUTOSAVE_ENV) or Path.home() / "napari-gradcamo-autosave")
+
+
 def ask_overwrite(parent, error) -> bool:
     """Ask before overwriting an earlier export; True = overwrite."""
     answer = QMessageBox.question(
@@ -287,8 +319,8 @@ def ask_overwrite(parent, error) -> bool:
     return answer == QMessageBox.StandardButton.Yes
 
 
-def _export_job(folder, image, labels, table, cams, crop_shape, overwrite, cancel):
+def _export_job(folder, image, labels, table, cams, crop_shape, overwrite, run_record, cancel):
     from napari_gradcamo.io.export import iter_export_flagged
 
     return (yield from iter_export_flagged(folder, image, labels, table, cams, crop_shape, overwrite=overwrite,
-                                           cancel=cancel))
+                                           run_record=run_record, cancel=cancel))

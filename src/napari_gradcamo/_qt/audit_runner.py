@@ -45,6 +45,7 @@ class AuditRun:
     queued_cams: dict = field(default_factory=dict)
     map_shown_at: float = 0.0
     map_dirty: bool = False
+    record: dict | None = None  # the run record (provenance), finished when the run ends
 
 
 def _audit_job(image_layers, labels, bundle, settings, only, composite, cancel):
@@ -67,6 +68,19 @@ def _audit_job(image_layers, labels, bundle, settings, only, composite, cancel):
     except Cancelled:
         return "cancelled"
     return "done"
+
+
+#: Where the labels layer keeps the run record of the audit that filled its features
+RUN_RECORD_KEY = "gradcamo_run_record"
+
+
+def _start_record(bundle, image_layers, labels_layer, settings, only) -> dict:
+    from napari_gradcamo.audit import provenance
+
+    return provenance.start_record(
+        "audit", bundle.source or None, bundle.metadata.model_dump(), {"image": None, "masks": None},
+        {"audit": settings, "only_labels": only, "napari_layers": {
+            "image": [layer.name for layer in image_layers], "labels": labels_layer.name}})
 
 
 class AuditRunMixin:
@@ -116,7 +130,8 @@ class AuditRunMixin:
             table = self.features(layer)
         self._set_features(layer, table)
         total = len(only) if only is not None else len(table)
-        run = AuditRun(layer, self.picker.layers(), total, only, self.model_panel.model_name)
+        run = AuditRun(layer, self.picker.layers(), total, only, self.model_panel.model_name,
+                       record=_start_record(self.bundle, image_layers, layer, settings, only))
         run.composite = self._composite(layer) if self.show_all.isChecked() else None
         self.run_state = run
         self._refresh_buttons(running=True)
@@ -172,12 +187,22 @@ class AuditRunMixin:
             run.map_dirty, run.map_shown_at = False, now
             self.cam_layers.show_all(layer, run.composite)
 
+    def _close_record(self, run: AuditRun, completed: bool) -> None:
+        """Finish the run's record and keep it with the labels layer (save and export write it)."""
+        from napari_gradcamo.audit import provenance
+
+        if run.record is not None and run.done:
+            run.labels.metadata[RUN_RECORD_KEY] = provenance.finish_record(
+                run.record, completed, cells_done=run.done, cells_total=run.total)
+            self.unsaved = True
+
     @guarded
     def _on_run_return(self, outcome) -> None:
         run = self.run_state
         self._flush_batches(final=True)
         if run is None:
             return
+        self._close_record(run, completed=not (run.stopped or outcome == "cancelled" or self.panel.cancelled))
         elapsed = time.perf_counter() - run.started
         if run.stopped:
             self.panel.end(run.stopped, error=True)
@@ -201,6 +226,8 @@ class AuditRunMixin:
             return
         self._flush_batches(final=True)
         run = self.run_state
+        if run is not None:
+            self._close_record(run, completed=False)
         if run is not None and run.stopped:
             self.panel.end(run.stopped, error=True)
             return

@@ -13,7 +13,7 @@ import weakref
 
 import numpy as np
 import pandas as pd
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
@@ -57,6 +57,8 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self.watcher = MaskEditWatcher(self)
         self.last_export = None
         self.timings: dict[str, float] = {}
+        self.unsaved = False  # an audit ran (or cells were rescored) since the last save
+        self._watched_window = lambda: None
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setInterval(REFRESH_MS)
         self._refresh_timer.timeout.connect(self._flush_batches)
@@ -147,6 +149,19 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
     @property
     def bundle(self):
         return self.model_panel.bundle
+
+    def showEvent(self, event) -> None:
+        """Watch the napari window this dock lives in: an unsaved audit is saved when it closes."""
+        super().showEvent(event)
+        window = self.window()
+        if window is not self and window is not self._watched_window():
+            window.installEventFilter(self)
+            self._watched_window = weakref.ref(window)  # no reference cycle through napari's window
+
+    def eventFilter(self, watched, event) -> bool:
+        if watched is self._watched_window() and event.type() == QEvent.Type.Close:
+            self.autosave()
+        return False
 
     @property
     def mapping_combos(self) -> list:
