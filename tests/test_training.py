@@ -213,3 +213,47 @@ def test_cli_synthetic_train_audit_end_to_end(tmp_path, capsys):
     assert main(["train", manifest, "--out", str(tmp_path / "run"), "--epochs", "2", "--width", "4",
                  "--val-fraction", "0.5", "--batch-size", "8", "--gradcamo-weight", "0.3", "--device", "cpu",
                  "--resume"]) == 0
+
+
+def test_masked_crops_train_as_the_audit_sees_them(cache, tmp_path, capsys):
+    """--crop-mode masked: the model sees only its cell (the rest = the padding value) in training, validation
+    and the audit; the checkpoint says so."""
+    from napari_gradcamo.crops.datasets import MASK_CELL
+    from napari_gradcamo.train.loop import model_input
+
+    rows = np.arange(6)
+    seen = model_input(cache.data, rows, {"method": "none"}, "masked", padding_value=-3.0)
+    outside = np.asarray(cache.data.masks[rows]) != MASK_CELL
+    assert (seen.transpose(1, 0, 2, 3, 4)[:, outside] == -3.0).all()
+    inside = ~outside
+    raw = np.asarray(cache.data.x[rows], np.float32)
+    assert np.array_equal(seen.transpose(1, 0, 2, 3, 4)[:, inside], raw.transpose(1, 0, 2, 3, 4)[:, inside])
+
+    config = tiny_config(epochs=1, crop_mode="masked", padding_value=-3.0)
+    fit(cache.data, cache.class_names, cache.channel_names, CROP, config, tmp_path)
+    meta = load_checkpoint(tmp_path / "model.safetensors").metadata
+    assert meta.crop_mode == "masked" and meta.padding_value == -3.0
+    assert meta.training["config"]["crop_mode"] == "masked"
+    assert "masked crops" in meta.training["target_layer_rule"]["rule"]
+    with pytest.raises(ValueError, match="crop_mode"):
+        tiny_config(crop_mode="cropped").validate()
+
+
+def test_cli_trains_on_masked_crops_and_audits_them(tmp_path, capsys):
+    assert main(["synthetic", str(tmp_path / "data"), "--fields", "4", "--cells", "5", "--seed", "2",
+                 "--sites-per-well", "1"]) == 0
+    manifest = json.loads(capsys.readouterr().out)["manifest"]
+    assert main(["train", manifest, "--out", str(tmp_path / "run"), "--epochs", "1", "--width", "4",
+                 "--val-fraction", "0.5", "--batch-size", "8", "--device", "cpu", "--crop-mode", "masked"]) == 0
+    capsys.readouterr()
+    checkpoint = tmp_path / "run" / "model.safetensors"
+    assert load_checkpoint(checkpoint).metadata.crop_mode == "masked"
+    row = read_manifest(manifest).iloc[0]
+    assert main(["audit", row["image"], "--model", str(checkpoint), "--masks", row["masks"],
+                 "--out", str(tmp_path / "audit")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    table = pd.read_csv(report["table"])
+    assert report["cells"] > 0 and table["gradcamo"].notna().any()
+    with pytest.raises(SystemExit) as refused:  # argparse: exit code 2 with the choices named
+        main(["train", manifest, "--out", str(tmp_path / "bad"), "--crop-mode", "cut"])
+    assert refused.value.code == 2 and "context" in capsys.readouterr().err

@@ -42,7 +42,7 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, patience=args.patience, balance=args.balance, jitter=args.jitter,
         gradcamo_weight=args.gradcamo_weight, seed=args.seed, device=args.device, amp=not args.no_amp,
-        head=args.head,
+        head=args.head, crop_mode=args.crop_mode, padding_value=args.padding_value,
     )
     config.validate()
     manifest, cache = load_cache(args, args.manifest, out, args.crop_shape, channels, classes)
@@ -150,6 +150,11 @@ def register(sub) -> None:
     p.add_argument("--width", type=positive_int, default=8, help="small CNN width")
     p.add_argument("--arch-kwargs", default=None, help="JSON architecture keyword arguments (overrides --width)")
     p.add_argument("--crop-shape", type=positive_int, nargs=3, default=[8, 32, 32], metavar=("Z", "Y", "X"))
+    p.add_argument("--crop-mode", choices=("context", "masked"), default="context",
+                   help="context: crops keep the neighbourhood; masked: everything outside the cell is set to "
+                        "--padding-value (DeepProfiler's mask_objects). Recorded in the checkpoint; the audit crops alike")
+    p.add_argument("--padding-value", type=finite_float, default=0.0,
+                   help="value outside the cell for --crop-mode masked, in normalised units (0 = the training mean)")
     p.add_argument("--channels", default=None, help="comma-separated stains to use, in order (default: the first image's)")
     p.add_argument("--classes", default=None, help="comma-separated class order (default: sorted class names)")
     p.add_argument("--layer", default=None, help="Grad-CAM layer stored in the checkpoint and used by the regulariser")

@@ -40,6 +40,8 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # used on CUDA only
     head: str = "softmax"  # softmax | sigmoid-binary | multilabel (models/heads.py)
+    crop_mode: str = "context"  # "context" (neighbours kept) or "masked" (outside the cell = padding_value)
+    padding_value: float = 0.0  # in normalised units, as the audit pads
 
     def validate(self) -> None:
         if self.balance not in ("loss", "sampler", "none"):
@@ -48,6 +50,8 @@ class TrainConfig:
             raise ValueError("epochs must be ≥ 1 and batch_size ≥ 2 (batch norm needs two crops).")
         if self.gradcamo_weight < 0:
             raise ValueError("--gradcamo-weight must be ≥ 0.")
+        if self.crop_mode not in ("context", "masked"):
+            raise ValueError(f"crop_mode must be 'context' or 'masked', got {self.crop_mode!r}.")
         from napari_gradcamo.models.heads import HEADS
 
         if self.head not in HEADS:
@@ -130,6 +134,9 @@ def _stored_layer(model, data: CropSet, rows: Sequence[int], normalization: dict
         return fallback, {"rule": "fallback (no validation crops with masks)", "layer": fallback}
     if meta.head != "softmax" or model_spatial_dims(model) != 3:
         return fallback, {"rule": "fallback (the deletion rule covers 3D softmax classifiers only)", "layer": fallback}
+    if meta.crop_mode == "masked":
+        return fallback, {"rule": "fallback (the deletion rule hides context, which masked crops do not have)",
+                          "layer": fallback}
     rows = np.asarray(rows)
     rows = np.sort(rows[np.linspace(0, len(rows) - 1, min(len(rows), LAYER_RULE_CROPS)).astype(int)])
     try:
@@ -200,7 +207,8 @@ def _start_run(data, class_names, channel_names, crop_shape, config, input_metad
     split, normalization, weights = _split_and_normalise(data, class_names, config)
     meta = ModelMetadata(config.architecture, list(class_names), list(channel_names), [int(s) for s in crop_shape],
                          architecture_kwargs=dict(config.architecture_kwargs), normalization=normalization,
-                         head=config.head, **(input_metadata or {}))
+                         head=config.head, crop_mode=config.crop_mode, padding_value=float(config.padding_value),
+                         **(input_metadata or {}))
     torch.manual_seed(config.seed)
     model = build_model(meta, trusted_factory=trusted_factory).to(device)
     layer = config.target_layer or _default_layer(model, meta)
@@ -282,7 +290,7 @@ def _train_epoch(run: _Run, data: CropSet, epoch: int, config: TrainConfig, devi
         class_weights=run.weights, gradcamo_weight=config.gradcamo_weight, target_layer=run.layer, amp=amp,
         progress=progress, cancel=cancel, step_offset=epoch * run.steps_per_epoch,
         total_steps=config.epochs * run.steps_per_epoch, epoch_label=f"epoch {epoch + 1}/{config.epochs} ",
-        head=config.head,
+        head=config.head, crop_mode=config.crop_mode, padding_value=config.padding_value,
     )
     history = run.history
     history.loss.append(stats["loss"])
@@ -293,7 +301,8 @@ def _train_epoch(run: _Run, data: CropSet, epoch: int, config: TrainConfig, devi
     improved = True  # no validation wells: keep the last epoch
     if len(run.split["val"]):
         val = evaluate(run.model, data, run.split["val"], run.normalization, batch_size=max(config.batch_size, 32),
-                       device=device, class_weights=run.weights, amp=amp, head=config.head)
+                       device=device, class_weights=run.weights, amp=amp, head=config.head, crop_mode=config.crop_mode,
+                       padding_value=config.padding_value)
         history.val_loss.append(val["loss"])
         history.val_accuracy.append(val["accuracy"])
         improved = val["loss"] < run.best["val_loss"]
@@ -389,7 +398,8 @@ def fit(
             run.model, data, run.split["val"], run.normalization, meta, run.layer, device)
     test = None
     if len(run.split["test"]):
-        test = evaluate(run.model, data, run.split["test"], run.normalization, device=device, head=config.head)
+        test = evaluate(run.model, data, run.split["test"], run.normalization, device=device, head=config.head,
+                        crop_mode=config.crop_mode, padding_value=config.padding_value)
         meta.training["test"] = test
     checkpoint = save_checkpoint(out / BEST_FILE, run.model, meta) if out is not None else None
     return FitResult(run.model.cpu(), meta, run.history, run.split, run.best["epoch"] + 1, run.stopped_early,

@@ -34,14 +34,29 @@ class History:
         return asdict(self)
 
 
+def model_input(data: CropSet, idx: np.ndarray, normalization: dict, crop_mode: str = "context",
+                padding_value: float = 0.0) -> np.ndarray:
+    """Crops ``idx`` as the model sees them: normalised and, for ``crop_mode="masked"`` (DeepProfiler's
+    ``mask_objects``), everything outside the crop's own cell set to ``padding_value`` — as the audit does."""
+    from napari_gradcamo.crops.resample import mask_outside_cell
+    from napari_gradcamo.models.checkpoint import normalize_crops
+
+    crops = normalize_crops(np.asarray(data.x[idx]), normalization)
+    if crop_mode != "masked":
+        return crops
+    if data.masks is None:
+        raise ValueError("Masked crops need each crop's cell mask (CropSet.masks).")
+    return mask_outside_cell(crops, np.asarray(data.masks[idx]) == MASK_CELL, padding_value)
+
+
 def evaluate(model, data: CropSet, rows: Sequence[int], normalization: dict, *, batch_size: int = 32, device="cpu",
-             class_weights=None, amp: bool = False, head: str = "softmax") -> dict:
+             class_weights=None, amp: bool = False, head: str = "softmax", crop_mode: str = "context",
+             padding_value: float = 0.0) -> dict:
     """Loss (the head's: cross-entropy for softmax) and accuracy of ``model`` on ``data.x[rows]``."""
     import torch
 
     from napari_gradcamo.audit.layers import crops_as_input, model_spatial_dims
     from napari_gradcamo.models import heads
-    from napari_gradcamo.models.checkpoint import normalize_crops
 
     dims = model_spatial_dims(model)
 
@@ -52,7 +67,7 @@ def evaluate(model, data: CropSet, rows: Sequence[int], normalization: dict, *, 
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             idx = rows[start : start + batch_size]
-            x = torch.as_tensor(normalize_crops(np.asarray(data.x[idx]), normalization), device=device)
+            x = torch.as_tensor(model_input(data, idx, normalization, crop_mode, padding_value), device=device)
             y = torch.as_tensor(data.y[idx], device=device)
             with _autocast(device, amp):
                 logits = model(crops_as_input(x, dims))
@@ -95,7 +110,8 @@ class LoopState:
 def run_epoch(state: LoopState, data: CropSet, order: np.ndarray, normalization: dict, *, batch_size: int,
                device, jitter: float = 0.1, class_weights=None, gradcamo_weight: float = 0.0,
                target_layer: str | None = None, amp: bool = False, progress=None, cancel=None,
-               step_offset: int = 0, total_steps: int = 0, epoch_label: str = "", head: str = "softmax") -> dict:
+               step_offset: int = 0, total_steps: int = 0, epoch_label: str = "", head: str = "softmax",
+               crop_mode: str = "context", padding_value: float = 0.0) -> dict:
     """One pass over ``order``; returns mean loss, accuracy, penalty and train Grad-CAMO of the epoch."""
     import torch
 
@@ -106,6 +122,11 @@ def run_epoch(state: LoopState, data: CropSet, order: np.ndarray, normalization:
     model, optimizer, schedule, rng = state.model, state.optimizer, state.schedule, state.rng
     dims = model_spatial_dims(model)
     use_penalty = gradcamo_weight > 0
+    if crop_mode == "masked":
+        from napari_gradcamo.crops.resample import mask_outside_cell
+
+        if data.masks is None:
+            raise ValueError("Masked crops need each crop's cell mask (CropSet.masks).")
     if use_penalty:
         if data.masks is None:
             raise ValueError("The Grad-CAMO regulariser needs each crop's cell mask (CropSet.masks).")
@@ -125,10 +146,12 @@ def run_epoch(state: LoopState, data: CropSet, order: np.ndarray, normalization:
             if len(idx) < 2:
                 continue  # batch norm needs two samples
             crops = normalize_crops(np.asarray(data.x[idx]), normalization)
-            if use_penalty:
+            if use_penalty or crop_mode == "masked":
                 crops, masks = augment_with_masks(crops, np.asarray(data.masks[idx]), rng, jitter)
             else:
                 crops = augment(crops, rng, jitter)
+            if crop_mode == "masked":  # after the intensity jitter: the outside is exactly the padding value
+                crops = mask_outside_cell(crops, masks == MASK_CELL, padding_value)
             batch = torch.as_tensor(crops, device=device)
             target = torch.as_tensor(data.y[idx], device=device)
             with _autocast(device, amp):
