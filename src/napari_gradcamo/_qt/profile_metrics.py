@@ -101,8 +101,7 @@ class ProfileMetricsPanel(QGroupBox):
     def color_by_quality(self) -> None:
         owner = self.owner
         if owner.table is not None and LOCAL_QUALITY in owner.table.columns:
-            owner.color_combo.setCurrentText(LOCAL_QUALITY)
-            owner._draw()
+            owner.refresh_color_choices(prefer=LOCAL_QUALITY)
 
     def table_loaded(self, path) -> None:
         """Show the ``metrics.json`` written beside a loaded table, if any (it is validated as a JSON object)."""

@@ -292,8 +292,12 @@ class ProfilesWidget(PanelJobs, QWidget):
         self.image_combo.clear()
         self.image_combo.addItems([ALL_IMAGES] + images if len(images) > 1 else images or [ALL_IMAGES])
         self.image_combo.blockSignals(False)
+        self.refresh_color_choices()
+
+    def refresh_color_choices(self, prefer: str | None = None) -> None:
+        """Offer the table's columns that tell cells apart; keep (or take ``prefer`` as) the choice; redraw."""
         choices = color_choices(self.table) or ["gradcamo"]
-        current = self.color_combo.currentText()
+        current = prefer or self.color_combo.currentText()
         self.color_combo.blockSignals(True)
         self.color_combo.clear()
         self.color_combo.addItems(choices)
