@@ -110,7 +110,7 @@ class ModelPanel(QGroupBox):
 
     def _open_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Open a classifier checkpoint", "", "Checkpoints (*.safetensors *.pt *.pth *.bin);;All files (*)"
+            self, "Open a classifier checkpoint", "", "Checkpoints (*.safetensors *.pt *.pth *.bin);;bioimage.io packages (*.zip rdf.yaml *.bioimageio.yaml);;All files (*)"
         )
         if path:
             self.load_model(path)

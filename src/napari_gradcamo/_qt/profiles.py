@@ -175,7 +175,7 @@ class ProfilesWidget(PanelJobs, QWidget):
         if text == AUDIT_MODEL:
             self.use_audit_model()
         elif text == BROWSE:
-            path, _ = QFileDialog.getOpenFileName(self, "Classifier checkpoint", "", "Checkpoints (*.safetensors *.pt *.pth)")
+            path, _ = QFileDialog.getOpenFileName(self, "Classifier checkpoint", "", "Checkpoints (*.safetensors *.pt *.pth);;bioimage.io packages (*.zip rdf.yaml)")
             if path:
                 self.load_model(path)
         elif "bundled" in text:

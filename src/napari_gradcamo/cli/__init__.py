@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("audit", "demo", "train", "profile", "sweep", "plate", "virtual_stain")
+COMMAND_MODULES = ("audit", "demo", "train", "profile", "sweep", "plate", "virtual_stain", "bioimageio")
 
 
 def build_parser() -> argparse.ArgumentParser:

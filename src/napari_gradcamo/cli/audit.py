@@ -158,7 +158,7 @@ def cmd_layers(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("audit", help="score every cell of an image: where does the model look?")
     p.add_argument("image", help="TIFF / OME-TIFF / .npy image, or an OME-Zarr image (read lazily, crop by crop)")
-    p.add_argument("--model", required=True, help="checkpoint (.safetensors, or .pt state dict + .json)")
+    p.add_argument("--model", required=True, help="checkpoint (.safetensors, or .pt state dict + .json) or a bioimage.io package (.zip, folder, rdf.yaml)")
     p.add_argument("--out", required=True, help="output folder (checked writable before any compute)")
     p.add_argument("--overwrite", action="store_true", help="replace this image's results already in --out")
     p.add_argument("--resume", action="store_true",

@@ -58,7 +58,7 @@ def register(sub) -> None:
 
     p = commands.add_parser("run", help="audit every field (resumable) and write the plate table and report")
     p.add_argument("source", help="manifest CSV, folder of fields (PLATE_WELL_sSITE.ome.tif/.ome.zarr), or OME-Zarr plate")
-    p.add_argument("--model", required=True, help="checkpoint (.safetensors, or .pt state dict + .json)")
+    p.add_argument("--model", required=True, help="checkpoint (.safetensors, or .pt state dict + .json) or a bioimage.io package (.zip, folder, rdf.yaml)")
     p.add_argument("--out", required=True, help="output folder (rerun with the same folder to resume)")
     p.add_argument("--layout", default=None, help="CSV: well[,plate],treatment,dose")
     p.add_argument("--workers", type=int, default=None, help="local dask workers (default: one per CPU core)")

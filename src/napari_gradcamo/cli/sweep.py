@@ -47,7 +47,7 @@ def cmd_sweep(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("sweep", help="score every cell at several target layers (one pass) and compare them")
     p.add_argument("image", help="TIFF / OME-TIFF / .npy image")
-    p.add_argument("--model", required=True, help="checkpoint (.safetensors, or .pt state dict + .json)")
+    p.add_argument("--model", required=True, help="checkpoint (.safetensors, or .pt state dict + .json) or a bioimage.io package (.zip, folder, rdf.yaml)")
     p.add_argument("--masks", required=True, help="label image (TIFF/.npy) with one id per cell")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--layers", default=None,

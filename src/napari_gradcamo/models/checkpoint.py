@@ -118,18 +118,28 @@ def read_metadata(path: str | Path) -> ModelMetadata:
 
 
 def checkpoint_factory(path: str | Path) -> str | None:
-    """The ``package.module:function`` a ``custom`` checkpoint asks to run (nothing imported), else None."""
+    """The ``package.module:function`` a ``custom`` checkpoint (or bioimage.io package) asks to run (nothing
+    imported), else None."""
+    from napari_gradcamo.models import bioimageio
+
+    if bioimageio.is_package(path):
+        return bioimageio.package_factory(path)
     return requested_factory(read_metadata(path))
 
 
 def load_checkpoint(path: str | Path, trusted_factory: str | None = None) -> ModelBundle:
-    """Load a classifier safely from ``.safetensors`` (metadata inside or beside) or a ``.pt`` state dict.
+    """Load a classifier safely from ``.safetensors`` (metadata inside or beside), a ``.pt`` state dict, or a
+    bioimage.io model package (.zip, its folder or rdf.yaml; :mod:`napari_gradcamo.models.bioimageio`).
 
     ``trusted_factory``: for a ``custom`` checkpoint, the ``package.module:function`` you trust to build its
     network; without it (or when it differs from the checkpoint's) the checkpoint is refused before anything
     is imported.
     """
+    from napari_gradcamo.models import bioimageio
+
     path = Path(path)
+    if bioimageio.is_package(path):
+        return bioimageio.import_package(path, trusted_factory)
     state, metadata = _read_checkpoint(path)
     model = build_model(metadata, trusted_factory, path.name)
     try:

@@ -1,0 +1,274 @@
+"""bioimage.io model packages (spec 0.5, ``pytorch_state_dict`` weights): audit one, export a checkpoint as one.
+
+Reading and writing go through ``bioimageio.spec`` (every field validated by it); the weights are read with
+``torch.load(weights_only=True)`` (no unpickled code). What decides which code builds the network:
+
+* a package exported here names :func:`network_from_metadata` in this module and carries the checkpoint's
+  metadata: only built-in or installed (entry-point) architectures are built, as for a checkpoint;
+* a third-party package names ``import_from`` + ``callable``: that is a ``custom`` factory, built only when the
+  user trusts exactly that ``package.module:function`` (``--trust-factory``, the trust dialog);
+* a package whose network is Python source inside it is refused (its code would run from a downloaded file).
+
+Axes, channel names, class names (the output's channel names) and the preprocessing (fixed mean/s.d. per
+channel, or percentile scaling per crop) are mapped onto :class:`~napari_gradcamo.models.metadata.ModelMetadata`;
+anything else is refused with a message that names it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_gradcamo.models.metadata import CheckpointError, ModelBundle, ModelMetadata
+
+NETWORK_CALLABLE = "network_from_metadata"
+THIS_MODULE = "napari_gradcamo.models.bioimageio"
+RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
+INPUT_ID, OUTPUT_ID = "crops", "logits"
+CITATION = {"text": "Grad-CAMO: learning interpretable single-cell morphological profiles from 3D Cell Painting "
+                    "images (Lim et al., 2024)", "doi": "10.1101/2024.05.21.595211"}
+
+
+def is_package(path: str | Path) -> bool:
+    """A bioimage.io package: a .zip, a folder holding an rdf.yaml, or the rdf.yaml itself."""
+    path = Path(path)
+    return (path.suffix == ".zip" or path.name in RDF_NAMES or path.name.endswith(".bioimageio.yaml")
+            or (path.is_dir() and any((path / name).is_file() for name in RDF_NAMES)))
+
+
+def network_from_metadata(metadata: dict[str, Any]):
+    """The callable a package exported by napari-gradcamo names: its metadata in, the untrained network out."""
+    from napari_gradcamo.models.architectures import build_model
+
+    return build_model(ModelMetadata.from_dict(metadata, "the bioimage.io package"))
+
+
+# ------------------------------------------------------------------------------------------------ import
+
+
+def _describe(source):
+    from bioimageio.spec import InvalidDescr, load_description
+    from bioimageio.spec.model import v0_5
+
+    try:
+        descr = load_description(source, format_version="latest")
+    except Exception as error:  # a missing file, a broken zip or YAML
+        raise CheckpointError(f"{source} cannot be read as a bioimage.io package: {error}") from None
+    if isinstance(descr, InvalidDescr):
+        problems = [f"{e.loc}: {e.msg}" for e in descr.validation_summary.errors][:5]
+        raise CheckpointError(f"{source} is not a valid bioimage.io model: {'; '.join(problems)}")
+    if not isinstance(descr, v0_5.ModelDescr):
+        raise CheckpointError(f"{source} describes a bioimage.io {descr.type}, not a model.")
+    if descr.weights.pytorch_state_dict is None:
+        formats = [name for name, entry in descr.weights if entry is not None]
+        raise CheckpointError(f"{source} has no pytorch_state_dict weights (it has: {', '.join(formats)}); "
+                              "export the model's PyTorch state dict into the package.")
+    return descr
+
+
+def _axes(tensor) -> dict[str, Any]:
+    return {str(axis.id): axis for axis in tensor.axes}
+
+
+def _size(axis) -> int:
+    size = axis.size
+    return int(size) if isinstance(size, int) else int(getattr(size, "min", 0) or 0)
+
+
+def _crop_shape(axes: dict, source) -> list[int]:
+    kinds = {name: axis.type for name, axis in axes.items()}
+    if kinds.get("batch") != "batch" or kinds.get("channel") != "channel":
+        raise CheckpointError(f"{source}: the input needs a batch and a channel axis (has {', '.join(kinds)}).")
+    space = [name for name, kind in kinds.items() if kind == "space"]
+    if space not in (["z", "y", "x"], ["y", "x"]):
+        raise CheckpointError(f"{source}: the input's space axes are {space}; napari-gradcamo reads (z,) y, x crops.")
+    return [_size(axes["z"]) if "z" in axes else 1, _size(axes["y"]), _size(axes["x"])]
+
+
+def _normalization(tensor, n_channels: int, source) -> dict:
+    steps = [p for p in tensor.preprocessing if p.id != "ensure_dtype"]
+    if not steps:
+        return {"method": "none"}
+    if len(steps) == 1 and steps[0].id == "fixed_zero_mean_unit_variance":
+        kwargs = steps[0].kwargs
+        mean = np.broadcast_to(np.asarray(kwargs.mean, float), (n_channels,)).tolist()
+        std = np.broadcast_to(np.asarray(kwargs.std, float), (n_channels,)).tolist()
+        return {"method": "fixed", "mean": mean, "std": std}
+    if len(steps) == 1 and steps[0].id == "scale_range" and steps[0].kwargs.reference_tensor is None:
+        kwargs = steps[0].kwargs
+        return {"method": "percentile", "low": float(kwargs.min_percentile), "high": float(kwargs.max_percentile)}
+    raise CheckpointError(f"{source}: preprocessing {[p.id for p in steps]} is not supported; napari-gradcamo "
+                          "applies a fixed mean/s.d. per channel, percentile scaling per crop, or nothing.")
+
+
+def _third_party_metadata(descr, architecture, source) -> ModelMetadata:
+    inputs, outputs = descr.inputs, descr.outputs
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise CheckpointError(f"{source}: {len(inputs)} inputs and {len(outputs)} outputs; a classifier of cell "
+                              "crops has one of each.")
+    in_axes, out_axes = _axes(inputs[0]), _axes(outputs[0])
+    crop_shape = _crop_shape(in_axes, source)
+    channels = [str(c) for c in in_axes["channel"].channel_names]
+    if set(out_axes) != {"batch", "channel"} or out_axes["channel"].type != "channel":
+        raise CheckpointError(f"{source}: the output's axes are {list(out_axes)}; a classifier outputs (batch, "
+                              "channel) with one channel per class.")
+    classes = [str(c) for c in out_axes["channel"].channel_names]
+    spec = f"{architecture.import_from}:{architecture.callable}"
+    return ModelMetadata.from_dict({
+        "architecture": "custom", "architecture_kwargs": {"factory": spec, **dict(architecture.kwargs)},
+        "class_names": classes, "channel_names": channels, "crop_shape": crop_shape,
+        "normalization": _normalization(inputs[0], len(channels), source),
+        "training": {"bioimageio": {"name": descr.name, "id": str(descr.id or ""), "source": str(source)}},
+    }, str(source))
+
+
+def package_metadata(source: str | Path) -> ModelMetadata:
+    """The checkpoint metadata a package maps to (validated; nothing imported or built)."""
+    descr = _describe(source)
+    architecture = descr.weights.pytorch_state_dict.architecture
+    if not hasattr(architecture, "import_from"):
+        raise CheckpointError(
+            f"{source}: the network is Python source inside the package ({architecture.source}); napari-gradcamo "
+            "does not run code from a model file. Install the code as a package and name it in the package "
+            "(import_from), or register it under the entry-point group 'napari_gradcamo.architectures'.")
+    if architecture.import_from == THIS_MODULE and str(architecture.callable) == NETWORK_CALLABLE:
+        return ModelMetadata.from_dict(dict(architecture.kwargs).get("metadata"), str(source))
+    return _third_party_metadata(descr, architecture, source)
+
+
+def import_package(source: str | Path, trusted_factory: str | None = None) -> ModelBundle:
+    """A bioimage.io package (folder, rdf.yaml or .zip) as a model ready for the audit."""
+    import io
+
+    import torch
+    from bioimageio.spec.utils import download
+
+    from napari_gradcamo.models.architectures import build_model
+
+    meta = package_metadata(source)
+    model = build_model(meta, trusted_factory, Path(str(source)).name)
+    weights = _describe(source).weights.pytorch_state_dict.source
+    try:
+        state = torch.load(io.BytesIO(download(weights).read()), map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except Exception as error:
+        raise CheckpointError(f"{source}: the weights do not load into the network: {error}") from None
+    model.eval()
+    return ModelBundle(model, meta, str(source))
+
+
+def package_factory(source: str | Path) -> str | None:
+    """The ``package.module:function`` a third-party package asks to run (nothing imported), else None."""
+    from napari_gradcamo.models.architectures import requested_factory
+
+    return requested_factory(package_metadata(source))
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def _preprocessing(normalization: dict, space: list[str]) -> list[dict]:
+    method = normalization.get("method", "none")
+    if method == "fixed":
+        return [{"id": "fixed_zero_mean_unit_variance", "kwargs": {
+            "mean": [float(v) for v in normalization["mean"]], "std": [float(v) for v in normalization["std"]],
+            "axis": "channel"}}]
+    if method == "percentile":
+        return [{"id": "scale_range", "kwargs": {"axes": space, "min_percentile": float(normalization["low"]),
+                                                 "max_percentile": float(normalization["high"])}}]
+    return []
+
+
+def _documentation(meta: ModelMetadata, name: str) -> str:
+    return (f"# {name}\n\nA single-cell crop classifier exported by napari-gradcamo.\n\n"
+            f"- classes: {', '.join(meta.class_names)}\n- channels: {', '.join(meta.channel_names)}\n"
+            f"- crop (z, y, x): {meta.crop_shape}; head: {meta.head}; Grad-CAM layer: {meta.target_layer}\n\n"
+            "The output is one logit per class (`head` in `config.napari_gradcamo` says how to turn them into "
+            "probabilities). Audit it with `gradcamo audit IMAGE --model this.zip --masks MASKS --out OUT`.\n\n"
+            "# Validation\n\nThe test tensors are one synthetic crop and this network's logits for it; "
+            "`bioimageio.core` reproduces them.\n")
+
+
+def _test_input(meta: ModelMetadata, seed: int = 0) -> np.ndarray:
+    """One crop in camera units around the normalisation's mean (a fixed seed: the package is reproducible)."""
+    rng = np.random.default_rng(seed)
+    norm = meta.normalization
+    shape = (1, len(meta.channel_names), *meta.crop_shape)
+    if norm.get("method") == "fixed":
+        mean = np.asarray(norm["mean"])[None, :, None, None, None]
+        std = np.asarray(norm["std"])[None, :, None, None, None]
+        return (mean + std * rng.standard_normal(shape)).astype(np.float32)
+    return rng.uniform(0, 1000, shape).astype(np.float32)
+
+
+def export_package(bundle: ModelBundle, out: str | Path, *, name: str | None = None, overwrite: bool = False) -> Path:
+    """Write ``bundle`` as a bioimage.io model package (.zip), validated by ``bioimage.spec`` before it is saved."""
+    import torch
+    from bioimageio.spec import InvalidDescr, load_description, save_bioimageio_package
+
+    from napari_gradcamo.audit.layers import crops_as_input, model_spatial_dims
+    from napari_gradcamo.models.checkpoint import normalize_crops
+
+    out = Path(out)
+    meta = bundle.metadata
+    if out.suffix != ".zip":
+        raise CheckpointError(f"{out.name}: a bioimage.io package is a .zip file; give --out NAME.zip.")
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out} exists; choose another --out or pass --overwrite.")
+    if meta.architecture == "custom":
+        raise CheckpointError("A 'custom' architecture's code is not part of napari-gradcamo; register it as an "
+                              "installed architecture (entry point) before exporting the model.")
+    dims = model_spatial_dims(bundle.model)
+    space = ["z", "y", "x"] if dims == 3 else ["y", "x"]
+    name = name or f"napari-gradcamo {meta.architecture} ({' vs '.join(meta.class_names)})"
+    name = re.sub(r"[^A-Za-z0-9_+\- ()]", "_", name)  # the characters bioimage.io allows in a name
+    with tempfile.TemporaryDirectory(prefix=".bioimageio-", dir=out.parent) as tmp:
+        folder = Path(tmp)
+        sample = _test_input(meta)
+        model_input = normalize_crops(sample, meta.normalization)
+        with torch.no_grad():
+            logits = bundle.model.eval()(crops_as_input(torch.as_tensor(model_input), dims)).float().numpy()
+        raw = sample if dims == 3 else sample[:, :, 0]
+        np.save(folder / "test_input.npy", raw)
+        np.save(folder / "test_output.npy", logits)
+        torch.save({k: v.detach().cpu() for k, v in bundle.model.state_dict().items()}, folder / "weights.pt")
+        (folder / "README.md").write_text(_documentation(meta, name))
+        plain = json.loads(meta.model_dump_json())
+        sizes = dict(zip(["z", "y", "x"], meta.crop_shape))
+        rdf = {
+            "type": "model", "format_version": "0.5.4", "name": name,
+            "description": f"Single-cell classifier ({', '.join(meta.class_names)}) exported by napari-gradcamo.",
+            "authors": [{"name": "napari-gradcamo export"}], "cite": [CITATION], "license": "MIT",
+            "documentation": "README.md", "tags": ["napari-gradcamo", "classification", "single-cell", f"{dims}d"],
+            "inputs": [{"id": INPUT_ID, "axes": [{"type": "batch"}, {"type": "channel", "channel_names": meta.channel_names},
+                                                  *({"type": "space", "id": a, "size": sizes[a]} for a in space)],
+                        "test_tensor": {"source": "test_input.npy"},
+                        "preprocessing": _preprocessing(meta.normalization, space)}],
+            "outputs": [{"id": OUTPUT_ID, "axes": [{"type": "batch"}, {"type": "channel", "channel_names": meta.class_names}],
+                         "test_tensor": {"source": "test_output.npy"}}],
+            "weights": {"pytorch_state_dict": {
+                "source": "weights.pt", "pytorch_version": torch.__version__.split("+")[0],
+                "architecture": {"callable": NETWORK_CALLABLE, "import_from": THIS_MODULE, "kwargs": {"metadata": plain}}}},
+            "config": {"napari_gradcamo": {"metadata": plain, "source": Path(str(bundle.source or "")).name}},
+        }
+        _write_yaml(folder / "rdf.yaml", rdf)
+        descr = load_description(folder / "rdf.yaml")
+        if isinstance(descr, InvalidDescr):
+            raise CheckpointError(f"The exported description does not validate: {descr.validation_summary.format()}")
+        partial = folder / out.name
+        save_bioimageio_package(descr, output_path=partial)
+        shutil.move(str(partial), str(out.with_name(f".{out.name}.tmp")))
+    out.with_name(f".{out.name}.tmp").replace(out)
+    return out
+
+
+def _write_yaml(path: Path, content: dict) -> None:
+    from bioimageio.spec.utils import write_yaml
+
+    write_yaml(content, path)
