@@ -65,6 +65,7 @@ def test_a_package_audits_with_one_command_and_scores_as_its_checkpoint(exported
     assert len(packaged) == len(direct) > 0
     np.testing.assert_allclose(packaged["gradcamo"], direct["gradcamo"], rtol=1e-5, atol=1e-7)
     assert (packaged["predicted_class"] == direct["predicted_class"]).all()
+    assert packaged["gradcamo"].median() > packaged["chance"].median()  # the honest model looks at its cells
 
 
 def _third_party_package(folder, *, architecture=None, channel_axis=True, weights=True):
