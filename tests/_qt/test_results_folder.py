@@ -90,3 +90,16 @@ def test_a_saved_audit_is_not_saved_again_on_close(audited_dock, autosave_in_tmp
     assert widget.save_results(tmp_path / "mine")
     close_window(widget)
     assert not autosave_in_tmp.exists() or not list(autosave_in_tmp.iterdir())
+
+
+def test_a_broken_run_record_is_refused_on_reopening(audited_dock, tmp_path):
+    viewer, widget, labels = audited_dock
+    folder = tmp_path / "saved"
+    assert widget.save_results(folder)
+    assert read_results_folder(folder).run_record == labels.metadata["gradcamo_run_record"]
+    (folder / "run.json").write_text("[1, 2]")
+    with pytest.raises(ResultsFolderError, match="one run record"):
+        read_results_folder(folder)
+    (folder / "run.json").write_text("{not json")
+    with pytest.raises(ResultsFolderError, match="unreadable"):
+        read_results_folder(folder)

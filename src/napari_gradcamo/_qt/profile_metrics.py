@@ -16,20 +16,21 @@ import numpy as np
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QLabel, QPushButton, QSpinBox
 
 from napari_gradcamo._qt import layers as L
-from napari_gradcamo._qt.workers import start_job
+from napari_gradcamo.progress import Cancelled, check
 
 LOCAL_QUALITY = "local_quality"
 SHOWN = ("cells", "k", "trustworthiness", "continuity", "lcmc", "knn_accuracy", "linear_accuracy",
          "replicate_map", "activity_map", "backbone_spearman", "mine_nats")
 
 
-def _metrics_job(image, labels, bundle, table, k):
+def _metrics_job(image, labels, bundle, table, k, cancel):
     from napari_gradcamo.crops.datasets import cropset_from_image
     from napari_gradcamo.profiles.extract import SPHERED_PREFIX, feature_columns
     from napari_gradcamo.profiles.metrics import table_metrics
 
     yield (0, 2, "crops of the image…")
     data = cropset_from_image(image, labels, bundle)
+    check(cancel, "the profile metrics")
     yield (1, 2, "neighbourhoods, classifiers, mAP…")
     result = table_metrics(table, data.x, feature_columns(table, SPHERED_PREFIX), k=k)
     yield (2, 2, "done")
@@ -51,7 +52,6 @@ class ProfileMetricsPanel(QGroupBox):
         super().__init__("Profile quality", profiles_widget)
         self.owner = profiles_widget
         self.metrics: dict = {}
-        self.job = None
         form = QFormLayout(self)
         self.k_spin = QSpinBox(self)
         self.k_spin.setRange(2, 100)
@@ -78,16 +78,20 @@ class ProfileMetricsPanel(QGroupBox):
         except ValueError as error:
             owner.panel.say(str(error), error=True)
             return False
-        owner.panel.begin("Profile quality…")
-        self.job = start_job(_metrics_job, image, labels, owner.bundle, owner.table, int(self.k_spin.value()),
-                             synchronous=owner.synchronous, on_yield=lambda update: owner.panel.step(*update),
-                             on_return=self._on_computed, on_error=self._on_error)
+        owner.panel.start("Profile quality…", _metrics_job, image, labels, owner.bundle, owner.table,
+                          int(self.k_spin.value()), on_return=self._on_computed, on_error=self._on_error)
         return True
 
     def _on_error(self, error) -> None:
+        if isinstance(error, Cancelled):
+            self.owner.panel.end("Profile metrics cancelled.")
+            return
         self.owner.panel.end(f"Profile metrics failed: {error}", error=True)
 
     def _on_computed(self, result) -> None:
+        if result is None:
+            self.owner.panel.end("Profile metrics cancelled.")
+            return
         metrics, quality = result
         self.owner.table[LOCAL_QUALITY] = quality
         self.show_metrics(metrics)

@@ -149,6 +149,11 @@ def read_results_folder(folder) -> ResultsFolder:
         raise ResultsFolderError(f"{folder / 'gradcamo.parquet'} has no 'label' column.")
     record = None
     if (folder / "run.json").is_file():
-        record = json.loads((folder / "run.json").read_text())
+        try:
+            record = json.loads((folder / "run.json").read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ResultsFolderError(f"{folder / 'run.json'} is unreadable: {error}") from error
+        if not isinstance(record, dict):
+            raise ResultsFolderError(f"{folder / 'run.json'} must hold one run record (a JSON object).")
     return ResultsFolder(image, names, tuple(float(v) for v in voxel), labels.astype(np.uint32), table,
                          _read_cams(folder / "cams.npz"), str(manifest.get("model", "")), record)
