@@ -35,8 +35,11 @@ FAMILIES = {
                         False, [pytest.mark.slow]),
     "monai-densenet-3d": (["--arch", "custom", "--arch-kwargs", json.dumps(DENSENET_3D)], False, []),
     "efficientnet-b0-3d": (["--arch", "efficientnet-b0", "--arch-kwargs", "{}"], False, [pytest.mark.slow, pytest.mark.xfail(
-        reason="open: after 6 epochs, Grad-CAM at the default layer _blocks.1 is all-zero for 95 of 96 held-out cells "
-               "(measured once); not yet known whether the model or the engine causes it", strict=False)]),
+        reason="measured cause: at 8x32x32 crops EfficientNet-B0's later blocks see 1-4 voxels, so batch norm there "
+               "normalises over the 16 crops of a batch; in eval mode (running statistics) the input-dependent signal "
+               "shrinks ~10x per block (across-crop s.d. 0.086 after _blocks.0, 1e-10 after _blocks.6) and every "
+               "held-out crop gets the same probability (0.49531), so Grad-CAM is zero: the network is too deep for "
+               "crops this small, not an engine fault", strict=False)]),
     "labmodel-3d (zero-arg entry point)": (["--arch", "labmodel-3d", "--layer", "encoder.stages.2.conv"], False,
                                            [LABMODEL]),
     "labmodel-binary (one logit)": (["--arch", "labmodel-binary", "--head", "sigmoid-binary"], False, [LABMODEL]),
