@@ -2,13 +2,16 @@
 
 Opens a real napari viewer (run it under ``xvfb-run -a``), adds a synthetic 5-stain field with
 ``--cells`` ellipsoidal cells (default 21×1080×1080, 361 cells: a real-sized 3D Cell Painting field),
-loads the bundled ``honest`` demo model in the Grad-CAMO audit dock and audits every cell while a
-100 ms ``QTimer`` heartbeat records when the event loop is free. Prints the run time, how many
-heartbeats fired against how many were due, and the longest gap between two heartbeats (the
-longest main-thread stall), then the five longest gaps. Nothing is asserted.
+loads the bundled ``honest`` demo model in the Grad-CAMO audit dock, waits ``--think`` seconds (a person
+reading the dock before pressing Run), and audits every cell. A ``QTimer`` heartbeat every 10 ms
+records when the event loop is free; a gap between two beats is a main-thread stall. For each phase
+(*load*: loading the model and the think time; *audit*: from Run until one second after the run ended)
+it prints the heartbeat rate (100 Hz when never blocked), the longest stall, how many stalls passed
+100 ms, and the five longest. Nothing is asserted.
 
     xvfb-run -a python benchmarks/gui_stall.py                      # full field
     xvfb-run -a python benchmarks/gui_stall.py --size 540 --cells 90   # a quarter, same density
+    xvfb-run -a python benchmarks/gui_stall.py --where 5            # and what the main thread ran then
 
 It only drives the widget's public API (``load_model``, ``set_channel_map``, ``run``, ``job``), so the
 same file measures an older checkout of the plugin (``PYTHONPATH=<old>/src``).
@@ -54,20 +57,115 @@ def synthetic_field(size: int, depth: int, n_cells: int, seed: int = 0):
     return stains, labels
 
 
+class StackSampler:
+    """Samples every thread's Python stack every ``interval`` s from a helper thread.
+
+    A sample that comes much later than asked means some thread held the GIL: the main thread could not
+    run Python either. The stacks of the other threads at that moment say which.
+    """
+
+    def __init__(self, interval: float = 0.002):
+        import threading
+
+        self.interval = interval
+        self.main_id = threading.main_thread().ident
+        self.own_id = None
+        self.samples: list[tuple[float, float, dict]] = []  # (time, wait since the previous sample, stacks)
+        self._running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _stack(frame) -> tuple[str, ...]:
+        stack = []
+        while frame is not None:
+            code = frame.f_code
+            where = code.co_filename.split("site-packages/")[-1].split("src/")[-1]
+            stack.append(f"{where}:{frame.f_lineno} {code.co_name}")
+            frame = frame.f_back
+        return tuple(reversed(stack))
+
+    def _sample(self) -> None:
+        import threading
+
+        self.own_id = threading.get_ident()
+        last = time.perf_counter()
+        while self._running:
+            now = time.perf_counter()
+            frames = sys._current_frames()
+            stacks = {tid: self._stack(f) for tid, f in frames.items() if tid != self.own_id}
+            self.samples.append((now, now - last, stacks))
+            last = now
+            time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self._running = False
+        self.thread.join()
+
+    def _common(self, stacks: list, depth: int) -> list[str]:
+        from collections import Counter
+
+        counts: Counter = Counter(frame for stack in stacks for frame in set(stack))
+        depth_of: dict = {}
+        for stack in stacks:
+            for k, frame in enumerate(stack):
+                depth_of.setdefault(frame, k)
+        common = [f for f, c in counts.items() if c >= 0.2 * len(stacks)]
+        return [f"  {100 * counts[f] / len(stacks):5.0f}%  {f}" for f in sorted(common, key=depth_of.get)[-depth:]]
+
+    def print_stalls(self, beats: list[float], n: int, depth: int = 10) -> None:
+        """For the ``n`` longest gaps: the main thread's frames seen in at least a fifth of the samples, and
+        the time the sampler itself waited for the GIL, with what the other threads ran then."""
+        beats_arr = np.asarray(beats)
+        gaps = np.diff(beats_arr)
+        for i in np.argsort(gaps)[::-1][:n]:
+            t0, t1 = beats_arr[i], beats_arr[i + 1]
+            inside = [(wait, stacks) for t, wait, stacks in self.samples if t0 <= t <= t1]
+            starved = [(wait, stacks) for wait, stacks in inside if wait > 0.02]
+            print(f"\n--- stall {1000 * gaps[i]:.0f} ms at +{t0 - beats_arr[0]:.1f} s: {len(inside)} samples, "
+                  f"{1000 * sum(w for w, _ in starved):.0f} ms of them waiting for the GIL")
+            print("main thread:")
+            print("\n".join(self._common([s.get(self.main_id, ()) for _, s in inside], depth)))
+            for wait, stacks in sorted(starved, key=lambda x: -x[0])[:3]:
+                print(f" GIL held for {1000 * wait:.0f} ms; other threads then:")
+                for tid, stack in stacks.items():
+                    if tid != self.main_id and stack:
+                        print("    " + " > ".join(stack[-4:]))
+
+
+HEARTBEAT_MS = 10
+
+
+def phase_numbers(beats: list[float]) -> dict:
+    """Heartbeat rate and stalls (gaps between beats) of one phase."""
+    gaps = np.diff(np.asarray(beats))
+    duration = beats[-1] - beats[0]
+    return {
+        "seconds": round(duration, 2),
+        "heartbeat_hz": round((len(beats) - 1) / duration, 1) if duration > 0 else 0.0,
+        "longest_stall_ms": round(1000 * float(gaps.max()), 1) if gaps.size else 0.0,
+        "stalls_over_100ms": int((gaps > 0.1).sum()),
+        "top5_stalls_ms": [round(1000 * float(g), 1) for g in np.sort(gaps)[::-1][:5]],
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1080, help="y and x size of the field (voxels)")
     parser.add_argument("--depth", type=int, default=21)
     parser.add_argument("--cells", type=int, default=361)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--ndisplay", type=int, default=2, choices=(2, 3), help="2D slice view or 3D rendering")
+    parser.add_argument("--think", type=float, default=3.0, help="seconds between loading the model and Run")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
     parser.add_argument("--json", help="also write the numbers to this file")
-    parser.add_argument("--profile", action="store_true", help="print where the main thread spent its time")
+    parser.add_argument("--where", type=int, default=0, metavar="N",
+                        help="sample the main thread's stack every 2 ms and print what it ran in the N longest stalls")
     args = parser.parse_args(argv)
     os.environ.pop("NAPARI_GRADCAMO_SYNC", None)
 
     import napari
-    from qtpy.QtCore import QTimer
+    from qtpy.QtCore import Qt, QTimer
     from qtpy.QtWidgets import QApplication
 
     from napari_gradcamo._qt.audit_widget import AuditWidget
@@ -81,31 +179,38 @@ def main(argv=None) -> int:
     for name, data in zip(STAINS, stains):
         viewer.add_image(data, name=name, blending="additive", metadata={"gradcamo_channel": name})
     viewer.add_labels(labels, name="masks")
+    viewer.dims.ndisplay = args.ndisplay
     widget = AuditWidget(viewer)
     widget.synchronous = False
     viewer.window.add_dock_widget(widget, name="Grad-CAMO audit")
     app = QApplication.instance()
-    app.processEvents()
+
+    def spin(seconds: float) -> None:
+        until = time.perf_counter() + seconds
+        while time.perf_counter() < until:
+            app.processEvents()
+            time.sleep(0.002)
+
+    spin(1.0)
+    beats: list[float] = []
+    timer = QTimer()
+    timer.setTimerType(Qt.TimerType.PreciseTimer)
+    timer.setInterval(HEARTBEAT_MS)
+    timer.timeout.connect(lambda: beats.append(time.perf_counter()))
+    timer.start()
+    sampler = StackSampler() if args.where else None
+
+    beats.append(time.perf_counter())
     if not widget.load_model(bundled_model_path("honest")):
         print("could not load the demo model", file=sys.stderr)
         return 1
     widget.set_channel_map(list(range(len(STAINS))))
     widget.batch_size.setValue(args.batch)
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.01)
+    spin(args.think)
+    beats.append(time.perf_counter())
+    load_beats = list(beats)
 
-    beats: list[float] = []
-    timer = QTimer()
-    timer.setInterval(100)
-    timer.timeout.connect(lambda: beats.append(time.perf_counter()))
-    timer.start()
-    profiler = None
-    if args.profile:
-        import cProfile
-
-        profiler = cProfile.Profile()
-        profiler.enable()
+    beats.clear()
     start = time.perf_counter()
     beats.append(start)
     if not widget.run():
@@ -115,35 +220,31 @@ def main(argv=None) -> int:
         app.processEvents()
         time.sleep(0.002)
     end = time.perf_counter()
-    # let the finishing refresh run, and count it
-    settle = end + 1.0
-    while time.perf_counter() < settle:
-        app.processEvents()
-        time.sleep(0.002)
+    spin(1.0)  # the finishing refresh runs, and counts
     beats.append(time.perf_counter())
     timer.stop()
-    if profiler is not None:
-        import pstats
-
-        profiler.disable()
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
-    gaps = np.diff(np.asarray(beats))
-    duration = beats[-1] - start
+    audit_beats = list(beats)
     out = {
         "field": f"{args.depth}x{args.size}x{args.size}",
         "cells": int(n_cells),
+        "ndisplay": args.ndisplay,
         "audit_s": round(end - start, 2),
-        "observed_s": round(duration, 2),
-        "heartbeats": int(len(beats) - 2),
-        "heartbeats_due": int(duration / 0.1),
-        "heartbeat_rate_hz": round((len(beats) - 2) / duration, 2),
-        "longest_stall_ms": round(1000 * float(gaps.max()), 1),
-        "stalls_over_100ms_beyond_tick": int((gaps > 0.2).sum()),
-        "top5_gaps_ms": [round(1000 * float(g), 1) for g in np.sort(gaps)[::-1][:5]],
+        "load": phase_numbers(load_beats),
+        "audit": phase_numbers(audit_beats),
         "status": widget.panel.status.text(),
     }
+    if sampler is not None:
+        sampler.stop()
+        for name, phase in (("load", load_beats), ("audit", audit_beats)):
+            print(f"\n===== {name}")
+            sampler.print_stalls(phase, args.where)
+    print()
     for key, value in out.items():
-        print(f"{key:32s} {value}")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                print(f"{key + ' ' + k:32s} {v}")
+        else:
+            print(f"{key:32s} {value}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)

@@ -38,10 +38,11 @@ def test_threaded_run_keeps_gui_alive_and_fills_table_live(setup, qtbot, slow_au
     widget.synchronous = False
     sizes = []
     widget.table.model.modelReset.connect(lambda: sizes.append(audited(widget)))
+    widget.table.model.dataChanged.connect(lambda *_: sizes.append(audited(widget)))
     assert widget.run()
-    assert widget.job.running and not widget.run_all_button.isEnabled()
+    assert widget.job.running and widget.busy and not widget.run_all_button.isEnabled()
     assert widget.panel.cancel_button.isEnabled()
-    qtbot.waitUntil(lambda: not widget.job.running, timeout=60_000)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert audited(widget) == labels.data.max()
     partial = sorted(set(sizes) - {0, int(labels.data.max())})
     assert partial, f"no partial table was shown while the audit ran: {sizes}"  # rows appear as batches finish
@@ -74,7 +75,7 @@ def test_cancel_mid_run_threaded(setup, qtbot, slow_audit):
     assert widget.run()
     qtbot.waitUntil(lambda: audited(widget) >= 1, timeout=60_000)
     widget.panel.cancel_button.click()
-    qtbot.waitUntil(lambda: not widget.job.running, timeout=60_000)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     n = audited(widget)
     assert 1 <= n < labels.data.max()
     assert "Cancelled" in widget.panel.status.text()
@@ -90,7 +91,7 @@ def test_layer_deleted_mid_run(setup, qtbot, slow_audit, which):
     victim = labels if which == "labels" else images[1]
     name = victim.name
     viewer.layers.remove(victim)
-    qtbot.waitUntil(lambda: not widget.job.running, timeout=60_000)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     message = widget.panel.status.text()
     assert f"'{name}' was deleted during the audit" in message and "stopped" in message
     if which == "labels":

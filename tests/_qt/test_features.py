@@ -138,3 +138,22 @@ def test_crop_world_translate_and_composite():
     grid = cam.on_crop_grid() / cam.on_crop_grid().max()
     np.testing.assert_allclose(comp, grid[1:4, 0:3, 0:3], rtol=1e-6)  # clipped at the image border
     assert comp.max() <= 1.0 + 1e-6
+
+
+def test_ensure_schema_is_idempotent_and_its_fast_path_copies(audited):
+    """A table already in the schema is recognised (no rework) and gives exactly what the full path gives; a
+    table that is not (unsorted, missing text, foreign columns) goes the full way."""
+    table, _ = audited
+    names = labels_features.class_names_of(table)
+    messy = table.sample(frac=1.0, random_state=0).drop(columns=[labels_features.INDEX]).assign(other_tool=1.5)
+    messy.loc[messy.index[:3], "reason"] = np.nan
+    for raw in (table, messy, table.drop(columns=[labels_features.OVERRIDE]), table.iloc[::-1]):
+        once = labels_features.ensure_schema(raw, names)
+        assert labels_features._conformed(once, names)
+        twice = labels_features.ensure_schema(once, names)
+        pd.testing.assert_frame_equal(once, twice)
+        twice.loc[0, "gradcamo"] = 123.0  # the fast path hands out a copy
+        assert once.loc[0, "gradcamo"] != 123.0
+    assert not labels_features._conformed(messy, names)
+    assert not labels_features._conformed(table.iloc[::-1], names)
+    assert not labels_features._conformed(table.assign(status=""), names)

@@ -85,7 +85,8 @@ def test_a_checkpoint_from_gradcamo_train_loads_in_the_audit_widget(make_napari_
     assert widget.bundle.metadata.training["config"]["epochs"] == 1
 
 
-def test_dock_reuses_the_audit_model_colours_by_what_differs_and_speaks_plainly(field_dock, tmp_path, monkeypatch):
+def test_dock_reuses_the_audit_model_colours_by_what_differs_and_speaks_plainly(field_dock, tmp_path, monkeypatch,
+                                                                                 qtbot):
     """The defects seen in issue 12: colour by a class that is '(none)' for every cell, no colour bar, a clipped
     title, jargon in the status line, and a second model to load although the Audit dock holds one."""
     import napari_gradcamo.profiles.extract as P
@@ -127,8 +128,11 @@ def test_dock_reuses_the_audit_model_colours_by_what_differs_and_speaks_plainly(
         return w
 
     main = viewer.window._qt_window
-    assert dock(audit) in main.tabifiedDockWidgets(dock(widget))
+    # placed when the dock is first shown, i.e. once the event loop has run
+    qtbot.waitUntil(lambda: dock(audit) in main.tabifiedDockWidgets(dock(widget)), timeout=5_000)
+    qtbot.wait(200)  # let the tabbed layout settle before shrinking the window
     main.resize(1366, 768)
+    qtbot.waitUntil(lambda: main.height() <= 800, timeout=5_000)
     shot = viewer.screenshot(canvas_only=False)
     from imageio.v3 import imwrite
 

@@ -25,7 +25,7 @@ def test_demo_audit_in_the_gui_and_screenshot(make_napari_viewer, qtbot, plugin_
     n_cells = int(labels.data.max())
     start = time.perf_counter()
     assert widget.run()
-    qtbot.waitUntil(lambda: not widget.job.running, timeout=300_000)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=300_000)
     seconds = time.perf_counter() - start
     table = widget.features()
     assert (table["status"] == results.STATUS_AUDITED).sum() == n_cells

@@ -126,3 +126,31 @@ def test_ten_thousand_cells_in_the_audit_widget(make_napari_viewer):
     assert created < 10 and refreshed < 5 and rethresholded < 5, (created, refreshed, rethresholded)
     assert abs(widget.features()["flagged"].mean() - 0.25) < 0.03
     assert len(layer.colormap.color_dict) >= len(present)
+
+
+def test_same_rows_update_in_place_and_keep_the_selection(qtbot):
+    """An audit filling in scores changes cells, not rows: the view keeps its selection and scroll position
+    (no model reset); a new row order (sorted by the changing score) resets."""
+    widget = ResultsTable()
+    qtbot.addWidget(widget)
+    widget.resize(700, 300)
+    widget.show()
+    table = big_table(400)
+    widget.set_table(table, labels_features.label_colors(table, "flag"))
+    widget.select_label(300)
+    scroll = widget.view.verticalScrollBar().value()
+    resets, changes = [], []
+    widget.model.modelReset.connect(lambda: resets.append(1))
+    widget.model.dataChanged.connect(lambda *_: changes.append(1))
+    rescored = labels_features.reflag(table.assign(gradcamo=table["gradcamo"] * 0.5), 0.3)
+    widget.set_table(rescored, labels_features.label_colors(rescored, "flag"))
+    assert changes and not resets
+    assert widget.selected_labels() == [300] and widget.view.verticalScrollBar().value() == scroll
+    row = widget.model.row_of(300)
+    shown = widget.model.data(widget.model.index(row, widget.model.columns.index("gradcamo")))
+    assert shown == f"{rescored.set_index('label').loc[300, 'gradcamo']:.3f}" or shown == "–"
+    widget.view.sortByColumn(widget.model.columns.index("gradcamo"), Qt.SortOrder.AscendingOrder)
+    resets.clear()
+    widget.set_table(table.assign(gradcamo=table["gradcamo"][::-1].to_numpy()), None)
+    assert resets  # the sorted order changed
+    assert widget.selected_labels() == [300]

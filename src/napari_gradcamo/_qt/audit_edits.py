@@ -158,7 +158,7 @@ class AuditEditsMixin:
             self.panel.say("Mask edit: " + "; ".join(notes) + ".")
         if outcome.moved and self.bundle is not None:
             self._pending.update(outcome.moved)
-            if not self.panel.running:
+            if not self.busy:
                 pending, self._pending = sorted(self._pending), set()
                 self._recompute(pending)
 

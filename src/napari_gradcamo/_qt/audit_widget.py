@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 from napari_gradcamo._qt import layers as L
 from napari_gradcamo._qt._compat import avoid_llvm_clash
 from napari_gradcamo._qt.audit_edits import AuditEditsMixin
-from napari_gradcamo._qt.audit_runner import REFRESH_MS, AuditRun, AuditRunMixin, prewarm_cam_library
+from napari_gradcamo._qt.audit_runner import TICK_MS, AuditRun, AuditRunMixin, prewarm_cam_library
 from napari_gradcamo._qt.cam_layers import CamLayers
 from napari_gradcamo._qt.mask_edits import MaskEditWatcher
 from napari_gradcamo._qt.model_panel import ModelPanel
@@ -49,7 +49,11 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self.run_state: AuditRun | None = None
         self._cams: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # labels layer -> {label: CellCam}
         self._composites: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+        # labels layer -> (napari's features object, the same table brought to the schema): see features()
+        self._schema_tables: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+        self._setting: tuple | None = None  # (layer, table) while _set_features hands a table to napari
         self._pending: set[int] = set()
+        self._view_steps: list = []  # view updates waiting for an event-loop turn each (AuditRunMixin.in_turns)
         self._forced_selection: list[int] | None = None
         self._selecting = False
         self._last_selected: int | None = None
@@ -60,8 +64,8 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self.unsaved = False  # an audit ran (or cells were rescored) since the last save
         self._watched_window = lambda: None
         self._refresh_timer = QTimer(self)
-        self._refresh_timer.setInterval(REFRESH_MS)
-        self._refresh_timer.timeout.connect(self._flush_batches)
+        self._refresh_timer.setInterval(TICK_MS)
+        self._refresh_timer.timeout.connect(self._refresh_tick)
         self._build_ui()
         self._connect()
         self._on_labels_changed(self.labels_picker.layer())
@@ -181,6 +185,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         prewarm_cam_library()
         self._refresh_view()
         self._refresh_buttons()
+        self._add_map_layer()
 
     # ================================================================== labels layer
     @guarded
@@ -204,6 +209,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
                 self._show_composite(layer)
         self._refresh_view()
         self._refresh_buttons()
+        self._add_map_layer()
 
     def _let_go(self, layer) -> None:
         for emitter, slot in ((layer.events.features, self._on_features_event),
@@ -223,8 +229,20 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         return self._cams.setdefault(layer, {})
 
     def features(self, layer=None) -> pd.DataFrame:
+        """``labels.features`` brought to the schema (not to be changed in place: the functions of
+        :mod:`~napari_gradcamo.audit.labels_features` return new tables). Conformed once per table napari
+        holds, so the many readers of one update do not each redo it."""
         layer = layer or self.labels_layer
-        return labels_features.ensure_schema(layer.features if layer is not None else None)
+        if layer is None:
+            return labels_features.ensure_schema(None)
+        current = layer.features
+        if self._setting is not None and self._setting[0] is layer:
+            self._schema_tables[layer] = (current, self._setting[1])
+        known = self._schema_tables.get(layer)
+        if known is None or known[0] is not current:
+            known = (current, labels_features.ensure_schema(current))
+            self._schema_tables[layer] = known
+        return known[1]
 
     def _ensure_features(self, layer) -> None:
         """Give every label a row (keeping rows and other tools' columns already in ``labels.features``)."""
@@ -239,7 +257,11 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
     def _set_features(self, layer, table: pd.DataFrame) -> None:
         if layer is None or layer not in self.viewer.layers:
             return
-        layer.features = table  # emits features -> _on_features_event -> table + colours
+        self._setting = (layer, labels_features.ensure_schema(table))
+        try:
+            layer.features = self._setting[1]  # emits features -> _on_features_event -> table + colours
+        finally:
+            self._setting = None
 
     # ================================================================== views
     def _on_features_event(self, event=None) -> None:
@@ -247,17 +269,28 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
 
     @guarded
     def _refresh_view(self) -> None:
+        """Table, legend and label colours from ``labels.features`` (while a run goes on, the run's timer
+        recolours the cells now and then: a new labels colormap costs a redraw of the masks)."""
         layer = self.labels_layer
         table = self.features(layer) if layer is not None else None
         self.results.set_color_modes(table)
         if table is None:
             self.results.show_table(None, None)
             return
-        mode, column = self.results.color_choice()
-        colors = labels_features.label_colors(table, mode, column or "gradcamo")
+        colors = self._label_colors(table)
         if self.run_state is None or self.run_state.labels is not layer:
             L.set_label_colors(layer, colors)
         self.results.show_table(table, colors, self._made_by(table))
+
+    def _label_colors(self, table: pd.DataFrame) -> dict:
+        mode, column = self.results.color_choice()
+        return labels_features.label_colors(table, mode, column or "gradcamo")
+
+    def _refresh_colours(self) -> None:
+        """Recolour the cells from ``labels.features`` (nothing else)."""
+        layer = self.labels_layer
+        if layer is not None and layer in self.viewer.layers:
+            L.set_label_colors(layer, self._label_colors(self.features(layer)))
 
     def _made_by(self, table: pd.DataFrame) -> str:
         """Which checkpoint made the rows, and a warning when it is not the loaded one."""
@@ -282,6 +315,15 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         if self.show_all.isChecked() and layer in self.viewer.layers:
             self.cam_layers.show_all(layer, self._composite(layer))
 
+    def _add_map_layer(self) -> None:
+        """Add the all-cells map layer (hidden until it has maps) once a model and masks are there: adding a
+        layer holds napari's main thread ~0.3 s under software OpenGL, too long to do while an audit runs."""
+        layer = self.labels_layer
+        if (layer is None or self.bundle is None or not self.show_all.isChecked() or self.busy
+                or self.cam_layers.all_layer() is not None or layer not in self.viewer.layers):
+            return
+        self.cam_layers.show_all(layer, self._composite(layer), visible=bool(self.cams(layer)))
+
     def _on_show_all(self, on: bool) -> None:
         if on and self.labels_layer is not None and self.cams():
             self._show_composite(self.labels_layer)
@@ -297,7 +339,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
     # ================================================================== state
     def _refresh_buttons(self, running: bool | None = None) -> None:
         if running is None:
-            running = self.panel.running
+            running = self.busy
         ready = self.bundle is not None and self.labels_layer is not None
         self.run_all_button.setEnabled(ready and not running)
         self.run_selected_button.setEnabled(ready and not running)

@@ -31,18 +31,20 @@ class CamLayers:
             if wanted and found is not None:
                 found.visible = False
 
-    def show_all(self, labels_layer, composite: np.ndarray) -> None:
-        """Show (and make visible) the all-cells map; refresh in place when it is already the layer's data."""
+    def show_all(self, labels_layer, composite: np.ndarray, visible: bool = True) -> None:
+        """Show the all-cells map (``visible``); refresh in place when it is already the layer's data."""
         data = composite[0] if labels_layer.ndim == 2 else composite
         existing = self.all_layer()
-        if existing is not None and existing.data is data:
-            existing.visible = True
-            existing.refresh()
+        if existing is not None and _same_array(existing.data, data):
+            if existing.visible != visible:
+                existing.visible = visible  # napari slices and redraws a layer it shows again
+            elif visible:
+                existing.refresh()
             return
         L.upsert_image(
             self.viewer, L.ROLE_ALL_CAM, data, name=L.ALL_CAM_NAME, scale=list(labels_layer.scale),
             translate=list(labels_layer.translate), contrast_limits=(0.0, 1.0), colormap="magma",
-            owner=self.owner, keep_active=labels_layer, below=labels_layer, opacity=0.6,
+            owner=self.owner, keep_active=labels_layer, below=labels_layer, opacity=0.6, visible=visible,
         )
 
     def show_cell(self, labels_layer, cam, label: int) -> None:
@@ -82,6 +84,12 @@ class CamLayers:
         layer.colormap = colormap
         if labels_layer in self.viewer.layers:
             self.viewer.layers.selection.active = labels_layer
+
+
+def _same_array(a, b) -> bool:
+    """``a`` is ``b``, or a view of the same memory with the same shape (``composite[0]`` is a new view each time)."""
+    return a is b or (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
+                      and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def crop_mask(labels: np.ndarray, origin, shape, label: int) -> np.ndarray:

@@ -165,7 +165,8 @@ def find_role(viewer, role: str, owner: str | None = None):
 
 def upsert_image(viewer, role: str, data: np.ndarray, *, name: str, scale, translate, contrast_limits,
                  colormap: str = "inferno", blending: str = "additive", owner: str | None = None,
-                 metadata: dict | None = None, keep_active=None, below=None, opacity: float = 1.0):
+                 metadata: dict | None = None, keep_active=None, below=None, opacity: float = 1.0,
+                 visible: bool = True):
     """Create (or update in place) this plugin's image layer for ``role``; returns the layer."""
     meta = {ROLE: role, "gradcamo_owner": owner, **(metadata or {})}
     layer = find_role(viewer, role, owner)
@@ -174,7 +175,8 @@ def upsert_image(viewer, role: str, data: np.ndarray, *, name: str, scale, trans
         hi = lo + 1e-6
     if layer is None:
         layer = viewer.add_image(data, name=name, scale=scale, translate=translate, colormap=colormap,
-                                 blending=blending, contrast_limits=(lo, hi), metadata=meta, opacity=opacity)
+                                 blending=blending, contrast_limits=(lo, hi), metadata=meta, opacity=opacity,
+                                 visible=visible)
         if below is not None and below in viewer.layers:
             # keep the masks drawn over the maps: the map goes just under the labels layer
             viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(below))
@@ -185,7 +187,7 @@ def upsert_image(viewer, role: str, data: np.ndarray, *, name: str, scale, trans
         layer.metadata.update(meta)
         layer.contrast_limits_range = (lo, hi)
         layer.contrast_limits = (lo, hi)
-        layer.visible = True
+        layer.visible = visible
     if keep_active is not None and keep_active in viewer.layers:
         viewer.layers.selection.active = keep_active
     return layer

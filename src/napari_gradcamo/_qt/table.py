@@ -86,14 +86,24 @@ class ResultsModel(QAbstractTableModel):
         return list(self._columns)
 
     def set_table(self, table: pd.DataFrame | None, colors: dict | None = None) -> None:
-        self.beginResetModel()
+        """Show ``table``. Same columns and rows in the same order (an audit filling in scores): the cells
+        change in place (``dataChanged``), so selection and scrolling stay; otherwise the model resets."""
         table = table if table is not None and "label" in table else pd.DataFrame({"label": pd.Series(dtype="int64")})
-        self._columns = display_columns(table)
+        columns = display_columns(table)
+        ordered = self._sorted(table.reset_index(drop=True))
+        labels = ordered["label"].to_numpy(dtype=np.int64)
+        in_place = columns == self._columns and np.array_equal(labels, self._labels) and len(labels) > 0
+        if not in_place:
+            self.beginResetModel()
+        self._columns = columns
         self._colors = colors or {}
-        self._table = self._sorted(table.reset_index(drop=True))
+        self._table = ordered
         self._refresh_arrays()
         self.version += 1
-        self.endResetModel()
+        if in_place:
+            self.dataChanged.emit(self.index(0, 0), self.index(len(labels) - 1, len(columns) - 1))
+        else:
+            self.endResetModel()
 
     def _refresh_arrays(self) -> None:
         self._arrays = [self._table[c].to_numpy() for c in self._columns]

@@ -8,7 +8,8 @@ needed. Jobs are generator functions; each ``yield`` reaches ``on_yield`` in the
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 SYNC_ENV = "NAPARI_GRADCAMO_SYNC"
 
@@ -33,6 +34,23 @@ class Job:
     @property
     def quitting(self) -> bool:
         return self._quit
+
+
+@contextmanager
+def one_core_for_the_viewer() -> Iterator[int]:
+    """Run torch on every core but one while a job computes, so napari's drawing (software OpenGL runs on
+    the CPU) is not starved; yields the thread count. On 2 cores the audit itself also ran faster with
+    one torch thread than with two (``benchmarks/gui_stall.py``)."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    before = torch.get_num_threads()
+    threads = max(1, min(before, cores - 1))
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
 
 
 def _noop(*args) -> None:

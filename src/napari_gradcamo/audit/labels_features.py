@@ -56,6 +56,30 @@ def class_names_of(table: pd.DataFrame) -> list[str]:
     return [c[len(p):] for c in table.columns if isinstance(c, str) and c.startswith(p)]
 
 
+#: text columns of the schema (object dtype, '' when empty)
+TEXT_COLUMNS = ("reason", "status", "cam_method", "target_layer", "predicted_class", "target_class")
+
+
+def _conformed(table: pd.DataFrame, names: Sequence[str]) -> bool:
+    """True when ``table`` already is what :func:`ensure_schema` makes of it (cheap checks, no copy)."""
+    front = [INDEX] + results.column_order(names)
+    columns = list(table.columns)
+    if columns[: len(front)] != front or OVERRIDE not in table or columns.count(INDEX) != 1:
+        return False
+    index = table.index
+    if not (isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1):
+        return False
+    label = table["label"]
+    if label.dtype != np.int64 or not label.is_monotonic_increasing or not np.array_equal(table[INDEX], label):
+        return False
+    if table["flagged"].dtype != bool or table["touches_border"].dtype != bool:
+        return False
+    for column in (*TEXT_COLUMNS, OVERRIDE):
+        if table[column].dtype != object or table[column].isna().any():
+            return False
+    return not (table["status"] == "").any()
+
+
 def ensure_schema(table: pd.DataFrame | None, class_names: Sequence[str] | None = None) -> pd.DataFrame:
     """The table with every schema column (plus ``index`` and ``flag_override``), sorted by label."""
     if table is not None and "label" not in table and INDEX in table:
@@ -63,12 +87,11 @@ def ensure_schema(table: pd.DataFrame | None, class_names: Sequence[str] | None 
     if table is None or "label" not in table:
         table = pd.DataFrame({"label": pd.Series(dtype="int64")})
     names = list(class_names) if class_names is not None else class_names_of(table)
+    if _conformed(table, names):
+        return table.copy()
     out = results.conform(table, names)
-    for column in results.column_order(names):
-        if column == "label":
-            continue
-        if column in ("reason", "status", "cam_method", "target_layer", "predicted_class", "target_class"):
-            out[column] = out[column].fillna("").astype(object)
+    for column in TEXT_COLUMNS:
+        out[column] = out[column].fillna("").astype(object)
     out["status"] = out["status"].replace("", results.STATUS_NOT_AUDITED)
     if OVERRIDE not in out:
         out[OVERRIDE] = ""
@@ -174,10 +197,10 @@ def merge_rows(table: pd.DataFrame, rows: pd.DataFrame, threshold: "float | Flag
             continue
         if column == OVERRIDE or column not in rows.columns:
             rows[column] = rows["label"].map(previous[column])
-    rows[OVERRIDE] = rows[OVERRIDE].fillna("")
+    rows[OVERRIDE] = rows[OVERRIDE].fillna("").astype(object)
     keep = table[~table["label"].isin(set(rows["label"]))]
     merged = pd.concat([keep, rows], ignore_index=True) if len(keep) else rows
-    return reflag(ensure_schema(merged, names), threshold)
+    return reflag(ensure_schema(merged.sort_values("label", kind="stable", ignore_index=True), names), threshold)
 
 
 def restart(table: pd.DataFrame | None, labels: np.ndarray, class_names: Sequence[str], threshold: "float | FlagRule") -> pd.DataFrame:
