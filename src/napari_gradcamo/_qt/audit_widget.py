@@ -66,6 +66,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setInterval(TICK_MS)
         self._refresh_timer.timeout.connect(self._refresh_tick)
+        prewarm_cam_library()
         self._build_ui()
         self._connect()
         self._on_labels_changed(self.labels_picker.layer())
@@ -182,7 +183,6 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         return self.model_panel.channel_map()
 
     def _on_model_changed(self, bundle) -> None:
-        prewarm_cam_library()
         self._refresh_view()
         self._refresh_buttons()
         self._add_map_layer()
