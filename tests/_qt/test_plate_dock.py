@@ -65,5 +65,9 @@ def test_plate_dock_heatmap_and_loading_a_field(make_napari_viewer, qtbot, plate
     widget.select_label(int(expected["label"].iloc[0]), center=True)
     qtbot.wait(200)
     assert widget.cell_cam_layer() is not None, "the stored map is shown for the selected cell"
+    everyone = widget.all_cells_layer()
+    assert everyone is not None and everyone.visible and float(np.asarray(everyone.data).max()) > 0, \
+        "the field's stored maps fill the all-cells layer"
+    assert "no Grad-CAM" not in widget.panel.status.text()
     SCREENSHOT.parent.mkdir(exist_ok=True)
     viewer.screenshot(str(SCREENSHOT), canvas_only=False)

@@ -157,3 +157,29 @@ def test_features_follow_a_table_another_tool_sets(field_dock):
     labels.features = labels.features.assign(other_tool=7)
     again = widget.features()
     assert again is not first and (again["other_tool"] == 7).all()
+
+
+def test_screenshot_while_the_audit_runs(field_dock, qtbot, slow_audit, monkeypatch):
+    """What a person sees mid-run: rows, map and colours of the cells done so far (looked at in docs/)."""
+    from pathlib import Path
+
+    viewer, widget, _, labels = field_dock
+    monkeypatch.setattr(audit_runner, "MAP_REFRESH_S", 0.3)
+    monkeypatch.setattr(audit_runner, "COLOUR_REFRESH_S", 0.3)
+    viewer.window._qt_window.resize(1366, 768)
+    widget.synchronous = False
+    assert widget.run()
+    total = int(labels.data.max())
+    qtbot.waitUntil(lambda: audited(widget) >= 2 and labels.colormap.color_dict.get(1) is not None
+                    and widget.all_cells_layer().visible, timeout=60_000)
+    qtbot.wait(700)  # one more map and colour refresh
+    done = audited(widget)
+    shot = viewer.screenshot(canvas_only=False)
+    from imageio.v3 import imwrite
+
+    imwrite(Path(__file__).resolve().parents[2] / "docs" / "screenshot_audit_running.png", shot)
+    assert widget.busy and 2 <= done < total
+    assert not widget.save_button.isEnabled() and not widget.export_button.isEnabled()
+    colours = {tuple(np.round(labels.colormap.color_dict[int(label)], 3)) for label in widget.features()["label"]}
+    assert len(colours) >= 2  # audited cells coloured, the rest still 'not audited'
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)

@@ -206,10 +206,12 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
             saved = layer.metadata.get("gradcamo_cams")  # a results folder opened by the reader
             if saved and not self.cams(layer):
                 self.cams(layer).update(saved)
-                self._show_composite(layer)
         self._refresh_view()
         self._refresh_buttons()
-        self._add_map_layer()
+        if layer is not None and self.cams(layer):
+            self._show_composite(layer)  # maps given with the layer (results folder, plate field)
+        else:
+            self._add_map_layer()
 
     def _let_go(self, layer) -> None:
         for emitter, slot in ((layer.events.features, self._on_features_event),
@@ -227,6 +229,14 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         if layer is None:
             return {}
         return self._cams.setdefault(layer, {})
+
+    def add_maps(self, layer, maps: dict) -> None:
+        """Give the dock stored Grad-CAM maps of ``layer``'s cells (``{label: CellCam}``, e.g. a plate field's)."""
+        self.cams(layer).update(maps)
+        self._composites.pop(layer, None)
+        if layer is self.labels_layer and maps:
+            self._show_composite(layer)
+            self.panel.say(f"{len(maps)} stored Grad-CAM map(s) of '{layer.name}' loaded.")
 
     def features(self, layer=None) -> pd.DataFrame:
         """``labels.features`` brought to the schema (not to be changed in place: the functions of
@@ -345,3 +355,4 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self.run_selected_button.setEnabled(ready and not running)
         self.model_panel.set_busy(running)
         self.export_button.setEnabled(self.labels_layer is not None and not running)
+        self.save_button.setEnabled(self.labels_layer is not None and not running)  # a run's record is not finished

@@ -223,7 +223,7 @@ class PlateDock(QWidget):
             widget.load_model(self.run["checkpoint"])
         widget.set_threshold(float(self.run.get("settings", {}).get("threshold", 0.5)))
         widget.labels_picker.set_layer(layer)
-        widget.cams(layer).update(maps)
+        widget.add_maps(layer, maps)
         layer.features = table.drop(columns=[c for c in ("plate", "well", "site", "field") if c in table]
                                     ).reset_index(drop=True)
         widget.select_label(int(table["label"].iloc[0]) if len(table) else 0, center=False)
