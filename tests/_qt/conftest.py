@@ -1,9 +1,12 @@
 """Fixtures of the dock tests: a real viewer with the small synthetic field and the audit dock."""
 
+import time
+
 import pytest
 
 from napari_gradcamo._qt import AuditWidget
 from napari_gradcamo._sample_data import field_layers
+from napari_gradcamo.audit import run as core_audit
 
 
 @pytest.fixture(autouse=True)
@@ -36,3 +39,16 @@ def audited_dock(field_dock):
     widget.batch_size.setValue(4)
     assert widget.run()
     return viewer, widget, labels
+
+
+@pytest.fixture
+def slow_audit(monkeypatch):
+    """Make each batch take ≥ 0.4 s so a test can act (and the dock's timer gets turns) while the worker runs."""
+    real = core_audit.iter_audit
+
+    def slow(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            time.sleep(0.4)
+            yield batch
+
+    monkeypatch.setattr(core_audit, "iter_audit", slow)

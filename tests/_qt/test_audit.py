@@ -1,36 +1,16 @@
 """Grad-CAMO audit widget: threads, cancel, deleted layers, channel mapping, selections, colours."""
 
-import time
-
 import numpy as np
 import pytest
 
 from napari_gradcamo._qt import AuditWidget
 from napari_gradcamo.audit import labels_features, results
-from napari_gradcamo.audit import run as core_audit
+from qt_helpers import audited
 
 
 @pytest.fixture
 def setup(field_dock):
     return field_dock
-
-
-@pytest.fixture
-def slow_audit(monkeypatch):
-    """Make each batch take ≥ 0.4 s so a test can act while the worker thread runs."""
-    real = core_audit.iter_audit
-
-    def slow(*args, **kwargs):
-        for batch in real(*args, **kwargs):
-            time.sleep(0.4)
-            yield batch
-
-    monkeypatch.setattr(core_audit, "iter_audit", slow)
-
-
-def audited(widget):
-    table = widget.features()
-    return int((table["status"] == results.STATUS_AUDITED).sum())
 
 
 def test_threaded_run_keeps_gui_alive_and_fills_table_live(setup, qtbot, slow_audit):

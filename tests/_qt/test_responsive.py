@@ -11,26 +11,10 @@ import torch
 from napari_gradcamo._qt import audit_runner
 from napari_gradcamo._qt.audit_runner import AuditRun
 from napari_gradcamo._qt.workers import one_core_for_the_viewer
-from napari_gradcamo.audit import labels_features, results
+from napari_gradcamo.audit import labels_features
 from napari_gradcamo.audit import run as core_audit
 from napari_gradcamo.crops import extract
-
-
-@pytest.fixture
-def slow_audit(monkeypatch):
-    """Each batch takes ≥ 0.3 s, so the dock's timer gets many turns while the worker runs."""
-    real = core_audit.iter_audit
-
-    def slow(*args, **kwargs):
-        for batch in real(*args, **kwargs):
-            time.sleep(0.3)
-            yield batch
-
-    monkeypatch.setattr(core_audit, "iter_audit", slow)
-
-
-def audited(widget):
-    return int((widget.features()["status"] == results.STATUS_AUDITED).sum())
+from qt_helpers import audited
 
 
 def test_the_worker_locates_cells_copies_masks_and_builds_the_fresh_table(field_dock, qtbot, monkeypatch):
