@@ -1,14 +1,15 @@
 """Running the audit from the dock without blocking napari's main thread.
 
-The worker does the heavy parts: it stacks the stains, builds the run's fresh table (every cell 'not
-audited'), computes the Grad-CAMs *and* pastes them into the all-cells map. The GUI thread only queues
-what the worker yields (:meth:`AuditRunMixin._on_batch`); a timer then does at most **one** view update
-per tick (:meth:`AuditRunMixin._refresh_tick`), the one most overdue: the queued rows into
-``labels.features`` and the table (every :data:`TABLE_REFRESH_S`), the all-cells map redrawn in place
-(every :data:`MAP_REFRESH_S`), the label colours (every :data:`COLOUR_REFRESH_S`). The end of a run
-does the same updates one per event-loop turn. Under software OpenGL each of them costs tens of
-milliseconds at 21×1080×1080 and a canvas redraw about 50 ms, so no turn holds the main thread long
-(``benchmarks/gui_stall.py`` measures it). A mixin of :class:`~napari_gradcamo._qt.audit_widget.AuditWidget`.
+The worker does everything that touches the whole volume: it copies the masks, stacks the stains, builds
+the run's fresh table (every cell 'not audited'), computes the Grad-CAMs, pastes them into the all-cells
+map and brings the rows to the table's schema. The GUI thread only queues what the worker yields
+(:meth:`AuditRunMixin._on_batch`); a timer then does at most **one** view update per tick
+(:meth:`AuditRunMixin._refresh_tick`), the one most overdue: the queued rows into ``labels.features`` and
+the table (every :data:`TABLE_REFRESH_S`), the all-cells map redrawn in place (every :data:`MAP_REFRESH_S`),
+the label colours (every :data:`COLOUR_REFRESH_S`). The end of a run does its last updates one per
+event-loop turn. Under software OpenGL each update costs tens of milliseconds at 21×1080×1080 and the
+canvas redraw after it about 95 ms, so no turn holds the main thread long (``benchmarks/gui_stall.py``
+measures it). A mixin of :class:`~napari_gradcamo._qt.audit_widget.AuditWidget`.
 """
 
 from __future__ import annotations
@@ -76,10 +77,9 @@ class FreshTable:
 
 def _audit_job(image_layers, labels, bundle, settings, only, composite, hand_flags, rule, model_name, cancel):
     """Worker body: copy the masks (``labels``: the layer's array) and stack the stains; for a run over all
-    cells (``only`` None) clear ``composite`` and yield
-    the fresh table (``hand_flags``: the old table's ``label`` and ``flag_override``); audit, paste each
-    cell's map into ``composite``, bring each batch's rows to the table's schema (all here, not in the GUI
-    thread), and yield the batches."""
+    cells (``only`` None) clear ``composite`` and yield the fresh table (``hand_flags``: the old table's
+    ``label`` and ``flag_override``); audit, paste each cell's map into ``composite``, bring each batch's
+    rows to the table's schema, and yield the batches."""
     from dataclasses import replace
 
     from napari_gradcamo.audit.run import iter_audit
@@ -311,7 +311,7 @@ class AuditRunMixin:
         run, self.run_state = self.run_state, None
         if run is not None:
             self._show_rows(run)  # rows a late batch queued
-            self.in_turns(lambda: self._show_map(run) if run.map_dirty else None,
+            self._in_turns(lambda: self._show_map(run) if run.map_dirty else None,
                           self._refresh_colours, self._after_run)
         else:
             self._after_run()
@@ -325,7 +325,7 @@ class AuditRunMixin:
             if pending and self.bundle is not None:
                 self._recompute(pending)
 
-    def in_turns(self, *steps) -> None:
+    def _in_turns(self, *steps) -> None:
         """Run each step in an event-loop turn of its own (at once, in order, when jobs run synchronously)."""
         self._view_steps.extend(steps)
         if self.synchronous:

@@ -53,7 +53,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self._schema_tables: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
         self._setting: tuple | None = None  # (layer, table) while _set_features hands a table to napari
         self._pending: set[int] = set()
-        self._view_steps: list = []  # view updates waiting for an event-loop turn each (AuditRunMixin.in_turns)
+        self._view_steps: list = []  # view updates waiting for an event-loop turn each (AuditRunMixin._in_turns)
         self._forced_selection: list[int] | None = None
         self._selecting = False
         self._last_selected: int | None = None
