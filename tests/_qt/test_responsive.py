@@ -33,6 +33,7 @@ def test_the_worker_locates_cells_copies_masks_and_builds_the_fresh_table(field_
     assert widget.run()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert on_main and not any(on_main)  # every whole-volume pass ran in the worker
+    assert len(on_main) == 1  # and the cells were located once, for the fresh table and the audit
     assert audited(widget) == labels.data.max()
 
 

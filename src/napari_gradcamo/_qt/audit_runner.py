@@ -83,20 +83,22 @@ def _audit_job(image_layers, labels, bundle, settings, only, composite, hand_fla
     from dataclasses import replace
 
     from napari_gradcamo.audit.run import iter_audit
+    from napari_gradcamo.crops.extract import cell_table
     from napari_gradcamo.io.images import check_labels_match
     from napari_gradcamo.progress import Cancelled
 
     labels = np.array(labels, copy=True)  # the audit's own masks: edits during the run are handled after it
     image = L.image_from_layers(image_layers)
     check_labels_match(image, labels)
+    cells = cell_table(labels)  # once: for the fresh table and for the audit
     if only is None:
         if composite is not None:
             composite.fill(0.0)
-        fresh = labels_features.restart(hand_flags, labels, bundle.metadata.class_names, rule)
+        fresh = labels_features.restart(hand_flags, labels, bundle.metadata.class_names, rule, cells)
         yield FreshTable(fresh, 0, len(fresh))
     try:
         with one_core_for_the_viewer():
-            for batch in iter_audit(image, labels, bundle, settings, only, cancel):
+            for batch in iter_audit(image, labels, bundle, settings, only, cancel, cells):
                 if composite is not None:
                     for cam in batch.cams.values():
                         labels_features.paste_cam(composite, cam)
@@ -222,11 +224,10 @@ class AuditRunMixin:
             return
         now = time.perf_counter()
         flat = self.viewer.dims.ndisplay == 2
-        due = [(now - run.table_shown_at - TABLE_REFRESH_S, self._show_rows) if run.queued_rows else None,
-               (now - run.map_shown_at - MAP_REFRESH_S, self._show_map) if run.map_dirty and flat else None,
-               (now - run.colours_shown_at - COLOUR_REFRESH_S, self._show_colours)
-               if run.colours_dirty and flat else None]
-        due = [d for d in due if d is not None and d[0] >= 0]
+        waiting = [(run.queued_rows, run.table_shown_at + TABLE_REFRESH_S, self._show_rows),
+                   (run.map_dirty and flat, run.map_shown_at + MAP_REFRESH_S, self._show_map),
+                   (run.colours_dirty and flat, run.colours_shown_at + COLOUR_REFRESH_S, self._show_colours)]
+        due = [(now - at, show) for pending, at, show in waiting if pending and now >= at]
         if due:
             max(due, key=lambda d: d[0])[1](run)
 
@@ -309,8 +310,7 @@ class AuditRunMixin:
         """The worker ended: the map and the colours follow, each in an event-loop turn of its own."""
         self._refresh_timer.stop()
         run, self.run_state = self.run_state, None
-        if run is not None:
-            self._show_rows(run)  # rows a late batch queued
+        if run is not None:  # its last rows were folded in by _on_run_return / _on_run_error
             self._in_turns(lambda: self._show_map(run) if run.map_dirty else None,
                           self._refresh_colours, self._after_run)
         else:

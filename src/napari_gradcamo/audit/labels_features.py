@@ -56,10 +56,6 @@ def class_names_of(table: pd.DataFrame) -> list[str]:
     return [c[len(p):] for c in table.columns if isinstance(c, str) and c.startswith(p)]
 
 
-#: text columns of the schema (object dtype, '' when empty)
-TEXT_COLUMNS = ("reason", "status", "cam_method", "target_layer", "predicted_class", "target_class")
-
-
 def _conformed(table: pd.DataFrame, names: Sequence[str]) -> bool:
     """True when ``table`` already is what :func:`ensure_schema` makes of it (cheap checks, no copy)."""
     front = [INDEX] + results.column_order(names)
@@ -74,7 +70,7 @@ def _conformed(table: pd.DataFrame, names: Sequence[str]) -> bool:
         return False
     if table["flagged"].dtype != bool or table["touches_border"].dtype != bool:
         return False
-    for column in (*TEXT_COLUMNS, OVERRIDE):
+    for column in (*results.TEXT_COLUMNS, OVERRIDE):
         if table[column].dtype != object or table[column].isna().any():
             return False
     return not (table["status"] == "").any()
@@ -90,7 +86,7 @@ def ensure_schema(table: pd.DataFrame | None, class_names: Sequence[str] | None 
     if _conformed(table, names):
         return table.copy()
     out = results.conform(table, names)
-    for column in TEXT_COLUMNS:
+    for column in results.TEXT_COLUMNS:
         out[column] = out[column].fillna("").astype(object)
     out["status"] = out["status"].replace("", results.STATUS_NOT_AUDITED)
     if OVERRIDE not in out:
@@ -128,15 +124,16 @@ def init_features(
     existing: pd.DataFrame | None = None,
     class_names: Sequence[str] | None = None,
     threshold: float = 0.5,
+    cells: Sequence[CellInfo] | None = None,
 ) -> pd.DataFrame:
     """One row per label of ``labels``: rows of ``existing`` are kept, other labels are 'not audited'.
 
-    Rows of ``existing`` whose label is gone are dropped; columns from other tools are kept.
+    Rows of ``existing`` whose label is gone are dropped; columns from other tools are kept. ``cells``:
+    ``cell_table(labels)`` when the caller has it already.
     """
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        labels = labels[np.newaxis]
-    cells = cell_table(labels)
+    if cells is None:
+        labels = np.asarray(labels)
+        cells = cell_table(labels[np.newaxis] if labels.ndim == 2 else labels)
     names = list(class_names) if class_names is not None else (class_names_of(existing) if existing is not None else [])
     fresh = _not_audited(cells, names)
     if existing is None or len(existing) == 0 or "label" not in existing:
@@ -203,9 +200,10 @@ def merge_rows(table: pd.DataFrame, rows: pd.DataFrame, threshold: "float | Flag
     return reflag(ensure_schema(merged.sort_values("label", kind="stable", ignore_index=True), names), threshold)
 
 
-def restart(table: pd.DataFrame | None, labels: np.ndarray, class_names: Sequence[str], threshold: "float | FlagRule") -> pd.DataFrame:
+def restart(table: pd.DataFrame | None, labels: np.ndarray, class_names: Sequence[str], threshold: "float | FlagRule",
+            cells: Sequence[CellInfo] | None = None) -> pd.DataFrame:
     """A fresh 'not audited' table for a new run over all cells, keeping only the hand flags."""
-    fresh = init_features(labels, None, class_names, threshold)
+    fresh = init_features(labels, None, class_names, threshold, cells)
     if table is not None and OVERRIDE in table and len(table):
         hand = table.set_index("label")[OVERRIDE]
         fresh[OVERRIDE] = fresh["label"].map(hand).fillna("")

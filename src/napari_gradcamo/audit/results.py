@@ -58,12 +58,16 @@ def empty_table(class_names: Sequence[str]) -> pd.DataFrame:
     return table
 
 
+#: text columns of the schema (object dtype, '' when empty)
+TEXT_COLUMNS = ("predicted_class", "target_class", "reason", "status", "cam_method", "target_layer")
+
+
 def _dtype(column: str) -> str:
     if column in ("label", "volume_voxels", "pieces"):
         return "int64"
     if column in ("touches_border", "flagged"):
         return "bool"
-    if column in ("predicted_class", "target_class", "reason", "status", "cam_method", "target_layer"):
+    if column in TEXT_COLUMNS:
         return "object"
     return "float64"
 

@@ -152,8 +152,10 @@ def _select_channels(data, channels: Sequence[int]):
     return data[channels]
 
 
-def prepare(image: Image, labels: np.ndarray, bundle: ModelBundle, settings: AuditSettings):
-    """Validate inputs; return (image restricted to the model's channels, target layer name, cells)."""
+def prepare(image: Image, labels: np.ndarray, bundle: ModelBundle, settings: AuditSettings,
+            cells: Sequence[CellInfo] | None = None):
+    """Validate inputs; return (image restricted to the model's channels, target layer name, cells).
+    ``cells``: ``cell_table(labels)`` when the caller has it already."""
     check_labels_match(image, labels)
     meta = bundle.metadata
     channels = resolve_channels(image.channel_names, meta.channel_names, settings.channel_map)
@@ -164,7 +166,7 @@ def prepare(image: Image, labels: np.ndarray, bundle: ModelBundle, settings: Aud
         layer = _default_layer(bundle.model, meta.crop_shape, len(meta.channel_names))
     else:
         check_target_layer(bundle.model, layer, meta.crop_shape, len(meta.channel_names))
-    return model_image, layer, cell_table(labels)
+    return model_image, layer, list(cells) if cells is not None else cell_table(labels)
 
 
 def audit_crop_shape(bundle: ModelBundle, settings: AuditSettings) -> tuple[int, int, int]:
@@ -223,13 +225,15 @@ def iter_audit(
     settings: AuditSettings | None = None,
     only_labels: Sequence[int] | None = None,
     cancel: CancelToken | None = None,
+    cells: Sequence[CellInfo] | None = None,
 ) -> Iterator[AuditBatch]:
-    """Audit every cell (or ``only_labels``), yielding each finished batch; stop iterating to cancel."""
+    """Audit every cell (or ``only_labels``), yielding each finished batch; stop iterating to cancel.
+    ``cells``: ``cell_table(labels)`` when the caller has it already (it is not computed again)."""
     settings = settings or AuditSettings()
     settings.validate()
     meta = bundle.metadata
     labels = as_label_volume(labels)  # the same checks as the CLI's: integer ids ≥ 0, not a bool mask
-    model_image, layer, cells = prepare(image, labels, bundle, settings)
+    model_image, layer, cells = prepare(image, labels, bundle, settings, cells)
     if only_labels is not None:
         wanted = {int(l) for l in only_labels}
         unknown = wanted - {c.label for c in cells}
