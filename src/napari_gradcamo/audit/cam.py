@@ -138,7 +138,7 @@ class CamEngine:
         """
         import torch
 
-        from napari_gradcamo.models.heads import probabilities, targets_for
+        from napari_gradcamo.models.heads import chosen_targets, probabilities, targets_for
 
         cam = self._cam
         if not self.channels_last:
@@ -153,9 +153,7 @@ class CamEngine:
             probs = probabilities(self.head, logits)
             if self.spatial_dims == 2:
                 probs = probs.reshape(n, planes, -1).mean(axis=1)
-            predicted = probs.argmax(1)
-            chosen = list(target_classes) if target_classes is not None else [None] * n
-            targets_idx = np.array([p if c is None else int(c) for p, c in zip(predicted, chosen)])
+            targets_idx = chosen_targets(probs, target_classes)
             per_row = np.repeat(targets_idx, planes) if self.spatial_dims == 2 else targets_idx
             targets = targets_for(self.head, per_row)
             if cam.uses_gradients:
@@ -184,8 +182,11 @@ class CamEngine:
         return x
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (B, K) of an already normalised batch, without maps (no backward pass)."""
+        """Class probabilities (B, K) of an already normalised batch as the model's head means them, without
+        maps (no backward pass)."""
         import torch
+
+        from napari_gradcamo.models.heads import probabilities
 
         if not self.channels_last:
             self._drop_layout()
@@ -193,7 +194,7 @@ class CamEngine:
         with torch.no_grad():
             logits = self.model(x)
         self._cam.activations_and_grads.clear()  # the CAM's hooks saw this pass: keep them empty for compute
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return probabilities(self.head, logits)
 
 
 def _has_conv3d(model) -> bool:
