@@ -219,6 +219,9 @@ def judge_table(cells: pd.DataFrame, layers: Sequence[str], class_names: Sequenc
     if usable:
         layer = max(usable, key=usable.get)
         cells["score"] = cells[f"normalised@{layer}"]
+    elif len(layers) == 1:
+        layer = layers[0]
+        cells["score"] = cells[f"normalised@{layer}"]
     elif layers:
         layer = "mean over layers"
         cells["score"] = cells[[f"normalised@{n}" for n in layers]].mean(axis=1)
