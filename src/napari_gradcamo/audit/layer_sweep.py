@@ -25,7 +25,7 @@ from napari_gradcamo.audit import results
 from napari_gradcamo.audit.batch import ScoredBatch, batch_of
 from napari_gradcamo.audit.cam import cam_class, get_module, pick_device, upsample
 from napari_gradcamo.audit.layers import all_module_outputs, check_target_layer, model_spatial_dims
-from napari_gradcamo.audit.occlusion import background_levels, occlusion_drops
+from napari_gradcamo.audit.occlusion import background_levels, occlusion_drops, reference_levels
 from napari_gradcamo.audit.run import AuditSettings, cell_rows, prepare, resolve_target_class
 from napari_gradcamo.audit.scoring import inside_image_mask, score_cam
 from napari_gradcamo.crops.extract import extract_crop
@@ -162,10 +162,12 @@ class SweepBatch:
 
 def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None = None,
                settings: AuditSettings | None = None, cancel: CancelToken | None = None,
-               only_labels: Sequence[int] | None = None) -> Iterator[SweepBatch]:
+               only_labels: Sequence[int] | None = None, reference_occlusion: bool = False) -> Iterator[SweepBatch]:
     """Audit every cell at every layer of ``layers`` (default :func:`candidate_layers`), batch by batch, with
     ``settings.method`` and the model's head; ``settings.occlusion`` adds the occlusion drops (one pair per
-    cell, the same at every layer: the occlusion does not depend on the layer)."""
+    cell, the same at every layer: the occlusion does not depend on the layer); ``reference_occlusion``
+    adds a second pair, hidden voxels filled with :func:`~napari_gradcamo.audit.occlusion.reference_levels`
+    (columns ``drop_cell_reference``, ``drop_context_reference``)."""
     settings = settings or AuditSettings()
     settings.validate()
     meta = bundle.metadata
@@ -191,11 +193,15 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
             crops = batch_of(cell_crops)
             probs, targets, maps = cams.compute(normalize_crops(crops.images, meta.normalization), [target] * len(chunk))
             inside = [inside_image_mask(crop_shape, pad) if pad is not None else None for pad in crops.paddings]
-            drops = None
+            drops, reference = None, None
+            normalize = lambda raw: normalize_crops(raw, meta.normalization)  # noqa: E731
             if settings.occlusion:
                 inside_all = np.stack([np.ones(crop_shape, bool) if i is None else i for i in inside])
                 drops = occlusion_drops(cams.predict, crops.images, crops.cell_masks, crops.other_masks, targets,
-                                        probs, lambda raw: normalize_crops(raw, meta.normalization), inside_all)
+                                        probs, normalize, inside_all)
+            if reference_occlusion:
+                reference = occlusion_drops(cams.predict, crops.images, crops.cell_masks, crops.other_masks, targets,
+                                            probs, normalize, levels=reference_levels(crops.images, meta.normalization))
             tables = {}
             for name in layers:
                 grid = upsample(maps[name], crop_shape)
@@ -203,15 +209,19 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
                           for m, cell, other, ins in zip(grid, crops.cell_masks, crops.other_masks, inside)]
                 scored = ScoredBatch(probs, targets, maps[name], scores, drops)
                 tables[name] = cell_rows(cell_crops, chunk, scored, meta, settings, name)
+                if reference is not None:
+                    tables[name] = tables[name].assign(drop_cell_reference=reference[0],
+                                                       drop_context_reference=reference[1])
             yield SweepBatch(tables, start + len(chunk), len(cells))
 
 
 def run_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None = None,
               settings: AuditSettings | None = None, progress: ProgressCallback | None = None,
-              cancel: CancelToken | None = None, only_labels: Sequence[int] | None = None) -> dict[str, pd.DataFrame]:
+              cancel: CancelToken | None = None, only_labels: Sequence[int] | None = None,
+              reference_occlusion: bool = False) -> dict[str, pd.DataFrame]:
     """:func:`iter_sweep` to the end: one results table per layer (``only_labels``: those cells only)."""
     parts: dict[str, list] = {}
-    for batch in iter_sweep(image, labels, bundle, layers, settings, cancel, only_labels):
+    for batch in iter_sweep(image, labels, bundle, layers, settings, cancel, only_labels, reference_occlusion):
         for name, table in batch.tables.items():
             parts.setdefault(name, []).append(table)
         report(progress, batch.done, batch.total, f"{batch.done}/{batch.total} cells")

@@ -5,8 +5,11 @@ Evidence, on a sample of cells (docs/interpreting-scores.md, "The verdict"):
 1. **Is there anything to judge?** A model whose predictions carry no information (accuracy no better than
    always answering the majority class, when the true classes are known; or probabilities that stay within
    :data:`UNIFORM_MARGIN` of 1/K for nearly every cell) is reported as such, and no attention is judged.
-2. **The causal check decides.** Each sampled cell is classified twice more: its cell hidden, and everything
-   but its cell hidden (:mod:`~napari_gradcamo.audit.occlusion`). Per cell, ``causal = |drop(cell hidden)| −
+2. **The causal check decides.** Each sampled cell is classified four times more: its cell hidden, and
+   everything but its cell hidden (:mod:`~napari_gradcamo.audit.occlusion`), each filled once with the crop's
+   own background level and once with a reference level from no crop's background (the training mean);
+   each drop is the larger of its two fills (a cue carried by the medium's *level* survives a fill with
+   that same level). Per cell, ``causal = |drop(cell hidden)| −
    |drop(context hidden)|``, in −1..1: how much more the answer depends on the cell than on its surroundings,
    in either direction (hiding a dim cell can *raise* the probability of a class recognised by dimness).
    Per class: when hiding either barely changes the class's probability (the mean of the larger
@@ -282,10 +285,17 @@ def judge_fields(bundle, fields: Iterable[tuple], *, true_classes: Sequence[Sequ
         wanted = [label for f, label in chosen if f == i]
         if not wanted:
             continue
-        tables = run_sweep(image, labels, bundle, layers, settings, cancel=cancel, only_labels=wanted)
+        tables = run_sweep(image, labels, bundle, layers, settings, cancel=cancel, only_labels=wanted,
+                           reference_occlusion=True)
         first = tables[layers[0]]
-        part = first[["label", "target_class", "predicted_class", "probability", "drop_cell_occluded",
-                      "drop_context_occluded"]].assign(image=getattr(image, "source", str(i)) or str(i), field=i)
+        part = first[["label", "target_class", "predicted_class", "probability"]].assign(
+            image=getattr(image, "source", str(i)) or str(i), field=i)
+        for what in ("cell", "context"):  # the larger effect of the two neutral fills
+            both = first[[f"drop_{what}_occluded", f"drop_{what}_reference"]].to_numpy(dtype=np.float64)
+            pick = np.argmax(np.abs(np.nan_to_num(both, nan=-1.0)), axis=1)
+            part[f"drop_{what}_occluded"] = both[np.arange(len(both)), pick]
+            part[f"drop_{what}_background_fill"] = both[:, 0]
+            part[f"drop_{what}_reference_fill"] = both[:, 1]
         for name in layers:
             part[f"normalised@{name}"] = tables[name]["normalised"].to_numpy()
         parts.append(part)
