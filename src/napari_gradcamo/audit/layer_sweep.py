@@ -25,7 +25,7 @@ from napari_gradcamo.audit import results
 from napari_gradcamo.audit.batch import ScoredBatch, batch_of
 from napari_gradcamo.audit.cam import cam_class, get_module, pick_device, upsample
 from napari_gradcamo.audit.layers import all_module_outputs, check_target_layer, model_spatial_dims
-from napari_gradcamo.audit.occlusion import background_levels, occlusion_drops, reference_levels
+from napari_gradcamo.audit.occlusion import background_levels, occlusion_drops
 from napari_gradcamo.audit.run import AuditSettings, cell_rows, prepare, resolve_target_class
 from napari_gradcamo.audit.scoring import inside_image_mask, score_cam
 from napari_gradcamo.crops.extract import extract_crop
@@ -162,12 +162,13 @@ class SweepBatch:
 
 def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None = None,
                settings: AuditSettings | None = None, cancel: CancelToken | None = None,
-               only_labels: Sequence[int] | None = None, reference_occlusion: bool = False) -> Iterator[SweepBatch]:
+               only_labels: Sequence[int] | None = None, reference_levels: Sequence[float] | None = None
+               ) -> Iterator[SweepBatch]:
     """Audit every cell at every layer of ``layers`` (default :func:`candidate_layers`), batch by batch, with
     ``settings.method`` and the model's head; ``settings.occlusion`` adds the occlusion drops (one pair per
-    cell, the same at every layer: the occlusion does not depend on the layer); ``reference_occlusion``
-    adds a second pair, hidden voxels filled with :func:`~napari_gradcamo.audit.occlusion.reference_levels`
-    (columns ``drop_cell_reference``, ``drop_context_reference``)."""
+    cell, the same at every layer: the occlusion does not depend on the layer); ``reference_levels`` (one
+    level per model channel, raw units) adds a second pair, hidden voxels filled with those levels instead
+    of each crop's own background level (columns ``drop_cell_reference``, ``drop_context_reference``)."""
     settings = settings or AuditSettings()
     settings.validate()
     meta = bundle.metadata
@@ -199,9 +200,10 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
                 inside_all = np.stack([np.ones(crop_shape, bool) if i is None else i for i in inside])
                 drops = occlusion_drops(cams.predict, crops.images, crops.cell_masks, crops.other_masks, targets,
                                         probs, normalize, inside_all)
-            if reference_occlusion:
+            if reference_levels is not None:
+                levels = np.broadcast_to(np.asarray(reference_levels, np.float64)[None], crops.images.shape[:2])
                 reference = occlusion_drops(cams.predict, crops.images, crops.cell_masks, crops.other_masks, targets,
-                                            probs, normalize, levels=reference_levels(crops.images, meta.normalization))
+                                            probs, normalize, levels=levels)
             tables = {}
             for name in layers:
                 grid = upsample(maps[name], crop_shape)
@@ -218,10 +220,10 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
 def run_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None = None,
               settings: AuditSettings | None = None, progress: ProgressCallback | None = None,
               cancel: CancelToken | None = None, only_labels: Sequence[int] | None = None,
-              reference_occlusion: bool = False) -> dict[str, pd.DataFrame]:
+              reference_levels: Sequence[float] | None = None) -> dict[str, pd.DataFrame]:
     """:func:`iter_sweep` to the end: one results table per layer (``only_labels``: those cells only)."""
     parts: dict[str, list] = {}
-    for batch in iter_sweep(image, labels, bundle, layers, settings, cancel, only_labels, reference_occlusion):
+    for batch in iter_sweep(image, labels, bundle, layers, settings, cancel, only_labels, reference_levels):
         for name, table in batch.tables.items():
             parts.setdefault(name, []).append(table)
         report(progress, batch.done, batch.total, f"{batch.done}/{batch.total} cells")

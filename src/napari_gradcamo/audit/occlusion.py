@@ -40,15 +40,6 @@ def occluded_copies(images: np.ndarray, cell_masks: np.ndarray, levels: np.ndarr
     return np.where(cell, fill, images), np.where(cell, images, fill)
 
 
-def reference_levels(images: np.ndarray, normalization: dict) -> np.ndarray:
-    """Per crop and channel (N, C): a level that comes from no single crop's background — the training
-    mean of a ``fixed`` normalisation, else each crop's median over all its voxels."""
-    n, c = images.shape[:2]
-    if normalization.get("method") == "fixed" and len(normalization.get("mean", [])) == c:
-        return np.broadcast_to(np.asarray(normalization["mean"], np.float64)[None], (n, c)).copy()
-    return np.median(images.reshape(n, c, -1), axis=-1).astype(np.float64)
-
-
 def occlusion_drops(predict, images: np.ndarray, cell_masks: np.ndarray, other_masks: np.ndarray,
                     targets: Sequence[int], base_probabilities: np.ndarray, normalize,
                     inside: np.ndarray | None = None, levels: np.ndarray | None = None
