@@ -104,19 +104,33 @@ def trusted(arch: str):
     return RESNET_FACTORY if ARCHS[arch][0] == "custom" else None
 
 
-def verdict_row(cue: str, seed: int, arch: str, args) -> dict:
-    from napari_gradcamo.audit.verdict import judge_fields, separation
+_REPORTS: dict = {}
+
+
+def judged(arch: str, kind: str, seed: int, args):
+    """The verdict of one trained model on held-out fields of its own kind (computed once per model)."""
+    from napari_gradcamo.audit.verdict import judge_fields
     from napari_gradcamo.models.checkpoint import load_checkpoint
 
-    row = {"cue": cue, "seed": seed, "arch": arch}
-    scores = {}
-    for role, kind in (("honest", "honest-puncta" if cue == "puncta" else "honest"), ("shortcut", f"shortcut-{cue}")):
+    key = (arch, kind, seed)
+    if key not in _REPORTS:
         path = Path(args.work) / f"{arch}_{kind}_seed{seed}.safetensors"
         bundle = load_checkpoint(path, trusted_factory=trusted(arch))
         fields = kind_fields(kind, seed + 100, args.test_fields, 40)
         report = judge_fields(bundle, [(f.image, f.labels) for f in fields],
                               true_classes=[[CLASS_NAMES[f.treatment]] * f.n_cells for f in fields],
                               sample=args.sample, seed=seed)
+        _REPORTS[key] = (bundle, report)
+    return _REPORTS[key]
+
+
+def verdict_row(cue: str, seed: int, arch: str, args) -> dict:
+    from napari_gradcamo.audit.verdict import separation
+
+    row = {"cue": cue, "seed": seed, "arch": arch}
+    scores = {}
+    for role, kind in (("honest", "honest-puncta" if cue == "puncta" else "honest"), ("shortcut", f"shortcut-{cue}")):
+        bundle, report = judged(arch, kind, seed, args)
         scores[role] = report.cells
         row[role] = {"kind": kind, "heldout_accuracy": bundle.metadata.training.get("heldout_accuracy"),
                      "verdict": report.verdict, "by_class": {c: v.as_dict() for c, v in report.classes.items()},
