@@ -181,7 +181,8 @@ def main(argv=None) -> int:
     p.add_argument("--test-fields", type=int, default=8)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--sample", type=int, default=48, help="cells per model for the occlusion check")
-    p.add_argument("--stage", choices=("train", "verdict", "all"), default="all")
+    p.add_argument("--stage", choices=("train", "verdict", "all", "table"), default="all",
+                   help="table: rewrite the docs table from the rows already in --json (nothing recomputed)")
     p.add_argument("--json", default=None, help="JSON lines to append the verdict rows to")
     p.add_argument("--table", action="store_true", help="rewrite the table in docs/interpreting-scores.md")
     args = p.parse_args(argv)
@@ -191,6 +192,10 @@ def main(argv=None) -> int:
     Path(args.work).mkdir(parents=True, exist_ok=True)
     command = "python scripts/verdict_evidence.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     rows = []
+    if args.stage == "table":
+        rows = [json.loads(line) for line in Path(args.json).read_text().splitlines() if line.strip()]
+        write_table(rows, command)
+        return 0
     for arch in args.archs:
         for seed in args.seeds:
             if args.stage in ("train", "all"):
