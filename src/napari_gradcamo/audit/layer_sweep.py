@@ -167,8 +167,10 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
     """Audit every cell at every layer of ``layers`` (default :func:`candidate_layers`), batch by batch, with
     ``settings.method`` and the model's head; ``settings.occlusion`` adds the occlusion drops (one pair per
     cell, the same at every layer: the occlusion does not depend on the layer); ``reference_levels`` (one
-    level per model channel, raw units) adds a second pair, hidden voxels filled with those levels instead
-    of each crop's own background level (columns ``drop_cell_reference``, ``drop_context_reference``)."""
+    level per model channel, raw units) adds the drop with the *medium* hidden (every voxel in no cell; the
+    neighbouring cells stay), and both drops again with hidden voxels filled with those levels instead of
+    each crop's own background level (columns ``drop_medium_occluded``, ``drop_cell_reference``,
+    ``drop_medium_reference``)."""
     settings = settings or AuditSettings()
     settings.validate()
     meta = bundle.metadata
@@ -201,9 +203,17 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
                 drops = occlusion_drops(cams.predict, crops.images, crops.cell_masks, crops.other_masks, targets,
                                         probs, normalize, inside_all)
             if reference_levels is not None:
+                inside_all = np.stack([np.ones(crop_shape, bool) if i is None else i for i in inside])
                 levels = np.broadcast_to(np.asarray(reference_levels, np.float64)[None], crops.images.shape[:2])
-                reference = occlusion_drops(cams.predict, crops.images, crops.cell_masks, crops.other_masks, targets,
-                                            probs, normalize, levels=levels)
+                cells_all = crops.cell_masks | crops.other_masks  # hiding "all but these" hides the medium only
+                medium = occlusion_drops(cams.predict, crops.images, cells_all, crops.other_masks, targets, probs,
+                                         normalize, inside_all)[1]
+                cell_ref, _ = occlusion_drops(cams.predict, crops.images, crops.cell_masks, crops.other_masks,
+                                              targets, probs, normalize, levels=levels)
+                medium_ref = occlusion_drops(cams.predict, crops.images, cells_all, crops.other_masks, targets, probs,
+                                             normalize, levels=levels)[1]
+                reference = {"drop_medium_occluded": medium, "drop_cell_reference": cell_ref,
+                             "drop_medium_reference": medium_ref}
             tables = {}
             for name in layers:
                 grid = upsample(maps[name], crop_shape)
@@ -212,8 +222,7 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
                 scored = ScoredBatch(probs, targets, maps[name], scores, drops)
                 tables[name] = cell_rows(cell_crops, chunk, scored, meta, settings, name)
                 if reference is not None:
-                    tables[name] = tables[name].assign(drop_cell_reference=reference[0],
-                                                       drop_context_reference=reference[1])
+                    tables[name] = tables[name].assign(**reference)
             yield SweepBatch(tables, start + len(chunk), len(cells))
 
 

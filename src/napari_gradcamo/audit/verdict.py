@@ -6,12 +6,14 @@ Evidence, on a sample of cells (docs/interpreting-scores.md, "The verdict"):
    always answering the majority class, when the true classes are known; or probabilities that stay within
    :data:`UNIFORM_MARGIN` of 1/K for nearly every cell) is reported as such, and no attention is judged.
 2. **The causal check decides.** Each sampled cell is classified four times more: its cell hidden, and
-   everything but its cell hidden (:mod:`~napari_gradcamo.audit.occlusion`), each filled once with the crop's
+   the medium hidden — every voxel that belongs to no cell; the neighbouring cells stay, since a field's
+   cells share its condition and an honest model may read them too (:mod:`~napari_gradcamo.audit.occlusion`)
+   — each filled once with the crop's
    own background level and once with the pooled background level of all sampled crops
    (:func:`pooled_background`); each drop is the larger of its two fills (a cue carried by the medium's
    *level* survives a fill with that same level; across fields of several conditions the pooled level
    removes it). Per cell, ``causal = |drop(cell hidden)| −
-   |drop(context hidden)|``, in −1..1: how much more the answer depends on the cell than on its surroundings,
+   |drop(medium hidden)|``, in −1..1: how much more the answer depends on the cell than on the medium,
    in either direction (hiding a dim cell can *raise* the probability of a class recognised by dimness).
    Per class: when hiding either barely changes the class's probability (the mean of the larger
    |drop| < :data:`MIN_DROP`), the class is *not assessable* — it is recognised by what
@@ -83,7 +85,8 @@ class VerdictReport:
     """The model's verdict, per class, the layer the Grad-CAM evidence is read at, and the per-cell table.
 
     ``cells``: one row per sampled cell: ``image``, ``label``, ``target_class``, ``predicted_class``,
-    ``drop_cell_occluded``, ``drop_context_occluded``, ``causal``, ``normalised@<layer>`` for every layer,
+    ``drop_cell_occluded`` (the cell hidden), ``drop_context_occluded`` (here: the medium hidden, neighbouring
+    cells kept), ``causal``, ``normalised@<layer>`` for every layer,
     ``score`` (normalised Grad-CAMO at :attr:`layer`) and ``flagged`` (score below 0, i.e. below chance).
     """
 
@@ -177,19 +180,19 @@ def judge_class(name: str, cells: pd.DataFrame, layer: str | None, seed: int = 0
     medians = dict(drop_cell_median=float(np.median(drops[:, 0])), drop_context_median=float(np.median(drops[:, 1])))
     if largest < MIN_DROP:
         return ClassVerdict(name, NOT_ASSESSABLE,
-                            f"hiding the cell or its surroundings barely changes p({name}) (mean larger |drop| "
+                            f"hiding the cell or the medium around it barely changes p({name}) (mean larger |drop| "
                             f"{largest:.3f} < {MIN_DROP}): the class is recognised by what is missing, or the answer "
                             "is saturated; there is no positive evidence to locate", **base, **medians)
     causal = sensitivity[:, 0] - sensitivity[:, 1]
     mean = float(np.mean(causal))
     low, high = bootstrap_interval(causal, np.mean, seed)
     if low > 0 and mean >= MIN_DROP:
-        verdict, reason = LOOKS_AT_CELLS, "the answer depends more on the cell than on its surroundings"
+        verdict, reason = LOOKS_AT_CELLS, "the answer depends more on the cell than on the medium around it"
     elif high < 0 and mean <= -MIN_DROP:
-        verdict, reason = LOOKS_ELSEWHERE, "the answer depends more on the surroundings than on the cell"
+        verdict, reason = LOOKS_ELSEWHERE, "the answer depends more on the medium around the cell than on the cell"
     else:
         verdict, reason = INCONCLUSIVE, (f"the causal score's interval contains 0 or its mean is within ±{MIN_DROP} "
-                                         "(cell and surroundings matter about equally)")
+                                         "(cell and medium matter about equally)")
     agrees = None
     if np.isfinite(g_int[0]) and verdict != INCONCLUSIVE:
         agrees = bool(g_int[0] > 0) if verdict == LOOKS_AT_CELLS else bool(g_int[1] < 0)
@@ -292,12 +295,13 @@ def judge_fields(bundle, fields: Iterable[tuple], *, true_classes: Sequence[Sequ
         first = tables[layers[0]]
         part = first[["label", "target_class", "predicted_class", "probability"]].assign(
             image=getattr(image, "source", str(i)) or str(i), field=i)
-        for what in ("cell", "context"):  # the larger effect of the two neutral fills
+        for what, column in (("cell", "drop_cell_occluded"), ("medium", "drop_context_occluded")):
+            # the larger effect of the two neutral fills; "context" here is the medium (neighbours stay)
             both = first[[f"drop_{what}_occluded", f"drop_{what}_reference"]].to_numpy(dtype=np.float64)
             pick = np.argmax(np.abs(np.nan_to_num(both, nan=-1.0)), axis=1)
-            part[f"drop_{what}_occluded"] = both[np.arange(len(both)), pick]
+            part[column] = both[np.arange(len(both)), pick]
             part[f"drop_{what}_background_fill"] = both[:, 0]
-            part[f"drop_{what}_reference_fill"] = both[:, 1]
+            part[f"drop_{what}_pooled_fill"] = both[:, 1]
         for name in layers:
             part[f"normalised@{name}"] = tables[name]["normalised"].to_numpy()
         parts.append(part)
