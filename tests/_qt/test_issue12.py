@@ -11,8 +11,6 @@ from qtpy.QtWidgets import QScrollArea
 from napari_gradcamo._qt.panel import first_line
 from napari_gradcamo.audit import labels_features, results
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs"
-
 
 @pytest.fixture
 def audited(audited_dock):
@@ -132,7 +130,8 @@ def test_run_strip_is_outside_the_scroll_area_and_the_dock_fits_1366x768(audited
     assert widget.minimumSizeHint().height() <= 700 and widget.minimumSizeHint().width() <= 600
 
 
-def test_screenshot_after_audit_and_selection(audited, qtbot):
+@pytest.mark.screenshot
+def test_screenshot_after_audit_and_selection(audited, qtbot, screenshot_dir):
     viewer, widget, labels = audited
     viewer.window._qt_window.resize(1366, 768)
     table = widget.features()
@@ -143,7 +142,7 @@ def test_screenshot_after_audit_and_selection(audited, qtbot):
     assert shot[..., :3].std() > 10  # not a blank window
     from imageio.v3 import imwrite
 
-    imwrite(SHOTS / "screenshot_audit_1366x768.png", shot)
+    imwrite(screenshot_dir / "screenshot_audit_1366x768.png", shot)
 
 
 def test_centring_on_a_border_cell_keeps_the_field_in_view(audited):
