@@ -42,10 +42,10 @@ def test_plate_dock_heatmap_and_loading_a_field(make_napari_viewer, qtbot, plate
     assert item.data(0x0100) == "B03" and "median" in item.toolTip()
     colours = {dock.heatmap.item(1, c).background().color().name() for c in range(1, 4)}
     assert len(colours) > 1, "wells with different medians get different colours"
-    dock._on_well_clicked(row, column)
+    dock.heatmap.cellClicked.emit(row, column)  # what a click on the well does
     assert dock.fields.count() == 2 and "8 cells" in dock.fields.item(1).text()
     dock.fields.setCurrentRow(1)
-    dock._load_current()
+    dock.load_button.click()
     qtbot.wait(200)
     images = [layer for layer in viewer.layers if layer.__class__.__name__ == "Image" and "SYN01 B03 2" in layer.name]
     assert len(images) == 5 and all(isinstance(layer.data, da.Array) for layer in images), "channels stay lazy"
