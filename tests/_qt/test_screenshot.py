@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from napari_gradcamo.audit import results
+from napari_gradcamo.output import results
 
 
 @pytest.mark.screenshot

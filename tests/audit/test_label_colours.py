@@ -3,7 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit import labels_features, results
+from napari_gradcamo.audit import labels_features
+from napari_gradcamo.output import results
 
 
 def test_score_colours_span_the_scores_seen():
