@@ -9,7 +9,7 @@ CP4_STAMP := $(CP4_VENV)/.installed-stamp
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: setup setup-cellpose4 demo demo-headless test test-cellpose4 bench bench-quick bench-ci demo-models clean
+.PHONY: setup setup-cellpose4 demo demo-headless test test-cellpose4 screenshots bench bench-quick bench-ci demo-models clean
 
 $(STAMP): pyproject.toml tests/labmodel_pkg/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ test: setup
 	xvfb-run -a $(BIN)/python -m pytest
 	$(MAKE) bench-ci
 	$(MAKE) test-cellpose4
+
+## Refresh the pictures in docs/ on purpose: the tests marked `screenshot` save into docs/ instead of tmp_path.
+screenshots: setup
+	NAPARI_GRADCAMO_SCREENSHOT_DIR=docs xvfb-run -a $(BIN)/python -m pytest -m screenshot tests/_qt
 
 ## cellpose 4 (cpsam, random weights built locally) in its own environment .venv-cp4.
 test-cellpose4: setup-cellpose4

@@ -11,7 +11,6 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit import results
 from napari_gradcamo.audit.batch import ScoredBatch, batch_of, score_batch
 from napari_gradcamo.audit.cam import CamEngine, upsample
 from napari_gradcamo.audit.layers import (
@@ -25,6 +24,7 @@ from napari_gradcamo.crops.extract import CellCrop, CellInfo, cell_table, extrac
 from napari_gradcamo.crops.resample import image_crop_shape, needs_resampling
 from napari_gradcamo.io.images import Image, ImageError, as_label_volume, check_labels_match
 from napari_gradcamo.models.metadata import ModelBundle
+from napari_gradcamo.output import results
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
 
 _GENERIC_NAME = "ch"
@@ -95,7 +95,7 @@ class AuditResult:
     table: pd.DataFrame
     cams: dict[int, CellCam] = field(default_factory=dict)
     cancelled: bool = False
-    record: dict = field(default_factory=dict)  # provenance (audit.provenance): pass it to results.write_table
+    record: dict = field(default_factory=dict)  # provenance (output.provenance): pass it to results.write_table
 
 
 def resolve_channels(image_names: Sequence[str], model_names: Sequence[str], explicit: Sequence[int] | None = None) -> list[int]:
@@ -272,7 +272,7 @@ def run_audit(
     cancel: CancelToken | None = None,
 ) -> AuditResult:
     """Run :func:`iter_audit` to the end (or to a cancel) and gather the table, the maps and a run record."""
-    from napari_gradcamo.audit import provenance
+    from napari_gradcamo.output import provenance
     from napari_gradcamo.progress import Cancelled
 
     meta = bundle.metadata

@@ -80,8 +80,8 @@ def audit_field(task: FieldTask, masks: str, checkpoint: str, digest: str, setti
     import pandas as pd
     import torch
 
-    from napari_gradcamo.audit import results
     from napari_gradcamo.io.lazy import open_image, open_labels
+    from napari_gradcamo.output import results
 
     started, cpu_started = time.perf_counter(), time.process_time()
     torch.set_num_threads(max(1, int(torch_threads)))

@@ -4,7 +4,7 @@ plate table assembled from them.
 Layout of ``OUT``::
 
     run.json                                 checkpoint, settings, source and the run fingerprint
-    fields/<plate>/<well>/s<site>.parquet    the field's cells (schema of audit/results.py + field columns);
+    fields/<plate>/<well>/s<site>.parquet    the field's cells (schema of output/results.py + field columns);
                                              its Parquet metadata holds the field fingerprint
     fields/<plate>/<well>/s<site>.maps.npz   raw Grad-CAM maps: labels, origins (z, y, x), maps
     fields/<plate>/<well>/s<site>.failed.json  why a field failed (removed when it succeeds later)

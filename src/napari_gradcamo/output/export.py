@@ -25,11 +25,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit.provenance import describe
-from napari_gradcamo.audit.results import write_table
 from napari_gradcamo.crops.extract import crop_origin, window
 from napari_gradcamo.io.atomic import write_with
 from napari_gradcamo.io.images import Image, ImageError
+from napari_gradcamo.output.provenance import describe
+from napari_gradcamo.output.results import write_table
 from napari_gradcamo.progress import CancelToken, ProgressCallback, Steps, check, drain
 
 CELLS_DIR = "cells"
@@ -228,7 +228,7 @@ def iter_export_flagged(
 
     ``cams`` maps label → :class:`~napari_gradcamo.audit.run.CellCam` (crop position and raw map);
     ``crop_shape`` (z, y, x) is needed only for cells without a CAM (default: the CAMs' crop shape).
-    ``run_record``: the audit's provenance (:mod:`napari_gradcamo.audit.provenance`): which checkpoint made
+    ``run_record``: the audit's provenance (:mod:`napari_gradcamo.output.provenance`): which checkpoint made
     the table; written beside the table and into its Parquet metadata. Every file is written atomically.
     Returns the paths written; raises :class:`ExportExistsError` (before writing) when files exist.
     """
@@ -239,7 +239,7 @@ def iter_export_flagged(
     if tuple(labels.shape) != image.spatial_shape:
         raise ImageError(f"Labels shape {tuple(labels.shape)} differs from the image's ZYX shape {image.spatial_shape}.")
     if "label" not in table or "flagged" not in table:
-        raise ValueError("The table needs 'label' and 'flagged' columns (see napari_gradcamo.audit.results.SCHEMA).")
+        raise ValueError("The table needs 'label' and 'flagged' columns (see napari_gradcamo.output.results.SCHEMA).")
     chosen = table[table["flagged"].astype(bool)] if only_flagged else table
     chosen = chosen.sort_values("label")
     if crop_shape is None:
