@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -34,6 +33,7 @@ from typing import Optional
 
 import numpy as np
 
+from napari_gradcamo.io.atomic import temp_file
 from napari_gradcamo.io.images import Image
 from napari_gradcamo.progress import CancelToken, ProgressCallback, Steps, check, drain
 
@@ -212,9 +212,9 @@ def download_model_file(name: str, target: Path, url: str, hint: str) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".part")
+            tmp = str(temp_file(folder, prefix=f".{target.name}.", suffix=".part"))
             try:
-                with os.fdopen(fd, "wb") as out:
+                with open(tmp, "wb") as out:
                     shutil.copyfileobj(response, out)
                 os.replace(tmp, target)
             finally:
