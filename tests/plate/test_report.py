@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_gradcamo.audit import results
 from napari_gradcamo.audit.run import AuditSettings
 from napari_gradcamo.audit.scoring import SCORE_KINDS
 from napari_gradcamo.io.ome_zarr import write_plate
+from napari_gradcamo.output import results
 from napari_gradcamo.plate import store
 from napari_gradcamo.plate.report import SCORE_LABEL, PlateGeometry, plate_grid, report_data, write_report
 from napari_gradcamo.plate.sources import FieldTask, plate_geometry

@@ -179,7 +179,10 @@ def normalize_crops(crops: np.ndarray, normalization: dict[str, Any]) -> np.ndar
     if method == "fixed":
         mean = np.asarray(normalization["mean"], np.float32)[None, :, None, None, None]
         std = np.asarray(normalization["std"], np.float32)[None, :, None, None, None]
-        return (crops - mean) / np.maximum(std, 1e-6)
+        if not (std > 0).all():  # ModelMetadata refuses these; never clamp them to a made-up value
+            raise CheckpointError(f"Fixed normalisation with std {normalization['std']} cannot be applied: every std "
+                                  "must be positive (a constant channel in training); retrain without it.")
+        return (crops - mean) / std
     if method == "percentile":
         flat = crops.reshape(crops.shape[0], crops.shape[1], -1)
         low, high = (p[..., None, None, None] for p in

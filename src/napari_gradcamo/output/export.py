@@ -202,6 +202,23 @@ def write_gallery(pages: Sequence[Path], panels: Sequence[dict], title: str = ""
     return written
 
 
+def _check_names(table: pd.DataFrame, stem) -> pd.Series:
+    """Refuse a ``flagged`` column that is not boolean (the text 'False' is truthy) and a ``stem`` that is not
+    a plain file name (``'../..'`` would write outside the export folder)."""
+    flagged = table["flagged"]
+    if flagged.dtype == object and all(isinstance(v, (bool, np.bool_)) for v in flagged):
+        flagged = flagged.astype(bool)  # e.g. after a concat: Python booleans in an object column
+    if not pd.api.types.is_bool_dtype(flagged.dtype) or flagged.isna().any():
+        raise ValueError(f"The table's 'flagged' column has dtype {flagged.dtype}, not bool: text such as 'False' "
+                         "would count as flagged. Convert it, e.g. table['flagged'] = table['flagged'].map("
+                         "{'True': True, 'False': False}), or rebuild it with output.results.apply_threshold.")
+    if not isinstance(stem, str) or not stem or stem in (".", "..") or Path(stem).name != stem or "\\" in stem \
+            or "\0" in stem:
+        raise ValueError(f"stem {stem!r} must be a plain file name (no folder, no '..'), e.g. 'gradcamo'; choose "
+                         "the folder with out_dir.")
+    return flagged.astype(bool)
+
+
 def export_flagged(*args, progress: ProgressCallback | None = None, **kwargs) -> ExportResult:
     """Export the table and, for each flagged cell (or every row), an OME-TIFF crop and a gallery panel:
     :func:`iter_export_flagged` (same arguments) run to its end, its steps handed to ``progress``."""
@@ -240,7 +257,8 @@ def iter_export_flagged(
         raise ImageError(f"Labels shape {tuple(labels.shape)} differs from the image's ZYX shape {image.spatial_shape}.")
     if "label" not in table or "flagged" not in table:
         raise ValueError("The table needs 'label' and 'flagged' columns (see napari_gradcamo.output.results.SCHEMA).")
-    chosen = table[table["flagged"].astype(bool)] if only_flagged else table
+    flagged = _check_names(table, stem)
+    chosen = table[flagged] if only_flagged else table
     chosen = chosen.sort_values("label")
     if crop_shape is None:
         shapes = {tuple(c.crop_shape) for c in cams.values()}

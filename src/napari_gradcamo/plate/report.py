@@ -2,7 +2,7 @@
 rendered from the jinja2 template ``templates/report.html.j2``.
 
 Every share and flag in it follows the run's own flag rule (``settings.flag_on`` and ``settings.threshold`` in
-``run.json``, the rule :func:`napari_gradcamo.audit.results.apply_threshold` applied to each cell): a cell is
+``run.json``, the rule :func:`napari_gradcamo.output.results.apply_threshold` applied to each cell): a cell is
 *flagged* when its ``flag_on`` score is below the threshold or undefined; the *share not flagged* of a group is
 1 − flagged / audited cells. The heatmaps are laid out on the plate's declared rows and columns (NGFF plate
 metadata, recorded in ``run.json`` by ``gradcamo plate run``); plates without declared geometry use the smallest
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit import results
 from napari_gradcamo.audit.scoring import SCORE_KINDS
+from napari_gradcamo.output import results
 from napari_gradcamo.plate import store
 
 SCORE = "normalised"
