@@ -50,6 +50,9 @@ class AuditSettings:
     channel_map: Sequence[int] | None = None
     flag_on: str = "normalised"
     occlusion: bool = False
+    #: Arithmetic precision of the model's layers: "fp32" (default, exact), "bf16" (autocast; CPUs with AMX or
+    #: AVX512-BF16, CUDA) or "fp16" (CUDA). Maps and scores are always computed in float32.
+    precision: str = "fp32"
     #: 2D models only: explain this many z-planes around each cell's centre, plane by plane (None: the
     #: checkpoint's crop depth, i.e. one plane). Class probabilities are averaged over the planes.
     planes: int | None = None
@@ -63,6 +66,9 @@ class AuditSettings:
             raise ValueError(f"batch_size {self.batch_size!r} must be a whole number ≥ 1.")
         if self.flag_on not in SCORE_KINDS:
             raise ValueError(f"flag_on {self.flag_on!r} is not a score; use one of {', '.join(SCORE_KINDS)}.")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision {self.precision!r} must be fp32, bf16 (CPUs with AMX/AVX512-BF16, CUDA) "
+                             "or fp16 (CUDA).")
         low, high = {"gradcamo": (0.0, 1.0), "normalised": (-math.inf, 1.0), "lift": (0.0, math.inf)}[self.flag_on]
         if not isinstance(self.threshold, numbers.Real) or not low <= float(self.threshold) <= high:
             raise ValueError(f"threshold {self.threshold!r} is outside the range of {self.flag_on} "
@@ -372,7 +378,8 @@ def iter_audit(
     batch_size = int(settings.batch_size)
     meta.check_batch_memory(batch_size)  # estimated before any crop is allocated
     done = 0
-    with CamEngine(bundle.model, layer, settings.method, settings.device, head=meta.head) as engine:
+    with CamEngine(bundle.model, layer, settings.method, settings.device, head=meta.head,
+                   precision=settings.precision) as engine:
         for start in range(0, len(cells), batch_size):
             check(cancel, "the audit")
             chunk = cells[start : start + batch_size]
