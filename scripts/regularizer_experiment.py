@@ -13,7 +13,7 @@ contributions inside the cell at ``stage1``; see ``train/regularizer.py``), then
   its answers; one that reads the cells holds.
 
 Usage: python scripts/regularizer_experiment.py --seeds 0 1 2 3 4 5 6 7 8 9 10 11 --lambdas 0 0.5 --threads 1 \
-    --json docs/regularizer_runs.jsonl --write docs/regularizer_runs.md
+    --json docs/results/regularizer_runs.jsonl --write docs/regularizer_runs.md
 (≈ 20 s per run on one idle CPU core). The runs are deterministic for a given thread count: the same
 command gives the same numbers (a different ``--threads`` changes the floating-point order and so the runs).
 """
