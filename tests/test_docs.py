@@ -44,3 +44,65 @@ def test_link_parser_finds_links_and_skips_code():
 def test_relative_links_point_to_files(page):
     missing = [t for t in relative_links(page.read_text(encoding="utf-8")) if not (page.parent / t).exists()]
     assert not missing, f"{page.relative_to(ROOT)} links to files that do not exist: {missing}"
+
+
+# --- the public API's docstrings: numpydoc sections, and Examples that run as written -----------------------
+
+def _public_names() -> list[str]:
+    import napari_gradcamo  # light: the names are imported only on first use
+
+    return sorted(napari_gradcamo._EXPORTS)
+
+
+def _public_object(name: str):
+    """The object behind ``napari_gradcamo.<name>``, taken from the module that defines it."""
+    import importlib
+
+    import napari_gradcamo
+
+    return getattr(importlib.import_module(napari_gradcamo._EXPORTS[name]), name)
+
+
+@pytest.mark.parametrize("name", _public_names())
+def test_public_docstring_has_numpydoc_sections(name):
+    import inspect
+
+    obj = _public_object(name)
+    doc = inspect.getdoc(obj) or ""
+    assert "\nExamples\n--------\n" in doc, f"{name}: no Examples section"
+    if inspect.isclass(obj) and issubclass(obj, Exception):
+        return
+    arguments = [p for p in inspect.signature(obj).parameters if p not in ("self", "args", "kwargs")]
+    if arguments:  # a class may list its fields as Attributes (a pydantic model's __init__ takes **kwargs)
+        assert "\nParameters\n----------\n" in doc or (inspect.isclass(obj) and "\nAttributes\n----------\n" in doc), \
+            f"{name}: no Parameters section"
+    if inspect.isfunction(obj):
+        assert "\nReturns\n-------\n" in doc or "\nYields\n------\n" in doc, f"{name}: no Returns/Yields section"
+
+
+@pytest.mark.parametrize("name", _public_names())
+def test_public_docstring_examples_run(name, tmp_path, monkeypatch):
+    """Each Examples section runs as written, in an empty folder (the examples write small files there)."""
+    import doctest
+
+    monkeypatch.chdir(tmp_path)
+    finder = doctest.DocTestFinder(recurse=False)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    tests = finder.find(_public_object(name), name, globs={})
+    assert any(t.examples for t in tests), f"{name}: no runnable example"
+    for test in tests:
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0, f"{name}: {result.failed} of {result.attempted} example lines failed (output above)"
+
+
+@pytest.mark.xfail(strict=True, reason="bug: once the subpackage napari_gradcamo.segment is imported (e.g. by "
+                   "ng.SegmentationSettings), Python's import system sets the package attribute 'segment' to that "
+                   "subpackage, so ng.segment is a module, not the function; the lazy __getattr__ is never asked")
+def test_ng_segment_is_the_function_whatever_was_imported_first():
+    import subprocess
+    import sys
+
+    code = "import napari_gradcamo as ng; ng.SegmentationSettings; print(callable(ng.segment))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
