@@ -1,4 +1,4 @@
-"""npe2 reader and writer for a saved audit (:mod:`napari_gradcamo.io.results_folder`); no Qt.
+"""npe2 reader and writer for a saved audit (:mod:`napari_gradcamo.output.results_folder`); no Qt.
 
 Reading gives one image layer per stain and the masks as a Labels layer whose ``features`` is the
 per-cell table and whose metadata carries the per-cell Grad-CAM maps, the model name and the run
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_gradcamo.io.results_folder import (
+from napari_gradcamo.output.results_folder import (
     ResultsFolder,
     is_results_folder,
     read_results_folder,

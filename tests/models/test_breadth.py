@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_gradcamo.audit.results import PROBABILITY_PREFIX
 from napari_gradcamo.cli import main
+from napari_gradcamo.output.results import PROBABILITY_PREFIX
 from napari_gradcamo.synthetic.files import write_synthetic_manifest
 
 RESNET_3D = {"factory": "monai.networks.nets.resnet:ResNet", "block": "basic", "layers": [1, 1, 1, 1],

@@ -18,8 +18,9 @@ from qtpy.QtWidgets import QFileDialog, QMessageBox
 from napari_gradcamo._qt import layers as L
 from napari_gradcamo._qt.audit_runner import RUN_RECORD_KEY
 from napari_gradcamo._qt.pickers import guarded
-from napari_gradcamo.audit import labels_features, results
+from napari_gradcamo.audit import labels_features
 from napari_gradcamo.io.images import ImageError
+from napari_gradcamo.output import results
 
 
 class AuditEditsMixin:
@@ -213,8 +214,8 @@ class AuditEditsMixin:
             self.save_results(folder)
 
     def save_results(self, folder) -> bool:
-        """Write image, masks, maps and table to a new results folder (see :mod:`napari_gradcamo.io.results_folder`)."""
-        from napari_gradcamo.io.results_folder import ResultsFolder, ResultsFolderError, write_results_folder
+        """Write image, masks, maps and table to a new results folder (see :mod:`napari_gradcamo.output.results_folder`)."""
+        from napari_gradcamo.output.results_folder import ResultsFolder, ResultsFolderError, write_results_folder
 
         layer = self.labels_layer
         try:
@@ -288,7 +289,7 @@ class AuditEditsMixin:
     @guarded
     def _on_export_error(self, error, folder) -> None:
         from napari_gradcamo._qt.panel import first_line
-        from napari_gradcamo.io.export import ExportExistsError
+        from napari_gradcamo.output.export import ExportExistsError
 
         if isinstance(error, ExportExistsError):
             if ask_overwrite(self, error):
@@ -320,7 +321,7 @@ def ask_overwrite(parent, error) -> bool:
 
 
 def _export_job(folder, image, labels, table, cams, crop_shape, overwrite, run_record, cancel):
-    from napari_gradcamo.io.export import iter_export_flagged
+    from napari_gradcamo.output.export import iter_export_flagged
 
     return (yield from iter_export_flagged(folder, image, labels, table, cams, crop_shape, overwrite=overwrite,
                                            run_record=run_record, cancel=cancel))

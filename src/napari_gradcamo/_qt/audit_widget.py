@@ -1,7 +1,7 @@
 """'Grad-CAMO audit': assembles the model, run and results panels and keeps the viewer in step.
 
 The audit, scores, flags, colours, edits and export are the core's (:mod:`napari_gradcamo.audit.run`,
-:mod:`napari_gradcamo.audit.labels_features`, :mod:`napari_gradcamo.io.export`). ``labels.features``
+:mod:`napari_gradcamo.audit.labels_features`, :mod:`napari_gradcamo.output.export`). ``labels.features``
 is the one source of truth: the table, the label colours and the export all read it.
 
 Running without blocking the main thread: :mod:`napari_gradcamo._qt.audit_runner`.

@@ -18,7 +18,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_gradcamo._qt.table import ResultsTable
-from napari_gradcamo.audit import labels_features, results
+from napari_gradcamo.audit import labels_features
+from napari_gradcamo.output import results
 
 
 def _swatch(rgba) -> str:

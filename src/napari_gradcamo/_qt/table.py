@@ -25,8 +25,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_gradcamo.audit import results
 from napari_gradcamo.audit.labels_features import INDEX, OVERRIDE
+from napari_gradcamo.output import results
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 LABEL_ROLE = Qt.ItemDataRole.UserRole + 2

@@ -1,7 +1,7 @@
 """Per-cell result bookkeeping for a label image, without Qt.
 
 The napari plugin keeps one table per Labels layer in ``labels.features``: one row per label id, the
-columns of :data:`napari_gradcamo.audit.results.SCHEMA` (``prob_<class>`` included), plus
+columns of :data:`napari_gradcamo.output.results.SCHEMA` (``prob_<class>`` included), plus
 
 * ``index`` = the label id (napari looks rows up by this column for its status bar),
 * ``flag_override``: ``""`` (follow the threshold), ``"flagged"`` or ``"not flagged"`` (set by hand).
@@ -18,8 +18,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit import results
 from napari_gradcamo.crops.extract import CellInfo, cell_table, crop_origin
+from napari_gradcamo.output import results
 
 INDEX = "index"
 OVERRIDE = "flag_override"

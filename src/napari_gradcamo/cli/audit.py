@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit import provenance, results
 from napari_gradcamo.cli._common import (
     add_audit_options,
     add_segmentation_options,
@@ -22,6 +21,7 @@ from napari_gradcamo.cli._common import (
     segmentation_settings,
 )
 from napari_gradcamo.io.atomic import OutputError
+from napari_gradcamo.output import provenance, results
 
 
 def cmd_audit(args) -> int:

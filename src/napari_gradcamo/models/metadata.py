@@ -206,8 +206,12 @@ class ModelMetadata(BaseModel):
         if method == "fixed":
             n = len(self.channel_names)
             _finite_numbers(norm.get("mean"), "normalization: mean", n)
-            if min(_finite_numbers(norm.get("std"), "normalization: std", n)) < 0:
-                raise ValueError("normalization: std must not be negative")
+            std = _finite_numbers(norm.get("std"), "normalization: std", n)
+            flat = [f"{name} ({value:g})" for name, value in zip(self.channel_names, std) if value <= 0]
+            if flat:
+                raise ValueError(f"normalization: std must be positive for every channel; {', '.join(flat)} is not "
+                                 "(a channel that was constant in training would be divided by zero: every crop "
+                                 "would look alike). Retrain without that channel or give its real std")
         if method == "percentile":
             low, high = norm.get("low", 1.0), norm.get("high", 99.8)
             numbers_ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))

@@ -18,7 +18,7 @@ from typing import Iterator
 from napari_gradcamo.audit.run import AuditSettings, iter_audit
 from napari_gradcamo.io.images import ImageError
 from napari_gradcamo.plate import store
-from napari_gradcamo.plate.sources import FieldTask, discover
+from napari_gradcamo.plate.sources import FieldTask, discover, plate_geometry
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
 
 _MODELS: dict = {}
@@ -80,8 +80,8 @@ def audit_field(task: FieldTask, masks: str, checkpoint: str, digest: str, setti
     import pandas as pd
     import torch
 
-    from napari_gradcamo.audit import results
     from napari_gradcamo.io.lazy import open_image, open_labels
+    from napari_gradcamo.output import results
 
     started, cpu_started = time.perf_counter(), time.process_time()
     torch.set_num_threads(max(1, int(torch_threads)))
@@ -162,7 +162,7 @@ def iter_plate(source, checkpoint, out, settings: AuditSettings | None = None, *
     out.mkdir(parents=True, exist_ok=True)
     store.write_run(out, {"fingerprint": fingerprint, "checkpoint": checkpoint, "checkpoint_sha256": digest,
                           "source": str(Path(source).resolve()), "layout": str(layout or ""),
-                          "settings": asdict(settings), "fields": len(tasks),
+                          "settings": asdict(settings), "fields": len(tasks), "plates": plate_geometry(source),
                           "segmentation": asdict(segmentation) if segmentation is not None else None})
     keys = {t.field_id: store.field_fingerprint(fingerprint, t) for t in tasks}
     todo = [t for t in tasks if store.finished_fingerprint(out, t) != keys[t.field_id]]

@@ -65,6 +65,24 @@ def discover(source: str | Path, layout: str | Path | None = None) -> list[Field
     return tasks
 
 
+def plate_geometry(source: str | Path) -> dict[str, dict[str, list[str]]]:
+    """``{plate name: {"rows": [...], "columns": [...]}}`` as an OME-Zarr HCS plate declares them (in order);
+    empty for manifests and folders, which declare none."""
+    source = Path(source)
+    if not (source.exists() and is_zarr(source)):
+        return {}
+    from napari_gradcamo.io.ome_zarr import ome_attrs, open_group
+
+    plate = ome_attrs(open_group(source)).get("plate")
+    if not isinstance(plate, dict):
+        return {}
+    names = [[str(e.get("name")) for e in plate.get(key) or [] if isinstance(e, dict) and e.get("name") is not None]
+             for key in ("rows", "columns")]
+    if not all(names):
+        return {}
+    return {str(plate.get("name") or source.name.split(".")[0]): {"rows": names[0], "columns": names[1]}}
+
+
 def _from_manifest(path: Path) -> list[FieldTask]:
     try:
         table = read_manifest(path)

@@ -4,7 +4,7 @@ plate table assembled from them.
 Layout of ``OUT``::
 
     run.json                                 checkpoint, settings, source and the run fingerprint
-    fields/<plate>/<well>/s<site>.parquet    the field's cells (schema of audit/results.py + field columns);
+    fields/<plate>/<well>/s<site>.parquet    the field's cells (schema of output/results.py + field columns);
                                              its Parquet metadata holds the field fingerprint
     fields/<plate>/<well>/s<site>.maps.npz   raw Grad-CAM maps: labels, origins (z, y, x), maps
     fields/<plate>/<well>/s<site>.failed.json  why a field failed (removed when it succeeds later)
@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -82,9 +81,10 @@ def safe_name(name: str) -> str:
 
 def atomic_write(path: Path, write) -> Path:
     """Call ``write(temp_path)`` for a temporary file in ``path``'s folder, then rename it onto ``path``."""
+    from napari_gradcamo.io.atomic import temp_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    temp = str(temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         write(Path(temp))
         os.replace(temp, path)
@@ -201,7 +201,9 @@ def write_plate_table(out: Path, table: pd.DataFrame) -> dict[str, str]:
     written = {}
     if table.empty:
         return {"parquet": "no cells: nothing written"}
-    temp = Path(tempfile.mkdtemp(prefix=".plate.", dir=out))
+    from napari_gradcamo.io.atomic import temp_folder
+
+    temp = temp_folder(out, prefix=".plate.")
     try:
         table.to_parquet(temp / "t", partition_cols=["plate", "well"], index=False)
         target = out / PLATE_TABLE

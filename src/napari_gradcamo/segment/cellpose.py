@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -34,6 +33,7 @@ from typing import Optional
 
 import numpy as np
 
+from napari_gradcamo.io.atomic import temp_file
 from napari_gradcamo.io.images import Image
 from napari_gradcamo.progress import CancelToken, ProgressCallback, Steps, check, drain
 
@@ -178,10 +178,39 @@ def load_state_dict(path: Path, version: int, hint: str, **load_kwargs) -> dict:
     return state
 
 
+def _is_number(value, whole: bool = False) -> bool:
+    """A real number (an int when ``whole``), not a bool and not text: '0.4' is refused, never parsed."""
+    kinds = (int, np.integer) if whole else (int, float, np.integer, np.floating)
+    return isinstance(value, kinds) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_types(s: SegmentationSettings) -> None:
+    """Each numeric setting must be a number before its range is checked (text raised TypeError before)."""
+    numbers_ = {"diameter": s.diameter, "stitch_threshold": s.stitch_threshold, "anisotropy": s.anisotropy,
+                "flow_threshold": s.flow_threshold, "cellprob_threshold": s.cellprob_threshold}
+    for name, value in numbers_.items():
+        if value is not None and not _is_number(value) or value is None and name not in ("diameter", "anisotropy"):
+            raise SegmentationError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
+    for name, value in {"min_size": s.min_size, "batch_size": s.batch_size}.items():
+        if not _is_number(value, whole=True):
+            raise SegmentationError(f"{name} must be a whole number, got {value!r} ({type(value).__name__}).")
+    pair = s.normalize_percentiles
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(_is_number(v) for v in pair):
+        raise SegmentationError(f"normalize_percentiles must be two numbers (low, high), e.g. (1.0, 99.0); got {pair!r}.")
+    if not isinstance(s.mode, str):
+        raise SegmentationError(f"mode must be 'stitch2d' or '3d', got {s.mode!r}.")
+    if s.gpu is not None and not isinstance(s.gpu, (bool, np.bool_)):
+        raise SegmentationError(f"gpu must be True, False or None (automatic), got {s.gpu!r}.")
+
+
 def validate_settings(image: Image, settings: SegmentationSettings) -> None:
     """Raise :class:`SegmentationError` naming the first bad parameter."""
     if not isinstance(image, Image) or image.data.ndim != 4:
         raise SegmentationError("segment() needs a napari_gradcamo.io.images.Image (CZYX data).")
+    if not isinstance(settings, SegmentationSettings):
+        raise SegmentationError(f"settings must be a SegmentationSettings, not {type(settings).__name__}; "
+                                "e.g. SegmentationSettings(nucleus_channel=0).")
+    _check_types(settings)
     s = settings
     if s.mode not in MODES:
         raise SegmentationError(f"Unknown mode {s.mode!r}; use 'stitch2d' (2D per slice, stitched) or '3d'.")
@@ -245,9 +274,9 @@ def download_model_file(name: str, target: Path, url: str, hint: str) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".part")
+            tmp = str(temp_file(folder, prefix=f".{target.name}.", suffix=".part"))
             try:
-                with os.fdopen(fd, "wb") as out:
+                with open(tmp, "wb") as out:
                     shutil.copyfileobj(response, out)
                 os.replace(tmp, target)
             finally:

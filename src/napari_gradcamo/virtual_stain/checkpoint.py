@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_gradcamo.io.atomic import temp_file
 from napari_gradcamo.progress import Steps, drain
 from napari_gradcamo.virtual_stain.data import StainScaling, normalise_brightfield
 from napari_gradcamo.virtual_stain.diffusion import Schedule, iter_sample
@@ -111,8 +111,7 @@ def save_model(path: str | Path, model: VirtualStainModel, *, overwrite: bool = 
     state = {f"unet.{k}": v.detach().contiguous().cpu() for k, v in model.unet.state_dict().items()}
     if model.classifier is not None:
         state.update({f"classifier.{k}": v.detach().contiguous().cpu() for k, v in model.classifier.state_dict().items()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = str(temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         save_file(state, tmp, metadata={HEADER_KEY: json.dumps(model.metadata())})
         os.replace(tmp, path)

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from napari_gradcamo.io.atomic import temp_folder
 
 FORMAT = "napari-gradcamo results"
 VERSION = 1
@@ -67,7 +68,7 @@ def write_results_folder(folder, results: ResultsFolder, overwrite: bool = False
     if tuple(results.labels.shape) != tuple(image.shape[1:]):
         raise ResultsFolderError(f"masks {results.labels.shape} do not match the image {image.shape[1:]}.")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    tmp = temp_folder(folder.parent, prefix=f".{folder.name}.")
     try:
         tifffile.imwrite(tmp / "image.tif", image, compression="zlib")
         tifffile.imwrite(tmp / "masks.tif", np.asarray(results.labels, dtype=np.uint32), compression="zlib")

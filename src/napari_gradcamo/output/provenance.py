@@ -1,7 +1,7 @@
 """The run record: which checkpoint, image, masks and settings made a results table, and whether it finished.
 
 Written as ``<table>.run.json`` beside the table and into the Parquet file's metadata
-(:func:`napari_gradcamo.audit.results.read_run_record` reads it back).
+(:func:`napari_gradcamo.output.results.read_run_record` reads it back).
 """
 
 from __future__ import annotations

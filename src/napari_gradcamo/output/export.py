@@ -25,11 +25,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit.provenance import describe
-from napari_gradcamo.audit.results import write_table
 from napari_gradcamo.crops.extract import crop_origin, window
 from napari_gradcamo.io.atomic import write_with
 from napari_gradcamo.io.images import Image, ImageError
+from napari_gradcamo.output.provenance import describe
+from napari_gradcamo.output.results import write_table
 from napari_gradcamo.progress import CancelToken, ProgressCallback, Steps, check, drain
 
 CELLS_DIR = "cells"
@@ -202,6 +202,23 @@ def write_gallery(pages: Sequence[Path], panels: Sequence[dict], title: str = ""
     return written
 
 
+def _check_names(table: pd.DataFrame, stem) -> pd.Series:
+    """Refuse a ``flagged`` column that is not boolean (the text 'False' is truthy) and a ``stem`` that is not
+    a plain file name (``'../..'`` would write outside the export folder)."""
+    flagged = table["flagged"]
+    if flagged.dtype == object and all(isinstance(v, (bool, np.bool_)) for v in flagged):
+        flagged = flagged.astype(bool)  # e.g. after a concat: Python booleans in an object column
+    if not pd.api.types.is_bool_dtype(flagged.dtype) or flagged.isna().any():
+        raise ValueError(f"The table's 'flagged' column has dtype {flagged.dtype}, not bool: text such as 'False' "
+                         "would count as flagged. Convert it, e.g. table['flagged'] = table['flagged'].map("
+                         "{'True': True, 'False': False}), or rebuild it with output.results.apply_threshold.")
+    if not isinstance(stem, str) or not stem or stem in (".", "..") or Path(stem).name != stem or "\\" in stem \
+            or "\0" in stem:
+        raise ValueError(f"stem {stem!r} must be a plain file name (no folder, no '..'), e.g. 'gradcamo'; choose "
+                         "the folder with out_dir.")
+    return flagged.astype(bool)
+
+
 def export_flagged(*args, progress: ProgressCallback | None = None, **kwargs) -> ExportResult:
     """Export the table and, for each flagged cell (or every row), an OME-TIFF crop and a gallery panel:
     :func:`iter_export_flagged` (same arguments) run to its end, its steps handed to ``progress``.
@@ -260,7 +277,7 @@ def iter_export_flagged(
 
     ``cams`` maps label → :class:`~napari_gradcamo.audit.run.CellCam` (crop position and raw map);
     ``crop_shape`` (z, y, x) is needed only for cells without a CAM (default: the CAMs' crop shape).
-    ``run_record``: the audit's provenance (:mod:`napari_gradcamo.audit.provenance`): which checkpoint made
+    ``run_record``: the audit's provenance (:mod:`napari_gradcamo.output.provenance`): which checkpoint made
     the table; written beside the table and into its Parquet metadata. Every file is written atomically.
     Returns the paths written; raises :class:`ExportExistsError` (before writing) when files exist.
     """
@@ -271,8 +288,9 @@ def iter_export_flagged(
     if tuple(labels.shape) != image.spatial_shape:
         raise ImageError(f"Labels shape {tuple(labels.shape)} differs from the image's ZYX shape {image.spatial_shape}.")
     if "label" not in table or "flagged" not in table:
-        raise ValueError("The table needs 'label' and 'flagged' columns (see napari_gradcamo.audit.results.SCHEMA).")
-    chosen = table[table["flagged"].astype(bool)] if only_flagged else table
+        raise ValueError("The table needs 'label' and 'flagged' columns (see napari_gradcamo.output.results.SCHEMA).")
+    flagged = _check_names(table, stem)
+    chosen = table[flagged] if only_flagged else table
     chosen = chosen.sort_values("label")
     if crop_shape is None:
         shapes = {tuple(c.crop_shape) for c in cams.values()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from pathlib import Path
 from typing import Sequence
 
@@ -86,9 +88,18 @@ def conform(table: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
 def apply_threshold(table: pd.DataFrame, threshold: float, manual: pd.Series | None = None,
                     on: str = "gradcamo") -> pd.DataFrame:
     """Set ``flagged``: the score ``on`` (gradcamo, lift or normalised) under ``threshold`` or undefined
-    (audited cells only), or ``manual``."""
-    if on not in SCORE_KINDS:
-        raise ValueError(f"Cannot flag on '{on}'; choose one of {', '.join(SCORE_KINDS)}.")
+    (audited cells only), or ``manual``. A threshold that is not a finite number raises ``ValueError``."""
+    if not isinstance(on, str) or on not in SCORE_KINDS:
+        raise ValueError(f"Cannot flag on {on!r}; choose one of {', '.join(SCORE_KINDS)}.")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
+        raise ValueError(f"threshold {threshold!r} must be a finite number (a NaN threshold would flag no cell); "
+                         "e.g. 0.0 for normalised, 1.0 for lift, 0.5 for gradcamo.")
+    if not isinstance(table, pd.DataFrame) or any(c not in table for c in ("status", on)):
+        raise ValueError(f"apply_threshold needs a results table (pandas DataFrame) with 'status' and {on!r} "
+                         "columns, as run_audit returns (see napari_gradcamo.output.results.SCHEMA).")
+    if manual is not None and not isinstance(manual, pd.Series):
+        raise ValueError(f"manual must be a pandas Series of booleans indexed like the table, got "
+                         f"{type(manual).__name__}.")
     audited = table["status"] == STATUS_AUDITED
     low = table[on].isna() | (table[on] < threshold)
     flagged = audited & low
