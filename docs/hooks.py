@@ -10,6 +10,7 @@ resolves fails ``mkdocs build --strict``.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_gradcamo"
@@ -49,3 +50,12 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     if "<!-- modules -->" in markdown:
         markdown = markdown.replace("<!-- modules -->", _modules())
     return markdown
+
+
+_ROLE = re.compile(r":(?:func|class|meth|mod|data|attr|exc|obj):<code>~?\.?(?:[\w.]+\.)?(\w+)</code>")
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """Docstrings use Sphinx roles (``:func:`~pkg.mod.name```), which the numpy parser leaves as text: show
+    the name alone, as code."""
+    return _ROLE.sub(lambda m: f"<code>{m.group(1)}</code>", html)
