@@ -33,8 +33,14 @@ class LayerInfo:
         return self.name.count(".")
 
     @property
+    def collapsed(self) -> bool:
+        """A spatial-shaped output with a single voxel (a global pool, a 1×1×1 head): its map is constant."""
+        return len(self.output_shape) + 1 in SPATIAL_NDIMS and int(np.prod(self.output_shape[1:])) == 1
+
+    @property
     def spatial(self) -> bool:
-        return self.calls == 1 and not self.padding and len(self.output_shape) + 1 in SPATIAL_NDIMS
+        return (self.calls == 1 and not self.padding and len(self.output_shape) + 1 in SPATIAL_NDIMS
+                and not self.collapsed)
 
     @property
     def label(self) -> str:
@@ -114,6 +120,10 @@ def check_target_layer(model, name: str, crop_shape: Sequence[int], in_channels:
                          f"map is ambiguous; pick a module that runs once.{hint}")
     if info.padding:
         raise LayerError(f"Target layer '{name}' is a padding module ({info.label}); pick the layer it pads for.{hint}")
+    if info.collapsed:
+        raise LayerError(f"Target layer '{name}' has a single-voxel feature map ({info.label}), e.g. a global pool or "
+                         "a layer after it: its Grad-CAM is constant, so every cell would score chance. Pick a "
+                         f"layer whose map still has rows and columns.{hint}")
     if not info.spatial:
         raise LayerError(f"Target layer '{name}' has no spatial feature map: {info.label}.{hint}")
     return info
@@ -151,7 +161,8 @@ def layer_tree(model, crop_shape: Sequence[int], in_channels: int, chosen: str |
         text = info.label if name in keep else name
         if name == chosen and name not in keep:
             why = ("never runs in the forward pass" if info is None else "called twice" if info.calls > 1
-                   else "a padding module" if info.padding else "no spatial output")
+                   else "a padding module" if info.padding else "a single-voxel map" if info.collapsed
+                   else "no spatial output")
             text = f"{info.label if info else name}  ← stored layer, not usable: {why}"
         lines.append(mark + "  " * name.count(".") + text)
     if chosen and chosen not in dict(model.named_modules()):

@@ -39,6 +39,10 @@ class Score:
                 "outside_share": self.outside_share, "reason": self.reason}
 
 
+#: ``reason`` of a cell whose map is zero everywhere: evidence about the method (no positive evidence to
+#: place), not about the model — such a cell is not flagged (:func:`~napari_gradcamo.output.results.apply_threshold`).
+ZERO_MAP_REASON = "the Grad-CAM map is zero everywhere (no positive evidence)"
+
 #: Scores a flag threshold can be set on: column → what it means.
 SCORE_KINDS = {
     "gradcamo": "raw Grad-CAMO: share of the attention on the cell (the paper's score; depends on cell size)",
@@ -129,7 +133,7 @@ def score_cam(
     if not np.isfinite(total):
         return Score(nan, chance, nan, nan, nan, "the Grad-CAM map is not finite")
     if total <= 0.0:
-        return Score(nan, chance, nan, nan, nan, "the Grad-CAM map is zero everywhere (no positive evidence)")
+        return Score(nan, chance, nan, nan, nan, ZERO_MAP_REASON)
     on_cell = float(cam[cell_mask].sum()) / total
     on_neighbours = float(cam[other_mask & ~cell_mask].sum()) / total
     on_outside = float(cam[outside & ~cell_mask & ~other_mask].sum()) / total

@@ -8,6 +8,7 @@ from collections import Counter
 from napari_gradcamo.cli._common import (
     add_audit_options,
     add_segmentation_options,
+    add_trust_option,
     audit_settings,
     progress_bar,
     segmentation_settings,
@@ -22,7 +23,8 @@ def cmd_run(args) -> int:
     counts, failed = Counter(), []
     for outcome in iter_plate(args.source, args.model, args.out, audit_settings(args), layout=args.layout,
                               segmentation=segmentation_settings(args) if args.segment else None,
-                              workers=args.workers, scheduler=args.scheduler, torch_threads=args.torch_threads):
+                              workers=args.workers, scheduler=args.scheduler, torch_threads=args.torch_threads,
+                              trusted_factory=args.trust_factory):
         counts[outcome.status] += 1
         counts["cells"] += outcome.cells
         if outcome.status == "failed":
@@ -64,6 +66,7 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="local dask workers (default: one per CPU core)")
     p.add_argument("--scheduler", default=None, help="address of a running dask scheduler (e.g. from dask-jobqueue)")
     p.add_argument("--torch-threads", type=int, default=1, help="torch threads per worker")
+    add_trust_option(p)
     seg = p.add_argument_group("masks: from the manifest / beside each field / the OME-Zarr labels, or cellpose")
     seg.add_argument("--segment", action="store_true", help="segment fields that have no masks with cellpose")
     add_segmentation_options(seg)

@@ -197,6 +197,7 @@ def load_checkpoint(path: str | Path, trusted_factory: str | None = None) -> Mod
         return bioimageio.import_package(path, trusted_factory)
     state, metadata = _read_checkpoint(path)
     model = build_model(metadata, trusted_factory, path.name)
+    state = strip_data_parallel_prefix(state, model.state_dict().keys(), path.name)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -223,6 +224,27 @@ def _percentiles(flat: np.ndarray, qs: Sequence[float]) -> list[np.ndarray]:
         a, b = part[..., below], part[..., min(below + 1, n - 1)]
         out.append(a + (b - a) * np.asarray(p - below, dtype=flat.dtype))
     return out
+
+
+#: The prefix torch.nn.DataParallel / DistributedDataParallel put on every key of a wrapped model's state dict.
+DATA_PARALLEL_PREFIX = "module."
+
+
+def strip_data_parallel_prefix(state: dict, expected_keys, name: str = "the checkpoint") -> dict:
+    """``state`` without the ``module.`` prefix a ``DataParallel``-wrapped model saves, when every key has it
+    and the network expects none (said with a warning); else ``state`` unchanged."""
+    import warnings
+
+    prefix = DATA_PARALLEL_PREFIX
+    expected = set(expected_keys)
+    if not state or not all(k.startswith(prefix) for k in state) or any(k.startswith(prefix) for k in expected):
+        return state
+    stripped = {k[len(prefix):]: v for k, v in state.items()}
+    if not set(stripped) & expected:
+        return state
+    warnings.warn(f"{name}: its weights were saved from a DataParallel-wrapped model (every key starts with "
+                  f"'{prefix}'); the prefix was removed to load them.", UserWarning, stacklevel=3)
+    return stripped
 
 
 def normalize_crops(crops: np.ndarray, normalization: dict[str, Any]) -> np.ndarray:

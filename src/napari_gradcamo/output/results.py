@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit.scoring import SCORE_KINDS
+from napari_gradcamo.audit.scoring import SCORE_KINDS, ZERO_MAP_REASON
 
 #: Column → meaning. ``prob_<class>`` columns (one per model class) follow ``probability``.
 SCHEMA: dict[str, str] = {
@@ -33,7 +33,8 @@ SCHEMA: dict[str, str] = {
     "background_share": "share of attention on background inside the image",
     "outside_share": "share of attention on padding beyond the image border",
     "reason": "why gradcamo is NaN ('' when defined)",
-    "flagged": "the score chosen to flag on (flag_on) below the threshold, undefined, or flagged by hand",
+    "flagged": "the score chosen to flag on (flag_on) below the threshold, undefined (except a map zero with every "
+               "method: no evidence is not a flag), or flagged by hand",
     "drop_cell_occluded": "drop in the target class's probability when the cell is replaced by background "
                           "(NaN unless occlusion was asked for)",
     "drop_context_occluded": "drop in the target class's probability when everything but the cell is replaced "
@@ -88,7 +89,9 @@ def conform(table: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
 def apply_threshold(table: pd.DataFrame, threshold: float, manual: pd.Series | None = None,
                     on: str = "gradcamo") -> pd.DataFrame:
     """Set ``flagged``: the score ``on`` (gradcamo, lift or normalised) under ``threshold`` or undefined
-    (audited cells only), or ``manual``. A threshold that is not a finite number raises ``ValueError``."""
+    (audited cells only), or ``manual``. A map zero everywhere (with every fallback method) is not a flag:
+    it says the method found no evidence, not where the model looks. A threshold that is not a finite number
+    raises ``ValueError``."""
     if not isinstance(on, str) or on not in SCORE_KINDS:
         raise ValueError(f"Cannot flag on {on!r}; choose one of {', '.join(SCORE_KINDS)}.")
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
@@ -101,7 +104,8 @@ def apply_threshold(table: pd.DataFrame, threshold: float, manual: pd.Series | N
         raise ValueError(f"manual must be a pandas Series of booleans indexed like the table, got "
                          f"{type(manual).__name__}.")
     audited = table["status"] == STATUS_AUDITED
-    low = table[on].isna() | (table[on] < threshold)
+    no_evidence = table["reason"].astype(str).str.startswith(ZERO_MAP_REASON) if "reason" in table else False
+    low = (table[on].isna() & ~no_evidence) | (table[on] < threshold)
     flagged = audited & low
     if manual is not None:
         flagged = flagged | manual.reindex(table.index, fill_value=False).astype(bool)

@@ -54,16 +54,17 @@ def _worker_key() -> str:
     return f"{address}#{threading.get_ident()}"
 
 
-def worker_model(checkpoint: str, digest: str):
+def worker_model(checkpoint: str, digest: str, trusted_factory: str | None = None):
     """The checkpoint's model for this worker thread, loaded on first use (a CamEngine hooks the model, so
-    two threads never share one). Returns (bundle, how many times this thread has loaded a model)."""
+    two threads never share one; ``trusted_factory`` as for ``load_checkpoint``). Returns (bundle, how many
+    times this thread has loaded a model)."""
     from napari_gradcamo.models.checkpoint import load_checkpoint
 
     key = _worker_key()
     with _MODELS_LOCK:
         loads, cached_digest, bundle = _MODELS.get(key, (0, None, None))
         if cached_digest != digest:
-            loads, bundle = loads + 1, load_checkpoint(checkpoint)
+            loads, bundle = loads + 1, load_checkpoint(checkpoint, trusted_factory=trusted_factory)
             _MODELS[key] = (loads, digest, bundle)
     return bundle, loads
 
@@ -75,7 +76,7 @@ def _peak_rss_mb() -> float:
 
 
 def audit_field(task: FieldTask, masks: str, checkpoint: str, digest: str, settings: AuditSettings,
-                fingerprint: str, run: str, out: str, torch_threads: int) -> dict:
+                fingerprint: str, run: str, out: str, torch_threads: int, trusted_factory: str | None = None) -> dict:
     """The task a worker runs for one field: lazy image, labels, the audit loop, one atomic result."""
     import pandas as pd
     import torch
@@ -85,7 +86,7 @@ def audit_field(task: FieldTask, masks: str, checkpoint: str, digest: str, setti
 
     started, cpu_started = time.perf_counter(), time.process_time()
     torch.set_num_threads(max(1, int(torch_threads)))
-    bundle, loads = worker_model(checkpoint, digest)
+    bundle, loads = worker_model(checkpoint, digest, trusted_factory)
     names = [n.strip() for n in task.channel_names.replace(",", ";").split(";") if n.strip()] or None
     image = open_image(task.image, task.axes or None, names)
     labels = open_labels(task.image, masks or task.masks)
@@ -144,11 +145,23 @@ def make_client(workers: int | None = None, scheduler: str | None = None, proces
     return Client(cluster), cluster
 
 
+def _check_trust(checkpoint: str, trusted_factory: str | None) -> None:
+    """Refuse a checkpoint whose factory is not the trusted one before any work starts (nothing imported)."""
+    from napari_gradcamo.models.checkpoint import checkpoint_factory, load_checkpoint
+
+    requested = checkpoint_factory(checkpoint)
+    if requested is not None and requested != trusted_factory:
+        load_checkpoint(checkpoint, trusted_factory=trusted_factory)  # raises the refusal, naming the option
+
+
 def iter_plate(source, checkpoint, out, settings: AuditSettings | None = None, *, layout=None,
                segmentation=None, client=None, workers: int | None = None, scheduler: str | None = None,
-               torch_threads: int = 1, cancel: CancelToken | None = None) -> Iterator[FieldOutcome]:
+               torch_threads: int = 1, cancel: CancelToken | None = None,
+               trusted_factory: str | None = None) -> Iterator[FieldOutcome]:
     """Audit every field of ``source``, yielding a :class:`FieldOutcome` as each finishes (skipped fields
-    first). Uses ``client`` if given, else makes one (:func:`make_client`) and closes it at the end."""
+    first). Uses ``client`` if given, else makes one (:func:`make_client`) and closes it at the end.
+    ``trusted_factory``: the ``package.module:function`` you trust to build a ``custom`` checkpoint's network
+    (as ``load_checkpoint``'s; a checkpoint that asks for another is refused here, before any worker starts)."""
     from distributed import as_completed
 
     settings = settings or AuditSettings()
@@ -156,6 +169,7 @@ def iter_plate(source, checkpoint, out, settings: AuditSettings | None = None, *
     checkpoint = str(Path(checkpoint).resolve())
     if not Path(checkpoint).is_file():
         raise ImageError(f"Checkpoint {checkpoint} does not exist.")
+    _check_trust(checkpoint, trusted_factory)
     tasks = discover(source, layout)
     digest = store.file_digest(checkpoint)
     fingerprint = store.run_fingerprint(digest, settings, segmentation)
@@ -186,7 +200,8 @@ def iter_plate(source, checkpoint, out, settings: AuditSettings | None = None, *
                 masks = client.submit(segment_field, task, segmentation, str(out), pure=False,
                                       key=f"segment-{keys[task.field_id][:20]}")
             future = client.submit(audit_field, task, masks, checkpoint, digest, settings, keys[task.field_id],
-                                   fingerprint, str(out), torch_threads, pure=False, key=f"audit-{keys[task.field_id][:20]}")
+                                   fingerprint, str(out), torch_threads, trusted_factory, pure=False,
+                                   key=f"audit-{keys[task.field_id][:20]}")
             futures[future] = task
         for future in as_completed(list(futures)):
             check(cancel, "the plate audit")
