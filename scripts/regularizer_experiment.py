@@ -19,7 +19,7 @@ Regularisers (``train/regularizer.py``): ``none``; ``outside-gradient`` (``--out
 Usage (one thread, deterministic for a given thread count)::
 
     PYTHONPATH=src python scripts/regularizer_experiment.py --seeds 0 1 2 3 4 5 6 7 \\
-        --json docs/regularizer_runs.jsonl --write docs/regularizer_runs.md
+        --json docs/results/regularizer_runs.jsonl --write docs/regularizer_runs.md
 
 ``--json`` appends each finished run (a run already in the file is skipped, so an interrupted command can be
 run again); ``--from-json`` re-renders the tables from the file without training.
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
             [f"--seeds {' '.join(map(str, args.seeds))}"]
             + [f"--{k} {getattr(args, k.replace('-', '_'))}" for k in ("weight", "fields", "eval-fields", "epochs", "width")
                if getattr(args, k.replace("-", "_")) != p.get_default(k.replace("-", "_"))]
-            + ["--json docs/regularizer_runs.jsonl", "--write", shlex.quote(args.write)])
+            + ["--json docs/results/regularizer_runs.jsonl", "--write", shlex.quote(args.write)])
         Path(args.write).write_text(NOTE.format(table=md, command=command, epochs=args.epochs, fields=args.fields,
                                                 eval_fields=args.eval_fields, width=args.width, weight=args.weight,
                                                 missing=("Not run: " + ", ".join(missing) + ".") if missing

@@ -39,6 +39,43 @@ class AuditSettings:
     The default flag, ``normalised < 0.0``, marks cells that get no more attention than a uniform map would
     give them: it means the same for small and large cells (see docs/interpreting-scores.md). The paper's
     rule is ``flag_on="gradcamo", threshold=0.5``.
+
+    Parameters
+    ----------
+    method : str
+        ``gradcam``, ``gradcam++``, ``hirescam``, ``layercam``, ``xgradcam`` or ``eigencam`` (2D models also
+        ``scorecam``, ``ablationcam``).
+    target_layer : str, optional
+        The layer to explain (``gradcamo layers`` lists them); default: the checkpoint's, else the most
+        downsampled layer that still resolves more than one z-plane.
+    target_class : str or int, optional
+        Class name or index to explain; default: each cell's predicted class.
+    batch_size : int
+        Cells per forward/backward pass.
+    device : str, optional
+        ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    threshold : float
+        Cells whose ``flag_on`` score is below it (or undefined) are flagged.
+    channel_map : sequence of int, optional
+        Image channel index for each model channel; default: matched by name.
+    flag_on : str
+        ``normalised``, ``lift`` or ``gradcamo``.
+    occlusion : bool
+        Add ``drop_cell_occluded`` and ``drop_context_occluded`` (one more forward pass, no gradients, over
+        two occluded copies of each crop).
+    planes : int, optional
+        2D models on a z-stack: explain this many planes around each cell's centre.
+
+    Examples
+    --------
+    >>> import napari_gradcamo as ng
+    >>> settings = ng.AuditSettings(flag_on="gradcamo", threshold=0.5)   # the paper's rule
+    >>> settings.validate()
+    >>> try:
+    ...     ng.AuditSettings(threshold=2.0).validate()
+    ... except ValueError as error:
+    ...     print(error)
+    threshold 2.0 is outside the range of normalised (-inf..1); NaN would flag nothing.
     """
 
     method: str = "gradcam"
@@ -356,7 +393,52 @@ def iter_audit(
     """Audit every cell (or ``only_labels``: one label id or a collection of them), yielding each finished
     batch; stop iterating to cancel. ``image`` may be a plain array (C, Z, Y, X) or (Z, Y, X) shaped like the
     labels, ``settings`` a dict of :class:`AuditSettings` fields; bad arguments raise :class:`ImageError` or
-    ``ValueError`` naming the argument (:func:`check_audit_arguments`). ``cells``: ``cell_table(labels)`` when the caller has it already (it is not computed again)."""
+    ``ValueError`` naming the argument (:func:`check_audit_arguments`). ``cells``: ``cell_table(labels)`` when the caller has it already (it is not computed again).
+
+    Parameters
+    ----------
+    image : Image or numpy.ndarray
+        The stains (``CZYX``), or a plain array (C, Z, Y, X) or (Z, Y, X) shaped like the labels; channels
+        are matched to the model's by name unless ``settings.channel_map`` says otherwise.
+    labels : numpy.ndarray
+        ``ZYX`` (or ``YX``) cell ids, 0 = background, same spatial shape as ``image``.
+    bundle : ModelBundle
+        A loaded checkpoint (:func:`~napari_gradcamo.models.checkpoint.load_checkpoint`).
+    settings : AuditSettings or dict, optional
+        Method, layer, target class, batch size, flag rule; default ``AuditSettings()``.
+    only_labels : int or sequence of int, optional
+        Audit only these cells.
+    cancel : CancelToken, optional
+        Checked before each batch; a cancel raises :class:`~napari_gradcamo.progress.Cancelled`.
+    cells : sequence of CellInfo, optional
+        The located cells, when the caller has them.
+
+    Yields
+    ------
+    AuditBatch
+        ``rows`` (the batch's rows of the results table), ``cams`` (label → :class:`CellCam`), ``done`` and
+        ``total`` (cells).
+
+    Raises
+    ------
+    ImageError
+        Labels or channels that do not fit the image or the model.
+    ValueError
+        Settings or arguments of the wrong type or out of range.
+
+    Examples
+    --------
+    >>> import napari_gradcamo as ng
+    >>> from napari_gradcamo.models.bundled import bundled_model_path
+    >>> from napari_gradcamo.synthetic.experiment import demo_field
+    >>> field = demo_field()                              # 40 synthetic cells, 5 stains
+    >>> bundle = ng.load_checkpoint(bundled_model_path("honest"))
+    >>> for batch in ng.iter_audit(field.image, field.labels, bundle, ng.AuditSettings(batch_size=16)):
+    ...     print(batch.done, "of", batch.total)
+    16 of 40
+    32 of 40
+    40 of 40
+    """
     # the same checks as the CLI's: integer ids ≥ 0, not a bool mask; settings typed and in range
     image, labels, settings, only_labels = check_audit_arguments(image, labels, bundle, settings, only_labels)
     if cancel is not None and not isinstance(cancel, CancelToken):
@@ -405,8 +487,44 @@ def run_audit(
 
     Arguments are checked as :func:`iter_audit` says (typed errors naming the argument and the fix).
 
+    Parameters
+    ----------
+    image : Image or numpy.ndarray
+        The stains (``CZYX``), or a plain array (see :func:`iter_audit`).
+    labels : numpy.ndarray
+        ``ZYX`` (or ``YX``) cell ids, 0 = background.
+    bundle : ModelBundle
+        A loaded checkpoint.
+    settings : AuditSettings or dict, optional
+        Default ``AuditSettings()``.
+    only_labels : int or sequence of int, optional
+        Audit only these cells.
+    progress : callable, optional
+        Called as ``progress(done, total, message)`` after each batch.
+    cancel : CancelToken, optional
+        Stops after the current batch; the finished rows are kept.
+
+    Returns
+    -------
+    AuditResult
+        ``table`` (one row per cell: scores, class probabilities, flag; columns in
+        :data:`napari_gradcamo.output.results.SCHEMA`), ``cams`` (label → :class:`CellCam`), ``cancelled``
+        and ``record`` (the run's provenance, for :func:`~napari_gradcamo.output.results.write_table`).
+
     Examples
     --------
+    >>> import napari_gradcamo as ng
+    >>> from napari_gradcamo.models.bundled import bundled_model_path
+    >>> from napari_gradcamo.synthetic.experiment import demo_field
+    >>> field = demo_field()
+    >>> result = ng.run_audit(field.image, field.labels, ng.load_checkpoint(bundled_model_path("honest")))
+    >>> len(result.table), result.record["completed"]
+    (40, True)
+    >>> bool(result.table["gradcamo"].between(0, 1).all())
+    True
+
+    A plain array, settings as a dict, and a few cells only:
+
     >>> result = run_audit(array_czyx, labels_zyx, load_checkpoint("model.safetensors"),  # doctest: +SKIP
     ...                    {"flag_on": "gradcamo", "threshold": 0.5}, only_labels=[3, 7])
     """

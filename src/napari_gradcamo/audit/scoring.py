@@ -77,6 +77,45 @@ def score_cam(
 
     ``inside_image`` marks voxels that lie in the image (False on border padding); everything that is
     neither the cell, a neighbour nor padding is background.
+
+    Parameters
+    ----------
+    cam : numpy.ndarray
+        A non-negative map (z, y, x).
+    cell_mask : numpy.ndarray
+        The cell's voxels (bool, same shape).
+    other_mask : numpy.ndarray, optional
+        Other cells' voxels (the neighbours).
+    inside_image : numpy.ndarray, optional
+        True where the crop lies inside the image.
+
+    Returns
+    -------
+    Score
+        ``gradcamo`` (share of the map on the cell), ``chance`` (the cell's share of the crop),
+        ``neighbour_share``, ``background_share``, ``outside_share``, ``lift``, ``normalised``, and a
+        ``reason`` when the score is undefined (NaN).
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, or the map has negative values.
+
+    Examples
+    --------
+    A map that lies entirely on a cell covering a quarter of the crop:
+
+    >>> import numpy as np, napari_gradcamo as ng
+    >>> cell = np.zeros((1, 4, 4), bool)
+    >>> cell[0, :2, :2] = True
+    >>> score = ng.score_cam(cell.astype(float), cell)
+    >>> score.gradcamo, score.chance, score.lift, score.normalised
+    (1.0, 0.25, 4.0, 1.0)
+
+    A uniform map gives the cell exactly its chance share:
+
+    >>> ng.score_cam(np.ones((1, 4, 4)), cell).normalised
+    0.0
     """
     cam = np.asarray(cam, dtype=np.float64)
     if cam.shape != cell_mask.shape:

@@ -16,7 +16,22 @@ MAX_LABEL_ID = 2**63 - 1
 
 
 class ImageError(ValueError):
-    """An image cannot be used; the message names the problem and the fix."""
+    """An image cannot be used; the message names the problem and the fix.
+
+    Raised by :func:`read_image`, :func:`read_labels` and the audit for wrong axes, mismatched shapes,
+    non-finite values, unreadable files and the like (the CLI turns it into exit code 2). A subclass of
+    ``ValueError``.
+
+    Examples
+    --------
+    >>> import numpy as np, napari_gradcamo as ng
+    >>> np.save("field.npy", np.random.default_rng(0).random((2, 4, 16, 16), np.float32))
+    >>> try:
+    ...     ng.read_image("field.npy", axes="ZYX")      # three letters for four dimensions
+    ... except ng.ImageError as error:
+    ...     print(error)
+    The image has 4 dimensions (2, 4, 16, 16) but axes 'ZYX' name 3; give one letter per dimension (e.g. 'ZCYX' for a 4D stack).
+    """
 
 
 @dataclass
@@ -25,6 +40,27 @@ class Image:
     8/16-bit integer type (exact in float32; crops are cut as float32).
 
     ``voxel_size`` is (z, y, x) in micrometres; ``channel_names`` has one entry per channel.
+    :func:`read_image` returns one; build one directly from an array already in ``CZYX`` order.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        The voxels, shape (C, Z, Y, X).
+    channel_names : list of str
+        One name per channel (matched to a model's channel names, case-insensitively).
+    voxel_size : tuple of float, optional
+        (z, y, x) in µm; default (1, 1, 1).
+    source : str, optional
+        Where the image came from (a file path), recorded in run records.
+    metadata : dict, optional
+        Anything else read from the file.
+
+    Examples
+    --------
+    >>> import numpy as np, napari_gradcamo as ng
+    >>> image = ng.Image(np.ones((1, 3, 8, 8), np.float32), ["DNA"], voxel_size=(2.0, 0.5, 0.5))
+    >>> image.n_channels, image.spatial_shape, image.anisotropy
+    (1, (3, 8, 8), 4.0)
     """
 
     data: np.ndarray
@@ -204,7 +240,37 @@ def read_image(
     channel_names: Sequence[str] | None = None,
     voxel_size: Sequence[float] | None = None,
 ) -> Image:
-    """Read a TIFF / OME-TIFF (or ``.npy``) file; axes come from the file unless given."""
+    """Read a TIFF / OME-TIFF (or ``.npy``) file; axes come from the file unless given.
+
+    Parameters
+    ----------
+    path : str or Path
+        The image file: ``.tif``/``.tiff`` (OME or ImageJ metadata is read when present) or ``.npy``.
+    axes : str, optional
+        The file's axes, e.g. ``"ZCYX"`` or ``"CYX"`` (letters C, Z, Y, X); default: from the file.
+    channel_names : sequence of str, optional
+        One name per channel; default: from the file's metadata, else ``ch0``, ``ch1``, …
+    voxel_size : sequence of float, optional
+        (z, y, x) in µm; default: from the file's metadata, else 1 µm.
+
+    Returns
+    -------
+    Image
+        The image as ``CZYX``, validated (finite values, not all channels constant).
+
+    Raises
+    ------
+    ImageError
+        A missing or unreadable file, axes that do not fit the data, non-finite values.
+
+    Examples
+    --------
+    >>> import numpy as np, napari_gradcamo as ng
+    >>> np.save("field.npy", np.random.default_rng(0).random((2, 4, 16, 16), np.float32))
+    >>> image = ng.read_image("field.npy", axes="CZYX", channel_names=["DNA", "ER"])
+    >>> image.data.shape, image.channel_names
+    ((2, 4, 16, 16), ['DNA', 'ER'])
+    """
     import tifffile
 
     path = _existing_file(path, "Image")
@@ -278,7 +344,33 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def read_labels(path: str | Path) -> np.ndarray:
-    """Read a label image (TIFF or ``.npy``) as a ``ZYX`` integer array."""
+    """Read a label image (TIFF or ``.npy``) as a ``ZYX`` integer array.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``YX`` or ``ZYX`` image of whole-number cell ids (0 = background), as TIFF or ``.npy``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The labels, ``ZYX`` (a 2D file gets Z = 1).
+
+    Raises
+    ------
+    ImageError
+        An unreadable file, a bool mask, negative or non-whole ids, or more than three dimensions.
+
+    Examples
+    --------
+    >>> import numpy as np, napari_gradcamo as ng
+    >>> masks = np.zeros((16, 16), np.uint16)
+    >>> masks[2:6, 2:6], masks[8:12, 8:12] = 1, 2
+    >>> np.save("masks.npy", masks)
+    >>> labels = ng.read_labels("masks.npy")
+    >>> labels.shape, np.unique(labels).tolist()
+    ((1, 16, 16), [0, 1, 2])
+    """
     import tifffile
 
     path = _existing_file(path, "Label")

@@ -21,7 +21,35 @@ METADATA_KEY = "napari_gradcamo"
 
 
 def save_checkpoint(path: str | Path, model, metadata: ModelMetadata) -> Path:
-    """Write ``model``'s weights and ``metadata`` to one ``.safetensors`` file."""
+    """Write ``model``'s weights and ``metadata`` to one ``.safetensors`` file.
+
+    The metadata goes into the safetensors header as JSON; nothing is pickled. The file is written to a
+    temporary name and renamed into place.
+
+    Parameters
+    ----------
+    path : str or Path
+        Where to write (its folder is created).
+    model : torch.nn.Module
+        The network; its ``state_dict()`` is saved.
+    metadata : ModelMetadata
+        Architecture, classes, channels, crop shape and the rest that :func:`load_checkpoint` needs.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import napari_gradcamo as ng
+    >>> from napari_gradcamo.models.bundled import bundled_model_path
+    >>> bundle = ng.load_checkpoint(bundled_model_path("honest"))
+    >>> ng.save_checkpoint("copy.safetensors", bundle.model, bundle.metadata).name
+    'copy.safetensors'
+    >>> ng.load_checkpoint("copy.safetensors").metadata == bundle.metadata
+    True
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -134,6 +162,33 @@ def load_checkpoint(path: str | Path, trusted_factory: str | None = None) -> Mod
     ``trusted_factory``: for a ``custom`` checkpoint, the ``package.module:function`` you trust to build its
     network; without it (or when it differs from the checkpoint's) the checkpoint is refused before anything
     is imported.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.safetensors`` file, a ``.pt``/``.pth`` state dict with a ``.json`` of metadata beside it, or a
+        bioimage.io package.
+    trusted_factory : str, optional
+        ``"package.module:function"``: the only factory a ``custom`` checkpoint may call.
+
+    Returns
+    -------
+    ModelBundle
+        ``model`` (a ``torch.nn.Module`` in eval mode on the CPU), ``metadata`` (:class:`ModelMetadata`) and
+        ``source`` (the path).
+
+    Raises
+    ------
+    CheckpointError
+        A pickled, corrupt or unknown file, invalid metadata, an untrusted factory, weights that do not fit.
+
+    Examples
+    --------
+    >>> import napari_gradcamo as ng
+    >>> from napari_gradcamo.models.bundled import bundled_model_path
+    >>> bundle = ng.load_checkpoint(bundled_model_path("honest"))   # the bundled demo model
+    >>> bundle.metadata.class_names, bundle.metadata.crop_shape
+    (['control', 'treated'], [8, 32, 32])
     """
     from napari_gradcamo.models import bioimageio
 

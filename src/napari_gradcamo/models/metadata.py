@@ -36,7 +36,23 @@ NORMALIZATION_METHODS = ("none", "fixed", "percentile")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be loaded safely; the message names the problem and the fix."""
+    """A checkpoint cannot be loaded safely; the message names the problem and the fix.
+
+    Raised by :func:`~napari_gradcamo.models.checkpoint.load_checkpoint` and :class:`ModelMetadata` for
+    pickled, corrupt or unknown files, invalid metadata fields, untrusted factories and weights that do not
+    fit (the CLI turns it into exit code 2).
+
+    Examples
+    --------
+    >>> import napari_gradcamo as ng
+    >>> with open("broken.safetensors", "wb") as f:
+    ...     _ = f.write(b"not a checkpoint")
+    >>> try:
+    ...     ng.load_checkpoint("broken.safetensors")
+    ... except ng.CheckpointError as error:
+    ...     print(error)
+    broken.safetensors is not a readable safetensors file ...
+    """
 
 
 def _exact_int(value: Any) -> int:
@@ -85,7 +101,43 @@ def _finite_numbers(values: Any, what: str, count: int) -> list[float]:
 
 
 class ModelMetadata(BaseModel):
-    """Everything needed to rebuild a classifier and feed it crops (validated on construction)."""
+    """Everything needed to rebuild a classifier and feed it crops (validated on construction).
+
+    Stored as JSON inside every checkpoint. Give the four required fields by keyword or by position; a
+    field that does not validate raises :class:`CheckpointError` naming the field and the fix, and unknown
+    fields are refused.
+
+    Attributes
+    ----------
+    architecture : str
+        ``small-cnn-3d``, ``small-cnn-2d``, ``efficientnet-b0`` … ``b7``, ``vae-3d``, an installed package's
+        registered name, or ``custom`` (a factory named in ``architecture_kwargs``).
+    class_names : list of str
+        At least two unique class names, in output order.
+    channel_names : list of str
+        The stains the model takes, in input order.
+    crop_shape : list of int
+        (z, y, x) of the model's input crop (z = 1 for a 2D model).
+    head : str
+        What the outputs mean: ``softmax`` (default), ``sigmoid-binary`` or ``multilabel``.
+    normalization : dict
+        How crops are normalised: ``percentile`` (default 1–99.8), ``fixed`` (mean/std per channel) or ``none``.
+
+    The other fields (``architecture_kwargs``, ``target_layer``, ``training``, ``voxel_size``,
+    ``crop_mode``, ``padding_value``) are described on the documentation page "Your own model".
+
+    Examples
+    --------
+    >>> import napari_gradcamo as ng
+    >>> meta = ng.ModelMetadata("small-cnn-3d", ["control", "treated"], ["DNA", "ER"], [8, 32, 32])
+    >>> meta.head, meta.normalization["method"]
+    ('softmax', 'percentile')
+    >>> try:
+    ...     ng.ModelMetadata("small-cnn-3d", ["control"], ["DNA"], [8, 32, 32])
+    ... except ng.CheckpointError as error:
+    ...     print(error)
+    class_names: List should have at least 2 items after validation, not 1 (fix: list at least two unique, non-empty class names (text)).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
 

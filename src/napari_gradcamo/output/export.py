@@ -221,7 +221,39 @@ def _check_names(table: pd.DataFrame, stem) -> pd.Series:
 
 def export_flagged(*args, progress: ProgressCallback | None = None, **kwargs) -> ExportResult:
     """Export the table and, for each flagged cell (or every row), an OME-TIFF crop and a gallery panel:
-    :func:`iter_export_flagged` (same arguments) run to its end, its steps handed to ``progress``."""
+    :func:`iter_export_flagged` (same arguments) run to its end, its steps handed to ``progress``.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        As :func:`iter_export_flagged`: ``out_dir``, ``image``, ``labels``, ``table``, ``cams`` and the
+        keywords ``only_flagged``, ``overwrite``, ``gallery``, ``stem``, ``run_record``, ``cancel``.
+    progress : callable, optional
+        Called as ``progress(done, total, message)`` after each cell.
+
+    Returns
+    -------
+    ExportResult
+        ``folder``, ``table_csv``, ``table_parquet``, ``cell_files`` (label → OME-TIFF) and ``gallery``
+        (PNG pages).
+
+    Raises
+    ------
+    ExportExistsError
+        Files of an earlier export are in the way (nothing is written; pass ``overwrite=True``).
+
+    Examples
+    --------
+    >>> import napari_gradcamo as ng
+    >>> from napari_gradcamo.models.bundled import bundled_model_path
+    >>> from napari_gradcamo.synthetic.experiment import demo_field
+    >>> field = demo_field()
+    >>> result = ng.run_audit(field.image, field.labels, ng.load_checkpoint(bundled_model_path("shortcut")))
+    >>> out = ng.export_flagged("export", field.image, field.labels, result.table, result.cams,
+    ...                         run_record=result.record)
+    >>> out.table_csv.name, len(out.cell_files) == int(result.table["flagged"].sum())
+    ('gradcamo_table.csv', True)
+    """
     return drain(iter_export_flagged(*args, **kwargs), progress)
 
 

@@ -128,7 +128,34 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str = "gradcamo"
                 ) -> tuple[Path, Path]:
     """Write the table as CSV and Parquet (and ``record``, the run's provenance, as JSON beside them and in
     the Parquet metadata), all from this one call: every file goes to a temporary first and all are renamed
-    into place together, so a failure (disk full, interrupt) leaves any previous files untouched."""
+    into place together, so a failure (disk full, interrupt) leaves any previous files untouched.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A results table (``AuditResult.table``).
+    out_dir : str or Path
+        The folder (created when missing).
+    stem : str
+        File name without suffix: ``<stem>.csv``, ``<stem>.parquet``, ``<stem>.run.json``.
+    record : dict, optional
+        The run record (``AuditResult.record``); read it back with :func:`read_run_record`.
+
+    Returns
+    -------
+    tuple of Path
+        The CSV and the Parquet file.
+
+    Examples
+    --------
+    >>> import pandas as pd, napari_gradcamo as ng
+    >>> table = pd.DataFrame({"label": [1, 2], "gradcamo": [0.4, 0.1]})
+    >>> csv, parquet = ng.write_table(table, "results", "field_gradcamo")
+    >>> csv.name, parquet.name
+    ('field_gradcamo.csv', 'field_gradcamo.parquet')
+    >>> pd.read_csv(csv)["gradcamo"].tolist()
+    [0.4, 0.1]
+    """
     import json
 
     import pyarrow as pa

@@ -96,6 +96,39 @@ class SegmentationSettings:
     be left as None. ``diameter`` is the typical cell diameter in pixels (None: the model's own
     training diameter, i.e. no rescaling). ``anisotropy`` (z step / xy pixel size, "3d" mode only)
     defaults to the image's voxel size.
+
+    Parameters
+    ----------
+    model : str
+        A cellpose model name (``cpsam`` with cellpose 4; ``cyto3``, ``nuclei``, ``generalist_cyto`` … with
+        cellpose 3) or a model file's path. Default: the installed cellpose's default.
+    nucleus_channel, cyto_channel : int, optional
+        Image channel indices of the nuclear and the whole-cell stain.
+    diameter : float, optional
+        Typical cell diameter in pixels.
+    mode : str
+        ``"stitch2d"`` (plane by plane, joined across z; the practical mode on a CPU) or ``"3d"``.
+    stitch_threshold : float
+        Overlap (IoU) above which masks in neighbouring planes are joined (``"stitch2d"``).
+    anisotropy : float, optional
+        z step / xy pixel size (``"3d"``); default: from the image's voxel size.
+    min_size : int
+        Masks smaller than this many voxels are removed (after stitching); -1 keeps all.
+    flow_threshold, cellprob_threshold : float
+        Cellpose's own thresholds.
+    normalize_percentiles : tuple of float
+        Per-channel intensity percentiles mapped to 0 and 1 over the whole stack.
+    gpu : bool, optional
+        Use a GPU (None: when one is available).
+    batch_size : int
+        Planes or tiles per network call.
+
+    Examples
+    --------
+    >>> import napari_gradcamo as ng
+    >>> settings = ng.SegmentationSettings(nucleus_channel=0, cyto_channel=3, diameter=30)
+    >>> settings.mode, settings.stitch_threshold
+    ('stitch2d', 0.3)
     """
 
     model: str = default_model()
@@ -370,7 +403,43 @@ def segment(
     cancel: CancelToken | None = None,
 ) -> np.ndarray:
     """Segment ``image`` with cellpose; returns ``ZYX`` ``uint32`` labels 1..N (0 = background).
-    :func:`iter_segment` run to its end, its steps handed to ``progress``."""
+    :func:`iter_segment` run to its end, its steps handed to ``progress``.
+
+    Parameters
+    ----------
+    image : Image
+        The stains (``CZYX``).
+    settings : SegmentationSettings, optional
+        Model, channels, diameter, mode; default ``SegmentationSettings()``.
+    progress : callable, optional
+        Called as ``progress(done, total, message)`` after each plane (stitched 2D) or step.
+    cancel : CancelToken, optional
+        Checked between planes; a cancel raises :class:`~napari_gradcamo.progress.Cancelled`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Labels, ``ZYX`` ``uint32``, 0 = background, cells numbered 1..N.
+
+    Raises
+    ------
+    SegmentationError
+        A bad setting, or a model that cannot be found or loaded (the message says what to give instead).
+
+    Examples
+    --------
+    A named cellpose model is downloaded at first use (``generalist_cyto`` from the package index), so this
+    example needs that network access once:
+
+    >>> import napari_gradcamo as ng
+    >>> from napari_gradcamo.synthetic.experiment import demo_field
+    >>> image = demo_field().image                       # 5 stains, 12 × 128 × 128
+    >>> settings = ng.SegmentationSettings(model="generalist_cyto", nucleus_channel=0, cyto_channel=3,
+    ...                                    diameter=20)
+    >>> labels = ng.segment(image, settings)             # doctest: +SKIP
+    >>> labels.shape, labels.dtype                       # doctest: +SKIP
+    ((12, 128, 128), dtype('uint32'))
+    """
     return drain(iter_segment(image, settings, cancel), progress)
 
 
