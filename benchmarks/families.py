@@ -63,7 +63,7 @@ def measure(name, build, crop, channels, head, layer, batch: int, repeats: int) 
     from pytorch_grad_cam import GradCAM
 
     from napari_gradcamo.audit.cam import CamEngine, upsample
-    from napari_gradcamo.audit.layers import default_target_layer, list_target_layers, model_spatial_dims
+    from napari_gradcamo.models.layers import default_target_layer, list_target_layers, model_spatial_dims
 
     torch.manual_seed(0)
     model = build().eval()

@@ -9,12 +9,12 @@ import torch
 import torch.nn as nn
 
 from napari_gradcamo.audit.cam import CamEngine
-from napari_gradcamo.audit.layers import LayerError, check_target_layer, layer_tree, list_target_layers
 from napari_gradcamo.audit.run import AuditSettings, run_audit
 from napari_gradcamo.crops.resample import image_crop_shape, resample_crops
 from napari_gradcamo.io.images import make_image
 from napari_gradcamo.models.architectures import _small_cnn, call_factory
 from napari_gradcamo.models.heads import probabilities
+from napari_gradcamo.models.layers import LayerError, check_target_layer, layer_tree, list_target_layers
 from napari_gradcamo.models.metadata import CheckpointError, ModelBundle, ModelMetadata
 
 

@@ -206,7 +206,7 @@ class ProfilesWidget(PanelJobs, QWidget):
 
     def use_bundle(self, bundle, name: str) -> bool:
         """Profile with ``bundle``: fill the feature-layer menu."""
-        from napari_gradcamo.audit.layers import list_target_layers
+        from napari_gradcamo.models.layers import list_target_layers
         from napari_gradcamo.profiles.extract import default_feature_layer
 
         self.bundle = bundle

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from napari_gradcamo.audit.layers import model_spatial_dims
+from napari_gradcamo.models.layers import model_spatial_dims
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "eigencam")
 #: Methods pytorch-grad-cam runs on 2D models only (they perturb the input image plane by plane).

@@ -13,16 +13,16 @@ import pandas as pd
 
 from napari_gradcamo.audit.batch import ScoredBatch, batch_of, score_batch
 from napari_gradcamo.audit.cam import CamEngine, upsample
-from napari_gradcamo.audit.layers import (
+from napari_gradcamo.audit.scoring import SCORE_KINDS, Score, inside_image_mask, score_cam
+from napari_gradcamo.crops.extract import CellCrop, CellInfo, cell_table, extract_crop, window
+from napari_gradcamo.crops.resample import image_crop_shape, needs_resampling
+from napari_gradcamo.io.images import Image, ImageError, as_label_volume, check_labels_match
+from napari_gradcamo.models.layers import (
     check_target_layer,
     default_target_layer,
     list_target_layers,
     model_spatial_dims,
 )
-from napari_gradcamo.audit.scoring import SCORE_KINDS, Score, inside_image_mask, score_cam
-from napari_gradcamo.crops.extract import CellCrop, CellInfo, cell_table, extract_crop, window
-from napari_gradcamo.crops.resample import image_crop_shape, needs_resampling
-from napari_gradcamo.io.images import Image, ImageError, as_label_volume, check_labels_match
 from napari_gradcamo.models.metadata import ModelBundle
 from napari_gradcamo.output import results
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report

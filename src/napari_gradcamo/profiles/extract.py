@@ -37,7 +37,7 @@ LATENT_MEAN_LAYER = "to_mu"
 
 def default_feature_layer(model, crop_shape: Sequence[int], in_channels: int) -> str:
     """The deepest top-level layer whose feature map is still spatial (what a classifier pools into its head)."""
-    from napari_gradcamo.audit.layers import list_target_layers
+    from napari_gradcamo.models.layers import list_target_layers
 
     every = [l for l in list_target_layers(model, crop_shape, in_channels) if np.prod(l.output_shape[1:]) > 1]
     layers = [l for l in every if "." not in l.name] or every
@@ -71,7 +71,7 @@ def iter_extract_profiles(
     """
     from napari_gradcamo.audit.batch import BatchCrops, score_batch
     from napari_gradcamo.audit.cam import CamEngine, get_module
-    from napari_gradcamo.audit.layers import default_target_layer, list_target_layers
+    from napari_gradcamo.models.layers import default_target_layer, list_target_layers
 
     meta = bundle.metadata
     model = bundle.model

@@ -55,8 +55,8 @@ def evaluate(model, data: CropSet, rows: Sequence[int], normalization: dict, *, 
     """Loss (the head's: cross-entropy for softmax) and accuracy of ``model`` on ``data.x[rows]``."""
     import torch
 
-    from napari_gradcamo.audit.layers import crops_as_input, model_spatial_dims
     from napari_gradcamo.models import heads
+    from napari_gradcamo.models.layers import crops_as_input, model_spatial_dims
 
     dims = model_spatial_dims(model)
 
@@ -115,9 +115,9 @@ def run_epoch(state: LoopState, data: CropSet, order: np.ndarray, normalization:
     """One pass over ``order``; returns mean loss, accuracy, penalty and train Grad-CAMO of the epoch."""
     import torch
 
-    from napari_gradcamo.audit.layers import crops_as_input, model_spatial_dims
     from napari_gradcamo.models import heads
     from napari_gradcamo.models.checkpoint import normalize_crops
+    from napari_gradcamo.models.layers import crops_as_input, model_spatial_dims
 
     model, optimizer, schedule, rng = state.model, state.optimizer, state.schedule, state.rng
     dims = model_spatial_dims(model)
