@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_gradcamo.output.results import SCORE_KINDS  # noqa: F401  (defined with the table's columns)
+
 
 @dataclass
 class Score:
@@ -37,14 +39,6 @@ class Score:
         return {"gradcamo": self.gradcamo, "chance": self.chance, "lift": self.lift, "normalised": self.normalised,
                 "neighbour_share": self.neighbour_share, "background_share": self.background_share,
                 "outside_share": self.outside_share, "reason": self.reason}
-
-
-#: Scores a flag threshold can be set on: column → what it means.
-SCORE_KINDS = {
-    "gradcamo": "raw Grad-CAMO: share of the attention on the cell (the paper's score; depends on cell size)",
-    "lift": "Grad-CAMO / chance: 1 = as much as a uniform map gives the cell",
-    "normalised": "(Grad-CAMO − chance) / (1 − chance): 0 = uniform map, 1 = all attention on the cell",
-}
 
 
 def chance_lift(gradcamo, chance):

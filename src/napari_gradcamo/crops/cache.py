@@ -141,7 +141,7 @@ def build_cache(
     ``class_names``: the class order (default: the manifest's classes, sorted); classes not in it get -1.
     Images are read one at a time: pass 1 reads the labels and counts the crops, pass 2 writes them.
     """
-    from napari_gradcamo.audit.run import resolve_channels
+    from napari_gradcamo.crops.channels import resolve_channels
 
     folder = Path(folder)
     crop_shape = check_crop_shape(crop_shape)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from napari_gradcamo.io.atomic import atomic_path
 from napari_gradcamo.models.architectures import build_model, requested_factory
-from napari_gradcamo.models.metadata import CheckpointError, ModelBundle, ModelMetadata
+from napari_gradcamo.models.metadata import (  # noqa: F401  (normalize_crops: callers import it from here too)
+    CheckpointError,
+    ModelBundle,
+    ModelMetadata,
+    normalize_crops,
+)
 
 METADATA_KEY = "napari_gradcamo"
 
@@ -151,21 +153,3 @@ def load_checkpoint(path: str | Path, trusted_factory: str | None = None) -> Mod
         ) from error
     model.eval()
     return ModelBundle(model, metadata, str(path))
-
-
-def normalize_crops(crops: np.ndarray, normalization: dict[str, Any]) -> np.ndarray:
-    """Normalise a batch of crops (B, C, z, y, x) as the model was trained."""
-    method = normalization.get("method", "none")
-    crops = crops.astype(np.float32, copy=False)
-    if method == "none":
-        return crops
-    if method == "fixed":
-        mean = np.asarray(normalization["mean"], np.float32)[None, :, None, None, None]
-        std = np.asarray(normalization["std"], np.float32)[None, :, None, None, None]
-        return (crops - mean) / np.maximum(std, 1e-6)
-    if method == "percentile":
-        flat = crops.reshape(crops.shape[0], crops.shape[1], -1)
-        low = np.percentile(flat, normalization.get("low", 1.0), axis=-1)[..., None, None, None]
-        high = np.percentile(flat, normalization.get("high", 99.8), axis=-1)[..., None, None, None]
-        return (crops - low) / np.maximum(high - low, 1e-6)
-    raise CheckpointError(f"Unknown normalization method '{method}'; use 'fixed', 'percentile' or 'none'.")

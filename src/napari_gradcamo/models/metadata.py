@@ -14,6 +14,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
+import numpy as np
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -295,3 +296,21 @@ class ModelBundle:
             f"{m.architecture}: {len(m.class_names)} classes ({', '.join(m.class_names)}), "
             f"channels {', '.join(m.channel_names)}, crop z×y×x {'×'.join(map(str, m.crop_shape))}"
         )
+
+
+def normalize_crops(crops: np.ndarray, normalization: dict[str, Any]) -> np.ndarray:
+    """Normalise a batch of crops (B, C, z, y, x) as the model was trained."""
+    method = normalization.get("method", "none")
+    crops = crops.astype(np.float32, copy=False)
+    if method == "none":
+        return crops
+    if method == "fixed":
+        mean = np.asarray(normalization["mean"], np.float32)[None, :, None, None, None]
+        std = np.asarray(normalization["std"], np.float32)[None, :, None, None, None]
+        return (crops - mean) / np.maximum(std, 1e-6)
+    if method == "percentile":
+        flat = crops.reshape(crops.shape[0], crops.shape[1], -1)
+        low = np.percentile(flat, normalization.get("low", 1.0), axis=-1)[..., None, None, None]
+        high = np.percentile(flat, normalization.get("high", 99.8), axis=-1)[..., None, None, None]
+        return (crops - low) / np.maximum(high - low, 1e-6)
+    raise CheckpointError(f"Unknown normalization method '{method}'; use 'fixed', 'percentile' or 'none'.")

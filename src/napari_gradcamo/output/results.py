@@ -8,7 +8,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit.scoring import SCORE_KINDS
+#: Scores a flag threshold can be set on: column → what it means.
+SCORE_KINDS = {
+    "gradcamo": "raw Grad-CAMO: share of the attention on the cell (the paper's score; depends on cell size)",
+    "lift": "Grad-CAMO / chance: 1 = as much as a uniform map gives the cell",
+    "normalised": "(Grad-CAMO − chance) / (1 − chance): 0 = uniform map, 1 = all attention on the cell",
+}
+
 
 #: Column → meaning. ``prob_<class>`` columns (one per model class) follow ``probability``.
 SCHEMA: dict[str, str] = {

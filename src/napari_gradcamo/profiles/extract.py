@@ -71,6 +71,7 @@ def iter_extract_profiles(
     """
     from napari_gradcamo.audit.batch import BatchCrops, score_batch
     from napari_gradcamo.audit.cam import CamEngine, get_module
+    from napari_gradcamo.models.architectures import is_vae
     from napari_gradcamo.models.layers import default_target_layer, list_target_layers
 
     meta = bundle.metadata
@@ -118,15 +119,11 @@ def _spatial_mean(output):
     return output if output.ndim == 2 else output.mean(dim=tuple(range(2, output.ndim)))
 
 
-def is_vae(meta) -> bool:
-    from napari_gradcamo.models.architectures import VAE
-
-    return meta.architecture == VAE
-
-
 def dataset_class_names(meta) -> list[str]:
     """The treatment classes of the crops: a VAE's ``class_names`` name its latent units, so its checkpoint
     keeps the classes of its training crops in ``training.class_names``."""
+    from napari_gradcamo.models.architectures import is_vae
+
     if is_vae(meta):
         names = meta.training.get("class_names") if isinstance(meta.training, dict) else None
         if not isinstance(names, list) or len(names) < 1 or not all(isinstance(n, str) for n in names):
