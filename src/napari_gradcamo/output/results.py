@@ -176,10 +176,6 @@ def summary(table: pd.DataFrame) -> dict[str, float]:
     }
 
 
-#: Columns :func:`summary_by` groups on when the table has them.
-GROUPINGS = ("image", "target_class", "predicted_class", "true_class", "well")
-
-
 def summary_by(table: pd.DataFrame, by: str) -> pd.DataFrame:
     """:func:`summary` per value of column ``by`` (e.g. image, target_class, well): one row each."""
     if by not in table:
