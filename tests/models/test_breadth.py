@@ -50,6 +50,20 @@ FAMILIES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Train and audit on one torch thread. Measured on a loaded 2-core machine (8 other agents), the MONAI
+    DenseNet case took 485 s with torch's default 2 threads and 44 s with one (OMP_NUM_THREADS=1): the two
+    threads wait on each other whenever another process holds a core. Compute is ~17 s of the case
+    (profiled: fit 11 s, 8 audits 6 s); the rest is writing the fields and importing MONAI."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Honest synthetic fields, 3D and 2D: 16 training fields (4 wells) and 8 held-out fields (2 other wells, one

@@ -11,9 +11,9 @@ import torch
 from napari_gradcamo.cli import main
 from napari_gradcamo.crops.cache import build_cache
 from napari_gradcamo.crops.datasets import crops_from_fields
-from napari_gradcamo.io.field_list import ManifestError, read_manifest
 from napari_gradcamo.models.checkpoint import load_checkpoint
 from napari_gradcamo.progress import Cancelled, CancelToken
+from napari_gradcamo.segment.field_list import ManifestError, read_manifest
 from napari_gradcamo.synthetic.files import write_synthetic_manifest
 from napari_gradcamo.train.data import (
     augment,

@@ -123,7 +123,7 @@ class ModelPanel(QGroupBox):
     def load_model(self, path) -> bool:
         """Load a checkpoint, list its target layers and map its channels; False (with the reason) on failure."""
         from napari_gradcamo._qt.trust_dialog import load_checkpoint_confirmed
-        from napari_gradcamo.audit.layers import default_target_layer, list_target_layers
+        from napari_gradcamo.models.layers import default_target_layer, list_target_layers
         from napari_gradcamo.models.metadata import CheckpointError
 
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)

@@ -13,7 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from napari_gradcamo.audit.layers import model_spatial_dims
+from napari_gradcamo.crops.maps import upsample  # noqa: F401  (the audit's modules import it from here)
+from napari_gradcamo.models.layers import model_spatial_dims
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "eigencam")
 #: Tried in this order, from the same activations and gradients (no extra pass), on a crop whose map is
@@ -315,13 +316,3 @@ class _SplitLayout:
 
 def _own_tensors(module) -> list:
     return list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
-
-
-def upsample(raw: np.ndarray, crop_shape: Sequence[int]) -> np.ndarray:
-    """Trilinear upsampling of raw maps (B, z', y', x') to the crop grid (B, z, y, x), kept ≥ 0."""
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.as_tensor(raw, dtype=torch.float32)[:, None]
-    out = F.interpolate(t, size=tuple(int(s) for s in crop_shape), mode="trilinear", align_corners=False)
-    return out[:, 0].clamp_min_(0.0).numpy()

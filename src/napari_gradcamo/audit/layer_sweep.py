@@ -23,12 +23,12 @@ import pandas as pd
 
 from napari_gradcamo.audit.batch import ScoredBatch, batch_of
 from napari_gradcamo.audit.cam import cam_class, get_module, pick_device, upsample
-from napari_gradcamo.audit.layers import all_module_outputs, check_target_layer, model_spatial_dims
 from napari_gradcamo.audit.occlusion import background_levels, occlusion_drops
 from napari_gradcamo.audit.run import AuditSettings, cell_rows, prepare, resolve_target_class
 from napari_gradcamo.audit.scoring import inside_image_mask, score_cam
 from napari_gradcamo.crops.extract import extract_crop
 from napari_gradcamo.models.checkpoint import normalize_crops
+from napari_gradcamo.models.layers import all_module_outputs, check_target_layer, model_spatial_dims
 from napari_gradcamo.output import results
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
 

@@ -13,22 +13,22 @@ import numpy as np
 import pandas as pd
 
 from napari_gradcamo.audit.batch import ScoredBatch, batch_of, score_batch
-from napari_gradcamo.audit.cam import CamEngine, upsample
-from napari_gradcamo.audit.layers import (
+from napari_gradcamo.audit.cam import CamEngine
+from napari_gradcamo.audit.scoring import SCORE_KINDS, Score, inside_image_mask, score_cam
+from napari_gradcamo.crops.channels import resolve_channels
+from napari_gradcamo.crops.extract import CellCrop, CellInfo, cell_table, extract_crop, window
+from napari_gradcamo.crops.maps import CellCam
+from napari_gradcamo.crops.resample import image_crop_shape, needs_resampling
+from napari_gradcamo.io.images import Image, ImageError, as_label_volume, check_labels_match
+from napari_gradcamo.models.layers import (
     check_target_layer,
     default_target_layer,
     list_target_layers,
     model_spatial_dims,
 )
-from napari_gradcamo.audit.scoring import SCORE_KINDS, Score, inside_image_mask, score_cam
-from napari_gradcamo.crops.extract import CellCrop, CellInfo, cell_table, extract_crop, window
-from napari_gradcamo.crops.resample import image_crop_shape, needs_resampling
-from napari_gradcamo.io.images import Image, ImageError, as_label_volume, check_labels_match
 from napari_gradcamo.models.metadata import ModelBundle
 from napari_gradcamo.output import results
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
-
-_GENERIC_NAME = "ch"
 
 
 @dataclass
@@ -230,20 +230,6 @@ def check_audit_arguments(image, labels, bundle, settings, only_labels):
 
 
 @dataclass
-class CellCam:
-    """A cell's raw Grad-CAM map and where its crop sits in the image (voxel index of its first voxel)."""
-
-    label: int
-    raw: np.ndarray  # (z', y', x') at the target layer's resolution, ≥ 0
-    origin: tuple[int, int, int]
-    crop_shape: tuple[int, int, int]
-
-    def on_crop_grid(self) -> np.ndarray:
-        """The map upsampled trilinearly to the crop grid (z, y, x)."""
-        return upsample(self.raw[None], self.crop_shape)[0]
-
-
-@dataclass
 class AuditBatch:
     """Rows and maps for the cells finished in one batch, with overall progress."""
 
@@ -259,36 +245,6 @@ class AuditResult:
     cams: dict[int, CellCam] = field(default_factory=dict)
     cancelled: bool = False
     record: dict = field(default_factory=dict)  # provenance (output.provenance): pass it to results.write_table
-
-
-def resolve_channels(image_names: Sequence[str], model_names: Sequence[str], explicit: Sequence[int] | None = None) -> list[int]:
-    """Image channel index for each model channel: explicit, else by name, else in order for unnamed channels."""
-    n_img, n_mod = len(image_names), len(model_names)
-    if explicit is not None:
-        explicit = [int(i) for i in explicit]
-        if len(explicit) != n_mod or any(i < 0 or i >= n_img for i in explicit):
-            raise ImageError(
-                f"The channel map {explicit} must give one image channel (0..{n_img - 1}) for each of the "
-                f"model's {n_mod} channels ({', '.join(model_names)})."
-            )
-        return explicit
-    lower = [n.lower() for n in image_names]
-    if all(m.lower() in lower for m in model_names):
-        return [lower.index(m.lower()) for m in model_names]
-    unnamed = all(n.lower().startswith(_GENERIC_NAME) and n[len(_GENERIC_NAME):].isdigit() for n in image_names)
-    if unnamed and n_img == n_mod:
-        return list(range(n_mod))
-    if n_img != n_mod:
-        raise ImageError(
-            f"The model expects {n_mod} channels ({', '.join(model_names)}) but the image has {n_img} "
-            f"({', '.join(image_names)}); give an image with those stains or a channel map."
-        )
-    missing = [m for m in model_names if m.lower() not in lower]
-    raise ImageError(
-        f"The image's channels ({', '.join(image_names)}) do not name the model's channels "
-        f"{', '.join(missing)}; map them explicitly (channel_map / --channel-map)."
-    )
-
 
 def resolve_target_class(target: str | int | None, class_names: Sequence[str]) -> int | None:
     """Index of a target class given by name or index; None means 'predicted class'."""

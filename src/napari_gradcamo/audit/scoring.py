@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_gradcamo.output.results import SCORE_KINDS, ZERO_MAP_REASON  # noqa: F401  (defined with the table's columns)
+
 
 @dataclass
 class Score:
@@ -37,18 +39,6 @@ class Score:
         return {"gradcamo": self.gradcamo, "chance": self.chance, "lift": self.lift, "normalised": self.normalised,
                 "neighbour_share": self.neighbour_share, "background_share": self.background_share,
                 "outside_share": self.outside_share, "reason": self.reason}
-
-
-#: ``reason`` of a cell whose map is zero everywhere: evidence about the method (no positive evidence to
-#: place), not about the model — such a cell is not flagged (:func:`~napari_gradcamo.output.results.apply_threshold`).
-ZERO_MAP_REASON = "the Grad-CAM map is zero everywhere (no positive evidence)"
-
-#: Scores a flag threshold can be set on: column → what it means.
-SCORE_KINDS = {
-    "gradcamo": "raw Grad-CAMO: share of the attention on the cell (the paper's score; depends on cell size)",
-    "lift": "Grad-CAMO / chance: 1 = as much as a uniform map gives the cell",
-    "normalised": "(Grad-CAMO − chance) / (1 − chance): 0 = uniform map, 1 = all attention on the cell",
-}
 
 
 def chance_lift(gradcamo, chance):

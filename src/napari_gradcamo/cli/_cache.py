@@ -17,7 +17,7 @@ def add_cache_options(p: argparse.ArgumentParser) -> None:
 
 def load_cache(args, manifest_path, out: Path, crop_shape, channel_names=None, class_names=None):
     from napari_gradcamo.crops.cache import build_cache
-    from napari_gradcamo.io.field_list import read_manifest
+    from napari_gradcamo.segment.field_list import read_manifest
 
     manifest = read_manifest(manifest_path)
     bar, update = progress_bar("crops", "image")

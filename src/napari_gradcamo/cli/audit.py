@@ -139,8 +139,8 @@ def _sanity(args, image, labels, bundle, path: Path) -> dict:
 
 
 def cmd_layers(args) -> int:
-    from napari_gradcamo.audit.layers import default_target_layer, layer_tree, list_target_layers
     from napari_gradcamo.models.checkpoint import load_checkpoint
+    from napari_gradcamo.models.layers import default_target_layer, layer_tree, list_target_layers
 
     bundle = load_checkpoint(args.model, trusted_factory=args.trust_factory)
     meta = bundle.metadata

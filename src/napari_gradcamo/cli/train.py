@@ -15,8 +15,8 @@ from napari_gradcamo.io.atomic import write_text
 def cmd_train(args) -> int:
     from napari_gradcamo.crops.cache import check_class_list, check_images_once
     from napari_gradcamo.io.atomic import check_writable_folder, refuse_existing
-    from napari_gradcamo.io.field_list import read_manifest
     from napari_gradcamo.models.architectures import check_layer
+    from napari_gradcamo.segment.field_list import read_manifest
     from napari_gradcamo.train.fit import BEST_FILE, LAST_FILE, RESUME_FILE, TrainConfig, fit
     from napari_gradcamo.train.resume import load_resume
 

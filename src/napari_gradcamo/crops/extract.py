@@ -43,11 +43,6 @@ class CellCrop:
         inside = np.prod([s - a - b for s, (a, b) in zip(self.cell_mask.shape, self.padding)])
         return float(1.0 - inside / self.cell_mask.size)
 
-    @property
-    def truncated(self) -> bool:
-        """True when part of the cell may lie outside the crop (the cell touches the crop's edge)."""
-        m = self.cell_mask
-        return bool(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any() or m[:, :, 0].any() or m[:, :, -1].any())
 
 
 #: Above this id, labels are renumbered internally before locating cells, so memory follows the number of

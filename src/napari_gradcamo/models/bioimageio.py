@@ -212,8 +212,8 @@ def export_package(bundle: ModelBundle, out: str | Path, *, name: str | None = N
     import torch
     from bioimageio.spec import InvalidDescr, load_description, save_bioimageio_package
 
-    from napari_gradcamo.audit.layers import crops_as_input, model_spatial_dims
-    from napari_gradcamo.models.checkpoint import normalize_crops
+    from napari_gradcamo.models.layers import crops_as_input, model_spatial_dims
+    from napari_gradcamo.models.metadata import normalize_crops
 
     out = Path(out)
     meta = bundle.metadata

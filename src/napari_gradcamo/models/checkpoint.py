@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
 
 from napari_gradcamo.io.atomic import atomic_path
 from napari_gradcamo.models.architectures import build_model, requested_factory
-from napari_gradcamo.models.metadata import CheckpointError, ModelBundle, ModelMetadata
+from napari_gradcamo.models.metadata import (  # noqa: F401  (normalize_crops: callers import it from here too)
+    CheckpointError,
+    ModelBundle,
+    ModelMetadata,
+    normalize_crops,
+)
 
 METADATA_KEY = "napari_gradcamo"
 
@@ -209,23 +211,6 @@ def load_checkpoint(path: str | Path, trusted_factory: str | None = None) -> Mod
     return ModelBundle(model, metadata, str(path))
 
 
-def _percentiles(flat: np.ndarray, qs: Sequence[float]) -> list[np.ndarray]:
-    """``np.percentile(flat, q, axis=-1)`` (linear interpolation) for each q, from ONE partial sort of the last
-    axis shared by all q, in the input's precision: half the cost of one ``np.percentile`` call per q."""
-    n = flat.shape[-1]
-    if n == 0 or not all(0.0 <= float(q) <= 100.0 for q in qs):
-        raise CheckpointError(f"Percentiles {list(qs)} must lie in 0..100 and the crops must not be empty.")
-    positions = [float(q) / 100.0 * (n - 1) for q in qs]
-    kth = sorted({min(int(np.floor(p)) + d, n - 1) for p in positions for d in (0, 1)})
-    part = np.partition(flat, kth, axis=-1)
-    out = []
-    for p in positions:
-        below = int(np.floor(p))
-        a, b = part[..., below], part[..., min(below + 1, n - 1)]
-        out.append(a + (b - a) * np.asarray(p - below, dtype=flat.dtype))
-    return out
-
-
 #: The prefix torch.nn.DataParallel / DistributedDataParallel put on every key of a wrapped model's state dict.
 DATA_PARALLEL_PREFIX = "module."
 
@@ -245,24 +230,3 @@ def strip_data_parallel_prefix(state: dict, expected_keys, name: str = "the chec
     warnings.warn(f"{name}: its weights were saved from a DataParallel-wrapped model (every key starts with "
                   f"'{prefix}'); the prefix was removed to load them.", UserWarning, stacklevel=3)
     return stripped
-
-
-def normalize_crops(crops: np.ndarray, normalization: dict[str, Any]) -> np.ndarray:
-    """Normalise a batch of crops (B, C, z, y, x) as the model was trained."""
-    method = normalization.get("method", "none")
-    crops = crops.astype(np.float32, copy=False)
-    if method == "none":
-        return crops
-    if method == "fixed":
-        mean = np.asarray(normalization["mean"], np.float32)[None, :, None, None, None]
-        std = np.asarray(normalization["std"], np.float32)[None, :, None, None, None]
-        if not (std > 0).all():  # ModelMetadata refuses these; never clamp them to a made-up value
-            raise CheckpointError(f"Fixed normalisation with std {normalization['std']} cannot be applied: every std "
-                                  "must be positive (a constant channel in training); retrain without it.")
-        return (crops - mean) / std
-    if method == "percentile":
-        flat = crops.reshape(crops.shape[0], crops.shape[1], -1)
-        low, high = (p[..., None, None, None] for p in
-                     _percentiles(flat, (normalization.get("low", 1.0), normalization.get("high", 99.8))))
-        return (crops - low) / np.maximum(high - low, 1e-6)
-    raise CheckpointError(f"Unknown normalization method '{method}'; use 'fixed', 'percentile' or 'none'.")

@@ -10,7 +10,17 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit.scoring import SCORE_KINDS, ZERO_MAP_REASON
+#: Scores a flag threshold can be set on: column → what it means.
+SCORE_KINDS = {
+    "gradcamo": "raw Grad-CAMO: share of the attention on the cell (the paper's score; depends on cell size)",
+    "lift": "Grad-CAMO / chance: 1 = as much as a uniform map gives the cell",
+    "normalised": "(Grad-CAMO − chance) / (1 − chance): 0 = uniform map, 1 = all attention on the cell",
+}
+
+#: ``reason`` of a cell whose map is zero everywhere: evidence about the method (no positive evidence to
+#: place), not about the model — such a cell is not flagged (:func:`apply_threshold`).
+ZERO_MAP_REASON = "the Grad-CAM map is zero everywhere (no positive evidence)"
+
 
 #: Column → meaning. ``prob_<class>`` columns (one per model class) follow ``probability``.
 SCHEMA: dict[str, str] = {
@@ -210,10 +220,6 @@ def summary(table: pd.DataFrame) -> dict[str, float]:
         "flagged": int(audited["flagged"].sum()),
         "undefined": int(audited["gradcamo"].isna().sum()),
     }
-
-
-#: Columns :func:`summary_by` groups on when the table has them.
-GROUPINGS = ("image", "target_class", "predicted_class", "true_class", "well")
 
 
 def summary_by(table: pd.DataFrame, by: str) -> pd.DataFrame:

@@ -107,7 +107,7 @@ def _write_cams(path: Path, cams: dict) -> None:
 
 
 def _read_cams(path: Path) -> dict:
-    from napari_gradcamo.audit.run import CellCam
+    from napari_gradcamo.crops.maps import CellCam
 
     if not path.is_file():
         return {}

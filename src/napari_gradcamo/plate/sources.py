@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from napari_gradcamo.io.field_list import ManifestError, blank, read_manifest
 from napari_gradcamo.io.images import ImageError
 from napari_gradcamo.io.lazy import TIFF_SUFFIXES, is_zarr
+from napari_gradcamo.segment.field_list import ManifestError, blank, read_manifest
 
 _FIELD_NAME = re.compile(r"^(?P<plate>.+?)_(?P<well>[A-Za-z]{1,2}\d{1,3})_s(?P<site>\d+)$")
 _MASK_SUFFIX = "_masks"

@@ -36,14 +36,10 @@ import numpy as np
 from napari_gradcamo.io.atomic import temp_file
 from napari_gradcamo.io.images import Image
 from napari_gradcamo.progress import CancelToken, ProgressCallback, Steps, check, drain
+from napari_gradcamo.segment.model_file import GENERALIST_MODEL, SegmentationError, load_state_dict  # noqa: F401
 
 MODES = ("stitch2d", "3d")
-GENERALIST_MODEL = "generalist_cyto"
 DOWNLOAD_TIMEOUT_S = 30
-
-
-class SegmentationError(ValueError):
-    """Segmentation cannot run with these settings or this model; the message says how to fix it."""
 
 
 # --------------------------------------------------------------------------- cellpose version
@@ -160,22 +156,6 @@ def _check_channel(name: str, index, n_channels: int, image: Image) -> None:
             f"{name} {index} is out of range: the image has {n_channels} channel(s) ({names}); "
             f"use an index from 0 to {n_channels - 1}."
         )
-
-
-def load_state_dict(path: Path, version: int, hint: str, **load_kwargs) -> dict:
-    """A cellpose model file's weights, loaded without unpickling code (``weights_only``); a file that is not
-    a state dict raises :class:`SegmentationError` with ``hint`` (how to get a good one)."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, **load_kwargs)
-    except Exception as exc:
-        raise SegmentationError(
-            f"{path} is not a loadable cellpose-{version} model file ({type(exc).__name__}: {exc}). {hint}"
-        ) from exc
-    if not isinstance(state, dict):
-        raise SegmentationError(f"{path} does not hold a state dict of network weights.")
-    return state
 
 
 def _is_number(value, whole: bool = False) -> bool:

@@ -55,7 +55,7 @@ def offline_hint(name: str | None = None) -> str:
 
 
 def _load_state(path: Path) -> dict:
-    from napari_gradcamo.segment.cellpose import load_state_dict
+    from napari_gradcamo.segment.model_file import load_state_dict
 
     state = load_state_dict(path, 4, offline_hint(), mmap=True)
     return {k.removeprefix("module."): v for k, v in state.items()}
@@ -63,7 +63,7 @@ def _load_state(path: Path) -> dict:
 
 def check_model_file(path: Path) -> dict:
     """The file's state dict, if it is a cellpose 4 network this cellpose can build."""
-    from napari_gradcamo.segment.cellpose import SegmentationError
+    from napari_gradcamo.segment.model_file import SegmentationError
 
     state = _load_state(path)
     if "W2" not in state:
@@ -86,7 +86,7 @@ def build_model(kind: str, value: str, path: Path, gpu: bool):
     """A ``CellposeModel`` loaded from the checked file at ``path`` (no download)."""
     from cellpose import models as cp_models
 
-    from napari_gradcamo.segment.cellpose import SegmentationError
+    from napari_gradcamo.segment.model_file import SegmentationError
 
     state = check_model_file(path)
     try:

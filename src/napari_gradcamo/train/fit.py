@@ -119,8 +119,8 @@ LAYER_RULE_CROPS = 256
 
 def _default_layer(model, meta) -> str:
     """The layer recorded while training runs (the stored layer is :func:`_stored_layer`'s when the user named none)."""
-    from napari_gradcamo.audit.layers import default_target_layer, list_target_layers
     from napari_gradcamo.models.architectures import SMALL_CNN, SMALL_CNN_2D
+    from napari_gradcamo.models.layers import default_target_layer, list_target_layers
 
     if meta.architecture in (SMALL_CNN, SMALL_CNN_2D):
         return "stage1"  # 8×16×16 on an 8×32×32 crop: resolves single cells (see experiment.TARGET_LAYER)
@@ -132,7 +132,7 @@ def _stored_layer(model, data: CropSet, rows: Sequence[int], normalization: dict
     """The layer stored with the trained model: :func:`napari_gradcamo.audit.layer_sweep.choose_layer`
     (deletion rule) on the validation crops; ``fallback`` when there are no validation crops or masks."""
     from napari_gradcamo.audit.layer_sweep import DELETION_FRACTION, choose_layer
-    from napari_gradcamo.audit.layers import model_spatial_dims
+    from napari_gradcamo.models.layers import model_spatial_dims
 
     if len(rows) == 0 or data.masks is None:
         return fallback, {"rule": "fallback (no validation crops with masks)", "layer": fallback}

@@ -57,8 +57,8 @@ def evaluate(model, data: CropSet, rows: Sequence[int], normalization: dict, *, 
     """Loss (the head's: cross-entropy for softmax) and accuracy of ``model`` on ``data.x[rows]``."""
     import torch
 
-    from napari_gradcamo.audit.layers import crops_as_input, model_spatial_dims
     from napari_gradcamo.models import heads
+    from napari_gradcamo.models.layers import crops_as_input, model_spatial_dims
 
     dims = model_spatial_dims(model)
 
@@ -123,9 +123,9 @@ def run_epoch(state: LoopState, data: CropSet, order: np.ndarray, normalization:
     """
     import torch
 
-    from napari_gradcamo.audit.layers import crops_as_input, model_spatial_dims
     from napari_gradcamo.models import heads
     from napari_gradcamo.models.checkpoint import normalize_crops
+    from napari_gradcamo.models.layers import crops_as_input, model_spatial_dims
     from napari_gradcamo.train.regularizer import input_gradients, outside_gradient_penalty, randomise_context
 
     model, optimizer, schedule, rng = state.model, state.optimizer, state.schedule, state.rng

@@ -104,7 +104,7 @@ def _optimise(optimiser, loss, losses: list[float]) -> None:
     losses.append(loss.item())
 
 
-def train_classifier(classifier, pairs: Sequence[PairedImage], scaling: StainScaling, schedule: Schedule, *,
+def train_noisy_stain_classifier(classifier, pairs: Sequence[PairedImage], scaling: StainScaling, schedule: Schedule, *,
                      steps: int, crop: int = 32, batch: int = 16, lr: float = 1e-3, seed: int = 0,
                      device: str = "cpu", progress: ProgressCallback | None = None,
                      cancel: CancelToken | None = None) -> list[float]:

@@ -56,10 +56,6 @@ class UNetConfig:
         if self.n_classes is not None:
             _check_int(self.n_classes, "n_classes", 1)
 
-    @property
-    def null_class(self) -> int | None:
-        return self.n_classes
-
 
 @dataclass
 class ClassifierConfig:

@@ -12,7 +12,7 @@ from napari_gradcamo.progress import CancelToken, ProgressCallback, report
 from napari_gradcamo.synthetic.generator import STAINS
 from napari_gradcamo.virtual_stain.checkpoint import VirtualStainModel
 from napari_gradcamo.virtual_stain.data import CellCrops, PairedImage, StainScaling
-from napari_gradcamo.virtual_stain.diffusion import Schedule, sample, train_classifier, train_denoiser
+from napari_gradcamo.virtual_stain.diffusion import Schedule, sample, train_denoiser, train_noisy_stain_classifier
 from napari_gradcamo.virtual_stain.evaluate import evaluate_predictions, guidance_gradcamo, label_signal
 from napari_gradcamo.virtual_stain.model import (
     ClassifierConfig,
@@ -71,7 +71,7 @@ def fit_model(pairs: Sequence[PairedImage], class_names: Sequence[str], settings
     if settings.classifier_steps > 0 and n_classes >= 2:
         classifier_config = ClassifierConfig(stain_channels=n_stains, n_classes=n_classes, widths=list(settings.widths))
         classifier = NoisyClassifier(classifier_config)
-        classifier_losses = train_classifier(
+        classifier_losses = train_noisy_stain_classifier(
             classifier, pairs, scaling, schedule, steps=settings.classifier_steps, crop=settings.crop,
             seed=settings.seed, device=settings.device, cancel=cancel,
             progress=lambda d, t, m: report(progress, settings.steps + d, total, m))
