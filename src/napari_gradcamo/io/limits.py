@@ -114,4 +114,4 @@ def loads_json(text: str | bytes, what: str, error: type[Exception] = ValueError
     try:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-        raise error(f"{what} is not valid JSON ({exc}); use the original file.") from None
+        raise error(f"{what} is unreadable: not valid JSON ({exc}); use the original file.") from None
