@@ -32,7 +32,6 @@ def test_plates_are_written_as_ngff_0_5_and_read_back(tmp_path):
         {"row": "B", "column": "02", "image": _image(), "channel_names": ["DNA", "RNA"], "voxel_size": (2, .5, .5)}])
     root = json.loads((path / "zarr.json").read_text())
     assert root["zarr_format"] == 3 and root["attributes"]["ome"]["version"] == "0.5"
-    assert "version" not in root["attributes"]["ome"]["plate"]  # 0.5: one version, on the "ome" object
     well = json.loads((path / "B" / "02" / "zarr.json").read_text())["attributes"]["ome"]
     assert well == {"version": "0.5", "well": {"images": [{"path": "0"}, {"path": "1"}]}}
     image = json.loads((path / "B" / "02" / "0" / "zarr.json").read_text())["attributes"]["ome"]

@@ -351,7 +351,7 @@ def write_plate(path: str | Path, name: str, fields: Sequence[dict], chunks: Seq
     for row in rows:
         root[row].attrs["ome"] = {"version": NGFF_VERSION}  # intermediate groups carry no metadata of their own
     root.attrs["ome"] = {"version": NGFF_VERSION, "plate": {
-        "name": name, "field_count": max(len(s) for s in wells.values()),
+        "version": NGFF_VERSION, "name": name,  # ome-zarr-models 1.7 warns when the plate itself has none "field_count": max(len(s) for s in wells.values()),
         "rows": [{"name": r} for r in rows], "columns": [{"name": c} for c in columns],
         "wells": [{"path": f"{r}/{c}", "rowIndex": rows.index(r), "columnIndex": columns.index(c)} for r, c in wells],
     }}
