@@ -36,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        folder = getattr(args, "lock_folder", None)  # commands writing a folder hold it (io/lock.py)
+        if folder is None:
+            return args.func(args)
+        from napari_gradcamo.io.lock import folder_lock
+
+        with folder_lock(getattr(args, folder), what=f"--{folder}" if folder == "out" else "the output folder"):
+            return args.func(args)
     except (ImageError, CheckpointError, ValueError) as error:
         print(f"gradcamo: error: {error}", file=sys.stderr)
         return 2

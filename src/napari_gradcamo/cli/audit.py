@@ -174,7 +174,7 @@ def register(sub) -> None:
     add_audit_options(p)
     p.add_argument("--sanity", action="store_true",
                    help="also randomise the model's layers from the top (cascading) and report how much the maps change")
-    p.set_defaults(func=cmd_audit)
+    p.set_defaults(func=cmd_audit, lock_folder="out")
 
 
     p = sub.add_parser("layers", help="list a model's candidate target layers (any depth) as a tree with output shapes")

@@ -71,11 +71,11 @@ def register(sub) -> None:
     seg.add_argument("--segment", action="store_true", help="segment fields that have no masks with cellpose")
     add_segmentation_options(seg)
     add_audit_options(p)
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, lock_folder="out")
 
     p = commands.add_parser("report", help="rebuild the plate table and HTML report of a run folder")
     p.add_argument("out", help="the --out folder of 'gradcamo plate run'")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_report, lock_folder="out")
 
     p = commands.add_parser("synthetic", help="write a synthetic OME-Zarr HCS plate and its layout CSV")
     p.add_argument("out")

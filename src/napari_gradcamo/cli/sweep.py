@@ -59,4 +59,4 @@ def register(sub) -> None:
     p.add_argument("--channel-names", default=None, help="comma-separated channel names")
     p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"))
     add_audit_options(p)
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=cmd_sweep, lock_folder="out")

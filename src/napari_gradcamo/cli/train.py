@@ -218,7 +218,7 @@ def register(sub) -> None:
                    help="weight γ of the mutual-information bound (infomax-vae; 0 there means 1.0)")
     g.add_argument("--mi-alpha", type=float, default=0.5, help="interpolation α of the MI bound (1: InfoNCE-like, 0: NWJ)")
     add_cache_options(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, lock_folder="out")
 
     p = sub.add_parser("synthetic", help="write synthetic 3D Cell Painting fields + masks + manifest.csv")
     p.add_argument("out", help="output folder")

@@ -52,10 +52,118 @@ def network_from_metadata(metadata: dict[str, Any]):
 # ------------------------------------------------------------------------------------------------ import
 
 
+#: Bounds on an rdf.yaml read from a package the user did not write: its size, the aliases it may use and the
+#: nodes it may expand to ("billion laughs": nine levels of ten aliases expand to 10⁹ nodes and hang a loader).
+MAX_RDF_BYTES = 2_000_000
+MAX_YAML_ALIASES = 64
+MAX_YAML_NODES = 200_000
+
+
+def _rdf_text(source) -> tuple[str, bytes] | None:
+    """The rdf.yaml of a local package (folder, YAML file or .zip) as bytes, its size bounded; None when
+    ``source`` is not a local package (left to bioimageio.spec)."""
+    import zipfile
+
+    path = Path(str(source))
+    if not path.exists():
+        return None
+    if path.is_dir():
+        found = [path / name for name in RDF_NAMES if (path / name).is_file()]
+        path = found[0] if found else None
+        if path is None:
+            return None
+    if path.suffix == ".zip":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                entries = [i for i in archive.infolist() if i.filename in RDF_NAMES
+                           or i.filename.endswith(".bioimageio.yaml")]
+                if not entries:
+                    return None
+                if entries[0].file_size > MAX_RDF_BYTES:
+                    raise CheckpointError(f"{source}: its {entries[0].filename} is {entries[0].file_size} bytes "
+                                          f"(at most {MAX_RDF_BYTES}); it is not a model description.")
+                with archive.open(entries[0]) as handle:
+                    return entries[0].filename, handle.read(MAX_RDF_BYTES + 1)
+        except zipfile.BadZipFile as error:
+            raise CheckpointError(f"{source} is not a readable .zip package ({error}).") from None
+    if path.stat().st_size > MAX_RDF_BYTES:
+        raise CheckpointError(f"{source}: {path.name} is {path.stat().st_size} bytes (at most {MAX_RDF_BYTES}); "
+                              "it is not a model description.")
+    return path.name, path.read_bytes()
+
+
+def check_yaml(text: bytes | str, where: str) -> None:
+    """Refuse YAML that is too large, uses more than :data:`MAX_YAML_ALIASES` aliases, or expands to more than
+    :data:`MAX_YAML_NODES` nodes, before any loader expands it; a :class:`CheckpointError` names the problem.
+
+    The document is only composed (aliases stay shared references), never constructed, so the check itself is
+    bounded by the file's size.
+
+    Examples
+    --------
+    >>> check_yaml("a: &x [1, 2]\nb: *x\n", "rdf.yaml")
+    >>> check_yaml("a: [" + "1, " * 300_000 + "1]", "rdf.yaml")
+    Traceback (most recent call last):
+    ...
+    napari_gradcamo.models.metadata.CheckpointError: rdf.yaml expands to more than 200000 YAML nodes; ...
+    """
+    import yaml
+
+    if len(text) > MAX_RDF_BYTES:
+        raise CheckpointError(f"{where} is {len(text)} bytes (at most {MAX_RDF_BYTES}); it is not a model description.")
+
+    class BoundedLoader(yaml.SafeLoader):
+        """A SafeLoader that counts the aliases it meets while composing."""
+
+        aliases = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_YAML_ALIASES:
+                    raise CheckpointError(f"{where} uses more than {MAX_YAML_ALIASES} YAML aliases (*name); a "
+                                          "model description needs few or none. It may be a 'billion laughs' "
+                                          "file made to hang the reader; use the package from its author.")
+            return super().compose_node(parent, index)
+
+    loader = BoundedLoader(text)
+    try:
+        nodes = loader.get_single_node()
+    except yaml.YAMLError as error:
+        raise CheckpointError(f"{where} is not valid YAML: {error}") from None
+    finally:
+        loader.dispose()
+    # expanded size of the node graph, each shared node counted once per reference, without expanding it
+    # (a post-order walk; composing refuses recursive aliases, so the graph has no cycles)
+    def children(node):
+        if isinstance(node, yaml.SequenceNode):
+            return node.value
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        return []
+
+    sizes: dict[int, int] = {}
+    stack = [(nodes, False)] if nodes is not None else []
+    while stack:
+        node, done = stack.pop()
+        if done:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children(node))
+            if sizes[id(node)] > MAX_YAML_NODES:
+                raise CheckpointError(f"{where} expands to more than {MAX_YAML_NODES} YAML nodes; it is not a "
+                                      "model description (a 'billion laughs' file?). Use the package from its author.")
+        elif id(node) not in sizes:
+            sizes[id(node)] = 0  # seen; its size is set when its children are done
+            stack.append((node, True))
+            stack.extend((c, False) for c in children(node) if id(c) not in sizes)
+
+
 def _describe(source):
     from bioimageio.spec import InvalidDescr, load_description
     from bioimageio.spec.model import v0_5
 
+    rdf = _rdf_text(source)
+    if rdf is not None:
+        check_yaml(rdf[1], f"{source}: {rdf[0]}" if Path(str(source)).suffix == ".zip" else str(Path(str(source))))
     try:
         descr = load_description(source, format_version="latest")
     except Exception as error:  # a missing file, a broken zip or YAML

@@ -80,10 +80,19 @@ def _read_safetensors(path: Path):
 
 
 def _parse_json(text: str, what: str):
+    from napari_gradcamo.io.limits import MAX_JSON_DEPTH, json_depth, loads_json
+
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{what} is not valid JSON ({error}); rewrite it with save_checkpoint().") from None
+    except RecursionError:  # deeper than Python's limit: say so instead of a RecursionError traceback
+        loads_json(text, what, CheckpointError)
+        raise CheckpointError(f"{what} nests its JSON too deeply; rewrite it with save_checkpoint().") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise CheckpointError(f"{what} nests its JSON more than {MAX_JSON_DEPTH} levels deep; it is not metadata "
+                              "this program wrote. Rewrite it with save_checkpoint().")
+    return value
 
 
 def _read_state_dict_pt(path: Path):

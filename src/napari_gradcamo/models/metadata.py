@@ -87,7 +87,7 @@ FIXES = {
     "training": "give a JSON object",
     "format_version": f"this version reads format_version ≤ {FORMAT_VERSION}; upgrade napari-gradcamo",
     "head": "give softmax, sigmoid-binary (one logit, two classes) or multilabel",
-    "voxel_size": "give three positive sizes in µm (z, y, x), or null",
+    "voxel_size": "give three sizes in µm (z, y, x), each between 0.0001 and 10000, or null",
     "crop_mode": "give context or masked",
     "padding_value": "give a finite number",
 }
@@ -243,8 +243,9 @@ class ModelMetadata(BaseModel):
     @field_validator("voxel_size")
     @classmethod
     def _positive_voxels(cls, size: list[float] | None) -> list[float] | None:
-        if size is not None and (len(size) != 3 or not all(math.isfinite(v) and v > 0 for v in size)):
-            raise ValueError("voxel_size must be three positive sizes in µm (z, y, x), or null")
+        if size is not None and (len(size) != 3 or not all(math.isfinite(v) and 1e-4 <= v <= 1e4 for v in size)):
+            # 1e30 µm would make every crop 1e31 voxels ("Maximum allowed dimension exceeded")
+            raise ValueError("voxel_size must be three sizes in µm (z, y, x), each between 0.0001 and 10000, or null")
         return size
 
     @field_validator("crop_mode")

@@ -88,6 +88,21 @@ def _cell_origin(row: pd.Series, cams: Mapping, crop_shape: Sequence[int]) -> tu
     return crop_origin((row["centroid_z"], row["centroid_y"], row["centroid_x"]), crop_shape)
 
 
+def _checked_crop_shape(crop_shape, n_channels: int) -> tuple[int, int, int]:
+    """``crop_shape`` as three whole numbers ≥ 1 whose cell stack fits in memory; a ValueError otherwise."""
+    from napari_gradcamo.io.limits import check_allocation, nbytes
+
+    shape = tuple(crop_shape) if isinstance(crop_shape, (tuple, list, np.ndarray)) else ()
+    if len(shape) != 3 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
+                                  for s in shape):
+        raise ValueError(f"crop_shape {crop_shape!r} must be three whole numbers z, y, x, each at least 1.")
+    shape = tuple(int(s) for s in shape)
+    # one cell's stack (stains + mask + map, float32) and its window of the image are held at once
+    check_allocation(2 * nbytes((n_channels + 2, *shape), np.float32), f"A crop of {'×'.join(map(str, shape))} "
+                     "voxels", ValueError, "pass a crop_shape near the cells' size (e.g. the model's crop)")
+    return shape
+
+
 def _cam_on_grid(cam, crop_shape: Sequence[int]) -> np.ndarray:
     if cam is None:
         return np.zeros(tuple(crop_shape), np.float32)
@@ -299,6 +314,8 @@ def iter_export_flagged(
         crop_shape = shapes.pop() if shapes else None
     if crop_shape is None and len(chosen):
         raise ValueError("No Grad-CAM maps were given, so the crop size is unknown: pass crop_shape (z, y, x).")
+    if crop_shape is not None:
+        crop_shape = _checked_crop_shape(crop_shape, len(image.channel_names))
     folder = Path(out_dir)
     ids = [int(l) for l in chosen["label"]]
     csv, parquet, cell_paths, pages = _targets(folder, stem, ids, gallery and bool(ids))

@@ -5,7 +5,9 @@ Layout of ``OUT``::
 
     run.json                                 checkpoint, settings, source and the run fingerprint
     fields/<plate>/<well>/s<site>.parquet    the field's cells (schema of output/results.py + field columns);
-                                             its Parquet metadata holds the field fingerprint
+                                             its Parquet metadata holds the field fingerprint and the
+                                             SHA-256 of the maps file, so a changed or damaged maps file
+                                             makes the field be audited again on rerun
     fields/<plate>/<well>/s<site>.maps.npz   raw Grad-CAM maps: labels, origins (z, y, x), maps
     fields/<plate>/<well>/s<site>.failed.json  why a field failed (removed when it succeeds later)
     plate.parquet/plate=<p>/well=<w>/...     the plate table, partitioned by plate and well
@@ -18,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -100,15 +103,19 @@ def write_field(out: Path, task: FieldTask, fingerprint: str, run: str, table: p
     import pyarrow.parquet as pq
 
     stem = field_stem(out, task)
+    maps_digest = None
     if cams:
         arrays = {"labels": np.array([c.label for c in cams], np.int64),
                   "origins": np.array([c.origin for c in cams], np.int64),
                   "maps": np.stack([c.raw for c in cams]).astype(np.float32),
                   "crop_shape": np.array(cams[0].crop_shape, np.int64)}
-        atomic_write(stem.with_suffix(".maps.npz"), lambda p: _save_npz(p, arrays))
+        maps = atomic_write(stem.with_suffix(".maps.npz"), lambda p: _save_npz(p, arrays))
+        maps_digest = file_digest(maps)
+    else:
+        stem.with_suffix(".maps.npz").unlink(missing_ok=True)  # no stale maps of an earlier run beside the table
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     meta = {**(arrow.schema.metadata or {}), META_KEY: json.dumps({"fingerprint": fingerprint, "run": run,
-                                                                    **task.metadata()})}
+                                                                    "maps_sha256": maps_digest, **task.metadata()})}
     atomic_write(stem.with_suffix(".parquet"), lambda p: pq.write_table(arrow.replace_schema_metadata(meta), p))
     stem.with_suffix(".failed.json").unlink(missing_ok=True)
     return stem.with_suffix(".parquet")
@@ -126,16 +133,26 @@ def write_failure(out: Path, task: FieldTask, fingerprint: str, run: str, reason
 
 
 def finished_fingerprint(out: Path, task: FieldTask) -> str | None:
-    """The fingerprint a finished field was written with (None when not finished or unreadable)."""
+    """The fingerprint a finished field was written with; None when it is not finished, its table is
+    unreadable, or its maps file is not the one written with it (missing, changed or damaged), so that the
+    field is audited again rather than skipped."""
     import pyarrow.parquet as pq
 
     path = field_stem(out, task).with_suffix(".parquet")
     if not path.exists():
         return None
     try:
-        meta = pq.read_schema(path).metadata or {}
-        return json.loads(meta[META_KEY])["fingerprint"]
+        pq.ParquetFile(path).metadata  # noqa: B018 - a truncated or overwritten table fails here
+        meta = json.loads((pq.read_schema(path).metadata or {})[META_KEY])
+        fingerprint, maps_digest = meta["fingerprint"], meta["maps_sha256"]
     except (OSError, KeyError, ValueError, TypeError):
+        return None
+    maps = path.with_name(path.name.replace(".parquet", ".maps.npz"))
+    if maps_digest is None:
+        return fingerprint if not maps.exists() else None
+    try:
+        return fingerprint if file_digest(maps) == maps_digest else None
+    except OSError:
         return None
 
 
@@ -146,10 +163,18 @@ def read_field_maps(out: Path, task: FieldTask) -> dict:
     path = field_stem(out, task).with_suffix(".maps.npz")
     if not path.exists():
         return {}
-    with np.load(path, allow_pickle=False) as data:
-        shape = tuple(int(s) for s in data["crop_shape"])
-        return {int(lab): CellCam(int(lab), raw, tuple(int(o) for o in origin), shape)
-                for lab, origin, raw in zip(data["labels"], data["origins"], data["maps"])}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            shape = tuple(int(s) for s in data["crop_shape"])
+            labels, origins, maps = data["labels"], data["origins"], data["maps"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ImageError(f"{path} is unreadable ({type(error).__name__}: {error}); run 'gradcamo plate run' on "
+                         "the same --out again: the field is audited again.") from None
+    if (len(shape) != 3 or labels.ndim != 1 or origins.shape != (len(labels), 3) or maps.ndim != 4
+            or len(maps) != len(labels)):
+        raise ImageError(f"{path} holds malformed maps; run 'gradcamo plate run' on the same --out again.")
+    return {int(lab): CellCam(int(lab), raw, tuple(int(o) for o in origin), shape)
+            for lab, origin, raw in zip(labels, origins, maps)}
 
 
 def write_run(out: Path, record: dict) -> Path:

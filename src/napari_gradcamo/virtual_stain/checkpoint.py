@@ -142,10 +142,9 @@ def load_model(path: str | Path) -> VirtualStainModel:
         raise VirtualStainError(f"{path.name} is not a readable safetensors file ({error}).") from error
     if header is None:
         raise VirtualStainError(f"{path.name} holds no virtual-stain metadata; it is not a virtual-stain model.")
-    try:
-        meta = json.loads(header)
-    except json.JSONDecodeError as error:
-        raise VirtualStainError(f"{path.name}: its metadata is not valid JSON ({error}).") from error
+    from napari_gradcamo.io.limits import loads_json
+
+    meta = loads_json(header, f"{path.name}: its metadata", VirtualStainError)
     if not isinstance(meta, dict) or meta.get("kind") != "virtual_stain" or meta.get("format_version") != FORMAT_VERSION:
         raise VirtualStainError(f"{path.name}: not a version-{FORMAT_VERSION} virtual-stain checkpoint.")
     unet_config = config_from_dict(UNetConfig, meta.get("unet"), "metadata 'unet'")
@@ -159,6 +158,7 @@ def load_model(path: str | Path) -> VirtualStainModel:
     defocus = meta.get("defocus_um")
     if not isinstance(defocus, list) or len(defocus) != unet_config.condition_channels:
         raise VirtualStainError(f"defocus_um must list one value per brightfield plane, got {defocus!r}.")
+    _check_size(unet_config, classifier_config, state, path)
     unet = build_unet(unet_config)
     classifier = NoisyClassifier(classifier_config) if classifier_config is not None else None
     _load_state(unet, state, "unet.", path)
@@ -168,6 +168,41 @@ def load_model(path: str | Path) -> VirtualStainModel:
     return VirtualStainModel(
         unet.eval(), unet_config, Schedule.from_dict(meta.get("schedule")), StainScaling.from_dict(meta.get("scaling")),
         stain_names, class_names, [float(d) for d in defocus], classifier, classifier_config, training)
+
+
+#: Bounds on a U-Net a checkpoint may declare (the paper's has 4 levels): deeper is not a model this program wrote.
+MAX_LEVELS, MAX_LAYERS_PER_BLOCK = 8, 8
+
+
+def _check_size(unet_config: UNetConfig, classifier_config, state: dict, path: Path) -> None:
+    """Before a network is built: its declared size fits in memory and its parameters are the file's.
+
+    The networks are built on torch's ``meta`` device (shapes only, nothing allocated); a checkpoint whose
+    metadata declares widths that would need 160 GB is refused here instead of being allocated."""
+    import torch
+
+    from napari_gradcamo.io.limits import check_allocation
+
+    for config, what in ((unet_config, "unet"), (classifier_config, "classifier")):
+        if config is not None and len(config.widths) > MAX_LEVELS:
+            raise VirtualStainError(f"{path.name}: metadata '{what}' declares {len(config.widths)} levels (at most "
+                                    f"{MAX_LEVELS}); the file is damaged or not a virtual-stain model.")
+    if unet_config.layers_per_block > MAX_LAYERS_PER_BLOCK:
+        raise VirtualStainError(f"{path.name}: layers_per_block {unet_config.layers_per_block} (at most "
+                                f"{MAX_LAYERS_PER_BLOCK}); the file is damaged or not a virtual-stain model.")
+    with torch.device("meta"):
+        shapes = {f"unet.{k}": (tuple(v.shape), v.dtype) for k, v in build_unet(unet_config).state_dict().items()}
+        if classifier_config is not None:
+            shapes.update({f"classifier.{k}": (tuple(v.shape), v.dtype)
+                           for k, v in NoisyClassifier(classifier_config).state_dict().items()})
+    total = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in shapes.values())
+    check_allocation(total, f"{path.name}: the network its metadata declares", VirtualStainError,
+                     "the file is damaged or was made for a larger machine")
+    for name, (shape, _) in shapes.items():
+        if name not in state or tuple(state[name].shape) != shape:
+            found = tuple(state[name].shape) if name in state else "nothing"
+            raise VirtualStainError(f"{path.name}: the metadata declares {name} of shape {shape}, the file holds "
+                                    f"{found}; the weights do not fit their metadata (a damaged or edited file).")
 
 
 def _load_state(module, state: dict, prefix: str, path: Path) -> None:
