@@ -122,21 +122,27 @@ def verdict_row(cue: str, seed: int, arch: str, args) -> dict:
                      "verdict": report.verdict, "by_class": {c: v.as_dict() for c, v in report.classes.items()},
                      "layer": report.layer, "notes": report.notes}
     row["separation"] = separation(scores["honest"], scores["shortcut"])
+    row["separation_by_class"] = {
+        c: separation(scores["honest"][scores["honest"]["target_class"] == c],
+                      scores["shortcut"][scores["shortcut"]["target_class"] == c]) for c in CLASS_NAMES}
     return row
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| cue | arch | seed | honest acc | honest verdict (per class) | shortcut acc | shortcut verdict (per class) "
-             "| separation (occlusion) | separation (Grad-CAM, layer) | right? |",
+             "| separation, causal score: all / control / treated | separation, Grad-CAM at the chosen layer | right? |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         h, s = r["honest"], r["shortcut"]
         fmt = lambda m: "; ".join(f"{c}: {v['verdict']}" for c, v in m["by_class"].items())  # noqa: E731
         right = h["verdict"] == "looks at the cells" and s["verdict"] == "looks elsewhere"
-        sep = r["separation"]
+        sep, by = r["separation"], r.get("separation_by_class", {})
+        causal = " / ".join(f"{v:.2f}" for v in [sep["occlusion"], *[by.get(c, {}).get("occlusion", float("nan"))
+                                                                     for c in CLASS_NAMES]])
+        layers = f"{h['layer']} / {s['layer']}"
         lines.append(f"| {r['cue']} | {r['arch']} | {r['seed']} | {h['heldout_accuracy']:.2f} | {h['verdict']} ({fmt(h)}) "
-                     f"| {s['heldout_accuracy']:.2f} | {s['verdict']} ({fmt(s)}) | {sep['occlusion']:.2f} "
-                     f"| {sep['gradcam']:.2f} | {'yes' if right else '**no**'} |")
+                     f"| {s['heldout_accuracy']:.2f} | {s['verdict']} ({fmt(s)}) | {causal} "
+                     f"| {sep['gradcam']:.2f} ({layers}) | {'yes' if right else '**no**'} |")
     return "\n".join(lines)
 
 

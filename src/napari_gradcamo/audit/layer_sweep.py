@@ -161,7 +161,8 @@ class SweepBatch:
 
 
 def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None = None,
-               settings: AuditSettings | None = None, cancel: CancelToken | None = None) -> Iterator[SweepBatch]:
+               settings: AuditSettings | None = None, cancel: CancelToken | None = None,
+               only_labels: Sequence[int] | None = None) -> Iterator[SweepBatch]:
     """Audit every cell at every layer of ``layers`` (default :func:`candidate_layers`), batch by batch, with
     ``settings.method`` and the model's head; ``settings.occlusion`` adds the occlusion drops (one pair per
     cell, the same at every layer: the occlusion does not depend on the layer)."""
@@ -169,6 +170,9 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
     settings.validate()
     meta = bundle.metadata
     model_image, _, cells = prepare(image, labels, bundle, settings)
+    if only_labels is not None:
+        wanted = {int(label) for label in only_labels}
+        cells = [c for c in cells if c.label in wanted]
     crop_shape = tuple(meta.crop_shape)
     n_in = len(meta.channel_names)
     if layers:
@@ -204,10 +208,10 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
 
 def run_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None = None,
               settings: AuditSettings | None = None, progress: ProgressCallback | None = None,
-              cancel: CancelToken | None = None) -> dict[str, pd.DataFrame]:
-    """:func:`iter_sweep` to the end: one results table per layer."""
+              cancel: CancelToken | None = None, only_labels: Sequence[int] | None = None) -> dict[str, pd.DataFrame]:
+    """:func:`iter_sweep` to the end: one results table per layer (``only_labels``: those cells only)."""
     parts: dict[str, list] = {}
-    for batch in iter_sweep(image, labels, bundle, layers, settings, cancel):
+    for batch in iter_sweep(image, labels, bundle, layers, settings, cancel, only_labels):
         for name, table in batch.tables.items():
             parts.setdefault(name, []).append(table)
         report(progress, batch.done, batch.total, f"{batch.done}/{batch.total} cells")
