@@ -202,6 +202,7 @@ def test_cli_synthetic_train_audit_end_to_end(tmp_path, capsys):
                  "--val-fraction", "0.5", "--batch-size", "8", "--outside-gradient-weight", "0.3", "--device", "cpu"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["epochs_run"] == 2 and summary["crops"]["val"] > 0
+    assert summary["regularizer"] == ["outside-gradient"]
     assert summary["target_layer"] == load_checkpoint(tmp_path / "run" / "model.safetensors").metadata.target_layer
     checkpoint = tmp_path / "run" / "model.safetensors"
     assert load_checkpoint(checkpoint).metadata.training["config"]["outside_gradient_weight"] == 0.3

@@ -74,6 +74,7 @@ def cmd_train(args) -> int:
         "val_loss": result.history.val_loss[result.best_epoch - 1] if result.history.val_loss else None,
         "test": result.test, "crops": {k: int(len(v)) for k, v in result.split.items()},
         "target_layer": result.metadata.target_layer,
+        "regularizer": result.metadata.training["regularizer"]["kinds"],
     }
     write_text(out / "summary.json", json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
