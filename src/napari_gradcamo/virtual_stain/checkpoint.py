@@ -23,8 +23,10 @@ from napari_gradcamo.virtual_stain.model import (
     UNetConfig,
     VirtualStainError,
     build_unet,
+    check_names,
     config_from_dict,
     config_to_dict,
+    non_finite_weights,
 )
 
 HEADER_KEY = "napari_gradcamo_virtual_stain"
@@ -82,13 +84,19 @@ class VirtualStainModel:
         pad = ((0, 0), (0, -h % depth), (0, -w % depth))
         bf = np.pad(bf, pad, mode="reflect")
         klass = self._check_class(klass)
+        if sampler not in ("ddim", "ddpm"):
+            raise VirtualStainError(f"sampler {sampler!r} must be 'ddim' or 'ddpm'.")
         if guidance_scale and klass is None:
             raise VirtualStainError("classifier guidance needs a class: pick one or set the guidance scale to 0.")
         out = yield from iter_sample(
             self.unet, self.schedule, bf[None], classes=[klass], classifier=self.classifier,
             guidance_scale=guidance_scale, guidance_classes=None if klass is None else [klass], sampler=sampler,
             steps=steps, seed=seed, device=device, prediction=self.unet_config.prediction, cancel=cancel)
-        return self.scaling.to_camera(out[0, :, :h, :w])
+        stains = self.scaling.to_camera(out[0, :, :h, :w])
+        if not np.isfinite(stains).all():
+            raise VirtualStainError("the prediction holds NaN or inf (the model's weights or the brightfield image "
+                                    "are not usable); nothing was written. Retrain the model or check the image.")
+        return stains
 
     def _check_class(self, klass):
         if klass is None:
@@ -122,9 +130,9 @@ def save_model(path: str | Path, model: VirtualStainModel, *, overwrite: bool = 
 
 
 def _names(value, what: str) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list):
         raise VirtualStainError(f"{what} must be a non-empty list of names, got {value!r}.")
-    return value
+    return check_names(value, what)
 
 
 def load_model(path: str | Path) -> VirtualStainModel:
@@ -164,6 +172,11 @@ def load_model(path: str | Path) -> VirtualStainModel:
     _load_state(unet, state, "unet.", path)
     if classifier is not None:
         _load_state(classifier, state, "classifier.", path)
+    for module, what in ((unet, "U-Net"), (classifier, "guidance classifier")):
+        bad = non_finite_weights(module) if module is not None else []
+        if bad:
+            raise VirtualStainError(f"{path.name}: the {what}'s weights {bad[:3]} hold NaN or inf (a diverged "
+                                    "training or a damaged file): every prediction would be NaN. Retrain the model.")
     training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
     return VirtualStainModel(
         unet.eval(), unet_config, Schedule.from_dict(meta.get("schedule")), StainScaling.from_dict(meta.get("scaling")),
