@@ -289,7 +289,7 @@ def report_data(out: str | Path, folder: Path | None = None) -> dict:
     run = store.read_run(out)
     rule = ReportRule.of_run(run)
     table, failures = store.collect(out, run["fingerprint"])
-    written = store.write_plate_table(out, table)
+    written = store.write_plate_table(out, table, run)
     settings = run.get("settings") or {}
     data = {
         "run": {"checkpoint": str(run.get("checkpoint")), "sha": str(run.get("checkpoint_sha256", ""))[:12],

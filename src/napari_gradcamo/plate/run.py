@@ -230,5 +230,6 @@ def run_plate(source, checkpoint, out, settings: AuditSettings | None = None, *,
     for outcome in iter_plate(source, checkpoint, out, settings, cancel=cancel, **kwargs):
         outcomes.append(outcome)
         report(progress, outcome.done, outcome.total, f"{outcome.field} {outcome.status}")
-    table, _ = store.collect(Path(out), store.read_run(Path(out))["fingerprint"])
-    return outcomes, store.write_plate_table(Path(out), table)
+    record = store.read_run(Path(out))
+    table, _ = store.collect(Path(out), record["fingerprint"])
+    return outcomes, store.write_plate_table(Path(out), table, record)
