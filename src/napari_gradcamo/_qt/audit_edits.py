@@ -290,7 +290,7 @@ class AuditEditsMixin:
         table = self.features(layer)
         crop_shape = self.bundle.metadata.crop_shape if self.bundle is not None else None
         args = (folder, image, np.array(L.labels_volume(layer)), table, dict(self.cams(layer)), crop_shape, overwrite,
-                layer.metadata.get(RUN_RECORD_KEY))
+                layer.metadata.get(RUN_RECORD_KEY), self.results.flag_rule())
         self._refresh_buttons(running=True)
         self.panel.start(
             f"Exporting {int(table['flagged'].sum())} flagged cell(s) to {folder}…", _export_job, *args,
@@ -344,8 +344,8 @@ def ask_overwrite(parent, error) -> bool:
     return answer == QMessageBox.StandardButton.Yes
 
 
-def _export_job(folder, image, labels, table, cams, crop_shape, overwrite, run_record, cancel):
+def _export_job(folder, image, labels, table, cams, crop_shape, overwrite, run_record, rule, cancel):
     from napari_gradcamo.io.export import iter_export_flagged
 
     return (yield from iter_export_flagged(folder, image, labels, table, cams, crop_shape, overwrite=overwrite,
-                                           run_record=run_record, cancel=cancel))
+                                           run_record=run_record, flag_rule=rule, cancel=cancel))
