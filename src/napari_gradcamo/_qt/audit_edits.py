@@ -40,7 +40,9 @@ class AuditEditsMixin:
             self._last_selected = label
             row = labels_features.row_of(self.features(layer), label)
             if row is not None and center:
-                L.focus_on(self.viewer, layer, (row["centroid_z"], row["centroid_y"], row["centroid_x"]))
+                diameter = L.cell_diameter(row["volume_voxels"], 3 if L.labels_volume(layer).shape[0] > 1 else 2)
+                L.focus_on(self.viewer, layer, (row["centroid_z"], row["centroid_y"], row["centroid_x"]),
+                           diameter=diameter)
             self._show_cell_cam(layer, label)
         finally:
             self._selecting = False
