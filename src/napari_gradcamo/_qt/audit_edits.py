@@ -18,6 +18,7 @@ from qtpy.QtWidgets import QFileDialog, QMessageBox
 from napari_gradcamo._qt import layers as L
 from napari_gradcamo._qt.audit_runner import RUN_RECORD_KEY
 from napari_gradcamo._qt.pickers import guarded
+from napari_gradcamo._results_io import FLAG_RULE_KEY
 from napari_gradcamo.audit import labels_features
 from napari_gradcamo.io.images import ImageError
 from napari_gradcamo.output import results
@@ -40,7 +41,9 @@ class AuditEditsMixin:
             self._last_selected = label
             row = labels_features.row_of(self.features(layer), label)
             if row is not None and center:
-                L.focus_on(self.viewer, layer, (row["centroid_z"], row["centroid_y"], row["centroid_x"]))
+                diameter = L.cell_diameter(row["volume_voxels"], 3 if L.labels_volume(layer).shape[0] > 1 else 2)
+                L.focus_on(self.viewer, layer, (row["centroid_z"], row["centroid_y"], row["centroid_x"]),
+                           diameter=diameter)
             self._show_cell_cam(layer, label)
         finally:
             self._selecting = False
@@ -96,7 +99,19 @@ class AuditEditsMixin:
             self.threshold.setValue(value)  # comes back here through valueChanged
             return
         if self.labels_layer is not None:
-            self._set_features(self.labels_layer, labels_features.reflag(self.features(), self.results.flag_rule()))
+            rule = self.results.flag_rule()
+            # kept with the layer: saving writes it, reopening shows the same verdict
+            self.labels_layer.metadata[FLAG_RULE_KEY] = {"on": rule.on, "threshold": rule.threshold}
+            self._set_features(self.labels_layer, labels_features.reflag(self.features(), rule))
+
+    def set_flag_rule(self, on: str, threshold: float) -> None:
+        """Flag cells whose score ``on`` ('gradcamo', 'normalised', 'lift') is below ``threshold``."""
+        flag_on = self.results.flag_on
+        index = flag_on.findData(on)
+        if index < 0:
+            raise ValueError(f"unknown score {on!r}; choose one of {list(self.results.RANGES)}")
+        flag_on.setCurrentIndex(index)  # reflags with the current threshold, brought into the score's range
+        self.set_threshold(float(threshold))
 
     def _on_flag_toggled(self, label: int) -> None:
         if self.labels_layer is not None:
@@ -136,11 +151,18 @@ class AuditEditsMixin:
         if layer is None or layer is not self.labels_layer or not touched:
             return
         cams = self.cams(layer)
+        deleted = self._deleted.setdefault(layer, {})  # rows (and maps) of deleted cells: an undo restores them
         outcome = labels_features.apply_mask_edit(self.features(layer), L.labels_volume(layer), touched, cams,
-                                                  self.results.flag_rule())
+                                                  self.results.flag_rule(), deleted)
+        for label, row in outcome.removed_rows.items():
+            deleted[label] = (row, cams.get(label))
         for label in outcome.removed + outcome.moved:
             cams.pop(label, None)
-        if outcome.removed or outcome.moved:
+        for label in outcome.restored:
+            cam = deleted.pop(label, (None, None))[1]
+            if cam is not None and label not in outcome.moved:
+                cams[label] = cam
+        if outcome.removed or outcome.moved or outcome.restored:
             self._composites.pop(layer, None)
             if self.all_cells_layer() is not None:
                 self._show_composite(layer)
@@ -149,6 +171,8 @@ class AuditEditsMixin:
         notes = []
         if outcome.rescored:
             notes.append(f"rescored {', '.join(map(str, outcome.rescored))} with the cached Grad-CAM")
+        if outcome.restored:
+            notes.append(f"label(s) {', '.join(map(str, outcome.restored))} back with their earlier results")
         if outcome.added:
             notes.append(f"new label(s) {', '.join(map(str, outcome.added))}: not audited")
         if outcome.removed:
@@ -189,6 +213,7 @@ class AuditEditsMixin:
         if layer is not self.labels_layer:
             return
         self.cams(layer).clear()
+        self._deleted.pop(layer, None)
         self._composites.pop(layer, None)
         self.cam_layers.hide()
         names = self.bundle.metadata.class_names if self.bundle is not None else []
@@ -222,9 +247,11 @@ class AuditEditsMixin:
             if layer is None:
                 raise ImageError("Choose the Labels layer first.")
             image = self.picker.image()
+            rule = self.results.flag_rule()
             saved = ResultsFolder(image.data, list(image.channel_names), tuple(image.voxel_size),
                                   np.asarray(L.labels_volume(layer)), self.features(layer), dict(self.cams(layer)),
-                                  self.model_panel.model_name, layer.metadata.get(RUN_RECORD_KEY))
+                                  self.model_panel.model_name, layer.metadata.get(RUN_RECORD_KEY),
+                                  {"on": rule.on, "threshold": rule.threshold})
             path = write_results_folder(folder, saved)
         except (ImageError, ResultsFolderError, OSError) as error:
             self.panel.end(f"Not saved: {error}", error=True)
@@ -266,7 +293,7 @@ class AuditEditsMixin:
         table = self.features(layer)
         crop_shape = self.bundle.metadata.crop_shape if self.bundle is not None else None
         args = (folder, image, np.array(L.labels_volume(layer)), table, dict(self.cams(layer)), crop_shape, overwrite,
-                layer.metadata.get(RUN_RECORD_KEY))
+                layer.metadata.get(RUN_RECORD_KEY), self.results.flag_rule())
         self._refresh_buttons(running=True)
         self.panel.start(
             f"Exporting {int(table['flagged'].sum())} flagged cell(s) to {folder}…", _export_job, *args,
@@ -320,8 +347,8 @@ def ask_overwrite(parent, error) -> bool:
     return answer == QMessageBox.StandardButton.Yes
 
 
-def _export_job(folder, image, labels, table, cams, crop_shape, overwrite, run_record, cancel):
+def _export_job(folder, image, labels, table, cams, crop_shape, overwrite, run_record, rule, cancel):
     from napari_gradcamo.output.export import iter_export_flagged
 
     return (yield from iter_export_flagged(folder, image, labels, table, cams, crop_shape, overwrite=overwrite,
-                                           run_record=run_record, cancel=cancel))
+                                           run_record=run_record, flag_rule=rule, cancel=cancel))

@@ -35,6 +35,7 @@ from napari_gradcamo._qt.model_panel import ModelPanel
 from napari_gradcamo._qt.panel import JobPanel, PanelJobs
 from napari_gradcamo._qt.pickers import ImageLayersPicker, LabelsLayerPicker, guarded
 from napari_gradcamo._qt.results_panel import ResultsPanel, legend_html  # noqa: F401  (legend_html: public API)
+from napari_gradcamo._results_io import FLAG_RULE_KEY
 from napari_gradcamo.audit import labels_features
 
 
@@ -49,6 +50,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self.run_state: AuditRun | None = None
         self._cams: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # labels layer -> {label: CellCam}
         self._composites: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+        self._deleted: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # layer -> {label: (row, cam)}
         # labels layer -> (napari's features object, the same table brought to the schema): see features()
         self._schema_tables: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
         self._setting: tuple | None = None  # (layer, table) while _set_features hands a table to napari
@@ -202,10 +204,14 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
             layer.events.selected_label.connect(self._on_selected_label)
             if self._on_canvas_click not in layer.mouse_drag_callbacks:
                 layer.mouse_drag_callbacks.append(self._on_canvas_click)
-            self._ensure_features(layer)
+            # maps first: a new table or rule recolours the layer, which re-emits selected_label (shows its map)
             saved = layer.metadata.get("gradcamo_cams")  # a results folder opened by the reader
             if saved and not self.cams(layer):
                 self.cams(layer).update(saved)
+            saved_rule = layer.metadata.get(FLAG_RULE_KEY)  # a results folder: its verdict, not the default's
+            if isinstance(saved_rule, dict) and saved_rule.get("on") in self.results.RANGES:
+                self.set_flag_rule(saved_rule["on"], float(saved_rule["threshold"]))
+            self._ensure_features(layer)
         self._refresh_view()
         self._refresh_buttons()
         if layer is not None and self.cams(layer):

@@ -150,13 +150,26 @@ def _fmt(value, digits: int = 3, unlike: float | None = None) -> str:
         return "–"
     if not np.isfinite(value):
         return "NaN"
-    while unlike is not None and digits < 6 and value != unlike and f"{value:.{digits}f}" == f"{unlike:.{digits}f}":
+
+    def shown(v: float, d: int) -> str:
+        text = f"{v:.{d}f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text  # never "-0.000"
+
+    while unlike is not None and digits < 6 and value != unlike and shown(value, digits) == shown(unlike, digits):
         digits += 1
-    return f"{value:.{digits}f}"
+    return shown(value, digits)
 
 
-def _flag_rule(run_record: dict | None) -> tuple[str, float] | None:
-    """(score, threshold) of the audit that made the table, from its run record."""
+def _flag_rule(run_record: dict | None, rule=None) -> tuple[str, float] | None:
+    """(score, threshold) that made the table's ``flagged`` column: ``rule`` when given (a ``(score,
+    threshold)`` pair, a ``{"on", "threshold"}`` dict or an object with ``on``/``threshold``: the rule set
+    when exporting), else the one in the audit's run record."""
+    if rule is not None:
+        if isinstance(rule, dict):
+            return str(rule["on"]), float(rule["threshold"])
+        if hasattr(rule, "on"):
+            return str(rule.on), float(rule.threshold)
+        return str(rule[0]), float(rule[1])
     audit = ((run_record or {}).get("settings") or {}).get("audit") or {}
     try:
         return str(audit["flag_on"]), float(audit["threshold"])
@@ -184,33 +197,38 @@ def _save_png(fig, path: Path) -> None:
     fig.savefig(path, format="png")
 
 
-def write_gallery(pages: Sequence[Path], panels: Sequence[dict], title: str = "") -> list[Path]:
-    """Draw panels (dicts with image, mask, cam, text) on pages of :data:`PANELS_PER_PAGE`."""
+#: A gallery page is at least this wide (inches), so a one-cell page still has room for its title
+GALLERY_MIN_WIDTH = 5.0
+
+
+def gallery_figure(chunk: Sequence[dict], title: str = ""):
+    """One gallery page as a matplotlib figure (constrained layout: panel titles never overlap the images
+    above them, the page title is wrapped to the page's width)."""
+    import textwrap
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    cols = min(GALLERY_COLUMNS, max(len(chunk), 1))
+    rows = int(np.ceil(len(chunk) / cols))
+    width = max(2.3 * cols, GALLERY_MIN_WIDTH)
+    title_lines = [wrapped for line in title.splitlines() for wrapped in textwrap.wrap(line, int(width * 13)) or [""]]
+    fig = Figure(figsize=(width, 2.9 * rows + 0.2 + 0.16 * len(title_lines)), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    if title:
+        fig.suptitle("\n".join(title_lines), fontsize=8)
+    for i, panel in enumerate(chunk):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        _draw_panel(ax, panel)
+    return fig
+
+
+def write_gallery(pages: Sequence[Path], panels: Sequence[dict], title: str = "") -> list[Path]:
+    """Draw panels (dicts with image, mask, cam, text) on pages of :data:`PANELS_PER_PAGE`."""
     written = []
     for page, path in enumerate(pages):
         chunk = panels[page * PANELS_PER_PAGE : (page + 1) * PANELS_PER_PAGE]
-        cols = min(GALLERY_COLUMNS, max(len(chunk), 1))
-        rows = int(np.ceil(len(chunk) / cols))
-        fig = Figure(figsize=(2.3 * cols, 2.6 * rows + 0.4), dpi=110)
-        FigureCanvasAgg(fig)
-        for i, panel in enumerate(chunk):
-            ax = fig.add_subplot(rows, cols, i + 1)
-            ax.imshow(panel["image"], cmap="gray", interpolation="nearest")
-            cam = panel["cam"]
-            if cam is not None and cam.max() > 0:
-                shown = np.ma.masked_less_equal(cam / cam.max(), 0.05)
-                ax.imshow(shown, cmap="inferno", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
-            if panel["mask"].any():
-                ax.contour(panel["mask"].astype(float), levels=[0.5], colors=["#00e5ff"], linewidths=1.0)
-            ax.set_title(panel["text"], fontsize=7)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        if title:
-            fig.suptitle(f"{title} (page {page + 1}/{len(pages)})", fontsize=9)
-        fig.tight_layout()
+        fig = gallery_figure(chunk, f"{title} (page {page + 1}/{len(pages)})" if title else "")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_with(path, functools.partial(_save_png, fig))
         written.append(path)
@@ -232,6 +250,19 @@ def _check_names(table: pd.DataFrame, stem) -> pd.Series:
         raise ValueError(f"stem {stem!r} must be a plain file name (no folder, no '..'), e.g. 'gradcamo'; choose "
                          "the folder with out_dir.")
     return flagged.astype(bool)
+
+
+def _draw_panel(ax, panel: dict) -> None:
+    ax.imshow(panel["image"], cmap="gray", interpolation="nearest")
+    cam = panel["cam"]
+    if cam is not None and cam.max() > 0:
+        shown = np.ma.masked_less_equal(cam / cam.max(), 0.05)
+        ax.imshow(shown, cmap="inferno", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+    if panel["mask"].any():
+        ax.contour(panel["mask"].astype(float), levels=[0.5], colors=["#00e5ff"], linewidths=1.0)
+    ax.set_title(panel["text"], fontsize=7)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def export_flagged(*args, progress: ProgressCallback | None = None, **kwargs) -> ExportResult:
@@ -285,6 +316,7 @@ def iter_export_flagged(
     gallery: bool = True,
     stem: str = "gradcamo",
     run_record: dict | None = None,
+    flag_rule=None,
     cancel: CancelToken | None = None,
 ) -> Steps[ExportResult]:
     """The export of :func:`export_flagged` as steps, one per cell (a cancel acts between cells; the table
@@ -293,7 +325,10 @@ def iter_export_flagged(
     ``cams`` maps label → :class:`~napari_gradcamo.audit.run.CellCam` (crop position and raw map);
     ``crop_shape`` (z, y, x) is needed only for cells without a CAM (default: the CAMs' crop shape).
     ``run_record``: the audit's provenance (:mod:`napari_gradcamo.output.provenance`): which checkpoint made
-    the table; written beside the table and into its Parquet metadata. Every file is written atomically.
+    the table; written beside the table and into its Parquet metadata. ``flag_rule``: the rule that set the
+    table's ``flagged`` column (``(score, threshold)``, ``{"on", "threshold"}`` or a
+    :class:`~napari_gradcamo.audit.labels_features.FlagRule`), stated on each gallery panel; default: the run
+    record's. Every file is written atomically.
     Returns the paths written; raises :class:`ExportExistsError` (before writing) when files exist.
     """
     cams = dict(cams or {})
@@ -330,7 +365,7 @@ def iter_export_flagged(
     for axis in "zyx":
         out_table[f"crop_origin_{axis}"] = np.nan
     names = [*image.channel_names, "mask", "gradcam"]
-    rule = _flag_rule(run_record)
+    rule = _flag_rule(run_record, flag_rule)
     panels = []
     total = len(chosen) + 1
     for done, (_, row) in enumerate(chosen.iterrows()):

@@ -2,7 +2,7 @@
 
 Layout (format :data:`FORMAT`, version :data:`VERSION`)::
 
-    results.json     what is here: format, version, channel names, voxel size, model, file names
+    results.json     what is here: format, version, channel names, voxel size, model, flag rule
     image.tif        the stains, C×Z×Y×X (tifffile)
     masks.tif        the label image, Z×Y×X (its own integer dtype: ids up to 2⁶³−1 survive)
     gradcamo.parquet the per-cell table (all columns; also gradcamo.csv for people)
@@ -48,6 +48,7 @@ class ResultsFolder:
     cams: dict = field(default_factory=dict)  # label -> napari_gradcamo.audit.run.CellCam
     model: str = ""
     run_record: dict | None = None
+    flag_rule: dict | None = None  # {"on": a score column, "threshold": float}: the verdict shown when saved
 
 
 def is_results_folder(path) -> bool:
@@ -83,6 +84,8 @@ def write_results_folder(folder, results: ResultsFolder, overwrite: bool = False
         manifest = {"format": FORMAT, "version": VERSION, "channel_names": list(results.channel_names),
                     "voxel_size": [float(v) for v in results.voxel_size], "model": results.model,
                     "cells": int(len(results.table)), "cams": len(results.cams)}
+        if results.flag_rule is not None:
+            manifest["flag_rule"] = _check_flag_rule(results.flag_rule)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
@@ -96,6 +99,18 @@ def write_results_folder(folder, results: ResultsFolder, overwrite: bool = False
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _check_flag_rule(rule) -> dict:
+    """``{"on": score column, "threshold": finite float}`` or :class:`ResultsFolderError`."""
+    from napari_gradcamo.output.results import SCORE_KINDS
+
+    on, threshold = (rule.get("on"), rule.get("threshold")) if isinstance(rule, dict) else (None, None)
+    if on not in SCORE_KINDS or isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+            or not np.isfinite(threshold):
+        raise ResultsFolderError(f"{MANIFEST}: flag_rule must be {{'on': one of {sorted(SCORE_KINDS)}, "
+                                 f"'threshold': a number}}, got {rule!r}.")
+    return {"on": str(on), "threshold": float(threshold)}
 
 
 def _write_cams(path: Path, cams: dict) -> None:
@@ -271,4 +286,5 @@ def read_results_folder(folder) -> ResultsFolder:
         if not isinstance(record, dict):
             raise ResultsFolderError(f"{folder / 'run.json'} must hold one run record (a JSON object).")
     return ResultsFolder(image, names, tuple(float(v) for v in voxel), labels, table,
-                         _read_cams(folder / "cams.npz", labels), str(manifest.get("model", "")), record)
+                         _read_cams(folder / "cams.npz", labels), str(manifest.get("model", "")), record,
+                         _check_flag_rule(manifest["flag_rule"]) if manifest.get("flag_rule") is not None else None)
