@@ -25,7 +25,8 @@ LAYERS: list[set[str]] = [
     {"audit"},
     {"profiles", "train"},
     {"synthetic"},
-    {"plate", "virtual_stain", "demo", "_sample_data", "_results_io"},
+    {"plate", "virtual_stain", "demo", "_sample_data"},
+    {"_results_io"},  # reopens a results folder as napari layers, coloured as the samples are
     {"_demo_viewer"},
     {"_qt", "cli"},
 ]

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from napari_gradcamo.audit import labels_features, results
+from napari_gradcamo.audit import labels_features
+from napari_gradcamo.output import results
 
 
 def test_undo_after_delete_restores_the_score_and_the_map(audited_dock, qtbot):

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from napari_gradcamo.audit import labels_features, results
+from napari_gradcamo.audit import labels_features
 from napari_gradcamo.audit.run import CellCam
 from napari_gradcamo.crops.extract import cell_table, crop_origin
+from napari_gradcamo.output import results
 
 
 def _field():
