@@ -31,6 +31,15 @@ def cmd_run(args) -> int:
             failed.append(f"{outcome.field}: {outcome.reason}")
         update(outcome.done, outcome.total, f"{outcome.field} {outcome.status}")
     bar.close()
+    verdict = None
+    if args.verdict_sample > 0 and counts["done"] + counts["skipped"] > 0:
+        from napari_gradcamo.models.checkpoint import load_checkpoint
+        from napari_gradcamo.plate.verdict import plate_verdict
+
+        verdict = plate_verdict(args.out, load_checkpoint(args.model, trusted_factory=args.trust_factory),
+                                sample=args.verdict_sample)
+        if verdict is not None:
+            print(verdict.summary_line())
     report = write_report(args.out)
     print(json.dumps({"fields_done": counts["done"], "fields_skipped": counts["skipped"], "fields_failed": counts["failed"],
                       "cells_audited_now": counts["cells"], "report": str(report), "failed": failed}, indent=2))
@@ -66,6 +75,9 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="local dask workers (default: one per CPU core)")
     p.add_argument("--scheduler", default=None, help="address of a running dask scheduler (e.g. from dask-jobqueue)")
     p.add_argument("--torch-threads", type=int, default=1, help="torch threads per worker")
+    p.add_argument("--verdict-sample", type=int, default=48,
+                   help="cells (drawn over up to 8 fields) the model-level verdict is judged on at the end of the "
+                        "run (cell and context hidden, every candidate layer); 0: no verdict (default 48)")
     add_trust_option(p)
     seg = p.add_argument_group("masks: from the manifest / beside each field / the OME-Zarr labels, or cellpose")
     seg.add_argument("--segment", action="store_true", help="segment fields that have no masks with cellpose")

@@ -25,6 +25,7 @@ import pandas as pd
 from napari_gradcamo.audit.scoring import SCORE_KINDS
 from napari_gradcamo.output import results
 from napari_gradcamo.plate import store
+from napari_gradcamo.plate.verdict import read_plate_verdict
 
 SCORE = "normalised"
 SCORE_LABEL = "chance-corrected Grad-CAMO  (gradcamo − chance) / (1 − chance)"
@@ -283,7 +284,8 @@ def report_data(out: str | Path, folder: Path | None = None) -> dict:
     dict
         ``run`` (provenance), ``rule``, ``counts``, ``treatments`` / ``wells`` / ``failures`` (tables as
         ``{"columns", "rows"}`` of display strings, plus the frames under ``frames``), ``figures``, ``written``
-        and ``verdict``: the model-level verdict, ``None`` until ``audit/verdict.py`` provides it.
+        and ``verdict``: the model-level verdict of ``OUT/verdict.json`` (:mod:`napari_gradcamo.plate.verdict`),
+        ``None`` when the run has none.
     """
     out = Path(out)
     run = store.read_run(out)
@@ -298,9 +300,8 @@ def report_data(out: str | Path, folder: Path | None = None) -> dict:
         "rule": {"on": rule.on, "threshold": f"{rule.threshold:g}", "meaning": SCORE_KINDS[rule.on]},
         "score_label": SCORE_LABEL,
         "written": written,
-        # ---- MODEL-LEVEL VERDICT: placeholder for audit/verdict.py (another helper builds it). Fill with a
-        # dict {"verdict": str, "reasons": [str, ...]} computed from ``table``; the template shows it first.
-        "verdict": None,
+        # the model-level verdict judged at the end of the run (plate/verdict.py); the template shows it first
+        "verdict": read_plate_verdict(out),
         "figures": [],
         "frames": {},
     }
