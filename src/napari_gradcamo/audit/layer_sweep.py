@@ -162,10 +162,13 @@ class SweepBatch:
 
 def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None = None,
                settings: AuditSettings | None = None, cancel: CancelToken | None = None,
-               only_labels: Sequence[int] | None = None) -> Iterator[SweepBatch]:
+               only_labels: Sequence[int] | None = None, reference_levels: Sequence[float] | None = None
+               ) -> Iterator[SweepBatch]:
     """Audit every cell at every layer of ``layers`` (default :func:`candidate_layers`), batch by batch, with
     ``settings.method`` and the model's head; ``settings.occlusion`` adds the occlusion drops (one pair per
-    cell, the same at every layer: the occlusion does not depend on the layer)."""
+    cell, the same at every layer: the occlusion does not depend on the layer); ``reference_levels`` (one
+    level per model channel, raw units) adds a second pair, hidden voxels filled with those levels instead
+    of each crop's own background level (columns ``drop_cell_reference``, ``drop_context_reference``)."""
     settings = settings or AuditSettings()
     settings.validate()
     meta = bundle.metadata
@@ -191,11 +194,16 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
             crops = batch_of(cell_crops)
             probs, targets, maps = cams.compute(normalize_crops(crops.images, meta.normalization), [target] * len(chunk))
             inside = [inside_image_mask(crop_shape, pad) if pad is not None else None for pad in crops.paddings]
-            drops = None
+            drops, reference = None, None
+            normalize = lambda raw: normalize_crops(raw, meta.normalization)  # noqa: E731
             if settings.occlusion:
                 inside_all = np.stack([np.ones(crop_shape, bool) if i is None else i for i in inside])
                 drops = occlusion_drops(cams.predict, crops.images, crops.cell_masks, crops.other_masks, targets,
-                                        probs, lambda raw: normalize_crops(raw, meta.normalization), inside_all)
+                                        probs, normalize, inside_all)
+            if reference_levels is not None:
+                levels = np.broadcast_to(np.asarray(reference_levels, np.float64)[None], crops.images.shape[:2])
+                reference = occlusion_drops(cams.predict, crops.images, crops.cell_masks, crops.other_masks, targets,
+                                            probs, normalize, levels=levels)
             tables = {}
             for name in layers:
                 grid = upsample(maps[name], crop_shape)
@@ -203,15 +211,19 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
                           for m, cell, other, ins in zip(grid, crops.cell_masks, crops.other_masks, inside)]
                 scored = ScoredBatch(probs, targets, maps[name], scores, drops)
                 tables[name] = cell_rows(cell_crops, chunk, scored, meta, settings, name)
+                if reference is not None:
+                    tables[name] = tables[name].assign(drop_cell_reference=reference[0],
+                                                       drop_context_reference=reference[1])
             yield SweepBatch(tables, start + len(chunk), len(cells))
 
 
 def run_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None = None,
               settings: AuditSettings | None = None, progress: ProgressCallback | None = None,
-              cancel: CancelToken | None = None, only_labels: Sequence[int] | None = None) -> dict[str, pd.DataFrame]:
+              cancel: CancelToken | None = None, only_labels: Sequence[int] | None = None,
+              reference_levels: Sequence[float] | None = None) -> dict[str, pd.DataFrame]:
     """:func:`iter_sweep` to the end: one results table per layer (``only_labels``: those cells only)."""
     parts: dict[str, list] = {}
-    for batch in iter_sweep(image, labels, bundle, layers, settings, cancel, only_labels):
+    for batch in iter_sweep(image, labels, bundle, layers, settings, cancel, only_labels, reference_levels):
         for name, table in batch.tables.items():
             parts.setdefault(name, []).append(table)
         report(progress, batch.done, batch.total, f"{batch.done}/{batch.total} cells")

@@ -5,8 +5,12 @@ Evidence, on a sample of cells (docs/interpreting-scores.md, "The verdict"):
 1. **Is there anything to judge?** A model whose predictions carry no information (accuracy no better than
    always answering the majority class, when the true classes are known; or probabilities that stay within
    :data:`UNIFORM_MARGIN` of 1/K for nearly every cell) is reported as such, and no attention is judged.
-2. **The causal check decides.** Each sampled cell is classified twice more: its cell hidden, and everything
-   but its cell hidden (:mod:`~napari_gradcamo.audit.occlusion`). Per cell, ``causal = |drop(cell hidden)| −
+2. **The causal check decides.** Each sampled cell is classified four times more: its cell hidden, and
+   everything but its cell hidden (:mod:`~napari_gradcamo.audit.occlusion`), each filled once with the crop's
+   own background level and once with the pooled background level of all sampled crops
+   (:func:`pooled_background`); each drop is the larger of its two fills (a cue carried by the medium's
+   *level* survives a fill with that same level; across fields of several conditions the pooled level
+   removes it). Per cell, ``causal = |drop(cell hidden)| −
    |drop(context hidden)|``, in −1..1: how much more the answer depends on the cell than on its surroundings,
    in either direction (hiding a dim cell can *raise* the probability of a class recognised by dimness).
    Per class: when hiding either barely changes the class's probability (the mean of the larger
@@ -219,6 +223,9 @@ def judge_table(cells: pd.DataFrame, layers: Sequence[str], class_names: Sequenc
     if usable:
         layer = max(usable, key=usable.get)
         cells["score"] = cells[f"normalised@{layer}"]
+    elif len(layers) == 1:
+        layer = layers[0]
+        cells["score"] = cells[f"normalised@{layer}"]
     elif layers:
         layer = "mean over layers"
         cells["score"] = cells[[f"normalised@{n}" for n in layers]].mean(axis=1)
@@ -274,15 +281,23 @@ def judge_fields(bundle, fields: Iterable[tuple], *, true_classes: Sequence[Sequ
     pool = [(i, label) for i, labels in enumerate(ids) for label in labels]
     rng = np.random.default_rng(seed)
     chosen = pool if len(pool) <= sample else [pool[j] for j in sorted(rng.choice(len(pool), sample, replace=False))]
+    pooled = pooled_background(bundle, fields, chosen, settings)
     parts, truth = [], []
     for i, (image, labels) in enumerate(fields):
         wanted = [label for f, label in chosen if f == i]
         if not wanted:
             continue
-        tables = run_sweep(image, labels, bundle, layers, settings, cancel=cancel, only_labels=wanted)
+        tables = run_sweep(image, labels, bundle, layers, settings, cancel=cancel, only_labels=wanted,
+                           reference_levels=pooled)
         first = tables[layers[0]]
-        part = first[["label", "target_class", "predicted_class", "probability", "drop_cell_occluded",
-                      "drop_context_occluded"]].assign(image=getattr(image, "source", str(i)) or str(i), field=i)
+        part = first[["label", "target_class", "predicted_class", "probability"]].assign(
+            image=getattr(image, "source", str(i)) or str(i), field=i)
+        for what in ("cell", "context"):  # the larger effect of the two neutral fills
+            both = first[[f"drop_{what}_occluded", f"drop_{what}_reference"]].to_numpy(dtype=np.float64)
+            pick = np.argmax(np.abs(np.nan_to_num(both, nan=-1.0)), axis=1)
+            part[f"drop_{what}_occluded"] = both[np.arange(len(both)), pick]
+            part[f"drop_{what}_background_fill"] = both[:, 0]
+            part[f"drop_{what}_reference_fill"] = both[:, 1]
         for name in layers:
             part[f"normalised@{name}"] = tables[name]["normalised"].to_numpy()
         parts.append(part)
@@ -295,6 +310,26 @@ def judge_fields(bundle, fields: Iterable[tuple], *, true_classes: Sequence[Sequ
         columns=["label", "target_class", "predicted_class", "probability", "drop_cell_occluded",
                  "drop_context_occluded", *[f"normalised@{n}" for n in layers]])
     return judge_table(cells, layers, meta.class_names, truth if true_classes is not None else None, seed)
+
+
+def pooled_background(bundle, fields, chosen, settings) -> np.ndarray:
+    """Per model channel, the median over the sampled crops of each crop's background level: a medium level
+    typical of the data (in-distribution) that no single crop decides. With fields from several conditions
+    it removes a condition-specific medium level that a fill with the crop's own level keeps."""
+    from napari_gradcamo.audit.occlusion import background_levels
+    from napari_gradcamo.audit.run import prepare
+    from napari_gradcamo.crops.extract import extract_crop
+
+    levels = []
+    for i, (image, labels) in enumerate(fields):
+        wanted = {label for f, label in chosen if f == i}
+        if not wanted:
+            continue
+        model_image, _, cells = prepare(image, labels, bundle, settings)
+        crops = [extract_crop(model_image, labels, c, bundle.metadata.crop_shape) for c in cells if c.label in wanted]
+        levels.append(background_levels(np.stack([c.image for c in crops]), np.stack([c.cell_mask for c in crops]),
+                                        np.stack([c.other_mask for c in crops])))
+    return np.median(np.concatenate(levels), axis=0)
 
 
 def judge(image, labels, bundle, **kwargs) -> VerdictReport:

@@ -51,6 +51,8 @@ SCHEMA: dict[str, str] = {
                              "by background (NaN unless occlusion was asked for)",
     "status": "'audited', or 'not audited' for cells without a result yet",
     "cam_method": "CAM method",
+    "map_method": "CAM method whose map was scored: cam_method, or a fallback (hirescam, gradcam++, layercam) from "
+                  "the same pass when cam_method's map was zero everywhere; '' when every map was zero",
     "target_layer": "layer the CAM was computed at",
 }
 PROBABILITY_PREFIX = "prob_"
@@ -72,7 +74,7 @@ def empty_table(class_names: Sequence[str]) -> pd.DataFrame:
 
 
 #: text columns of the schema (object dtype, '' when empty)
-TEXT_COLUMNS = ("predicted_class", "target_class", "reason", "status", "cam_method", "target_layer")
+TEXT_COLUMNS = ("predicted_class", "target_class", "reason", "status", "cam_method", "target_layer", "map_method")
 
 
 def _dtype(column: str) -> str:
