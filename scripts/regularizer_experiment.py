@@ -19,7 +19,7 @@ Regularisers (``train/regularizer.py``): ``none``; ``outside-gradient`` (``--out
 Usage (one thread, deterministic for a given thread count)::
 
     PYTHONPATH=src python scripts/regularizer_experiment.py --seeds 0 1 2 3 4 5 6 7 \\
-        --json docs/results/regularizer_runs.jsonl --write docs/regularizer_runs.md
+        --json docs/results/regularizer_runs.jsonl --write docs/regularizer.md
 
 ``--json`` appends each finished run (a run already in the file is skipped, so an interrupted command can be
 run again); ``--from-json`` re-renders the tables from the file without training.
@@ -153,7 +153,8 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="append each finished run as a JSON line (runs already there are skipped)")
-    p.add_argument("--write", default=None, help="write the tables (markdown) here, e.g. docs/regularizer_runs.md")
+    p.add_argument("--write", default=None, help="write the set-up, command and tables (markdown) into this file, "
+                   "between its regularizer-table markers when it has them (docs/regularizer.md)")
     p.add_argument("--from-json", default=None, help="render the tables from a --json file without training")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -186,16 +187,30 @@ def main(argv=None) -> int:
             + [f"--{k} {getattr(args, k.replace('-', '_'))}" for k in ("weight", "fields", "eval-fields", "epochs", "width")
                if getattr(args, k.replace("-", "_")) != p.get_default(k.replace("-", "_"))]
             + ["--json docs/results/regularizer_runs.jsonl", "--write", shlex.quote(args.write)])
-        Path(args.write).write_text(NOTE.format(table=md, command=command, epochs=args.epochs, fields=args.fields,
-                                                eval_fields=args.eval_fields, width=args.width, weight=args.weight,
-                                                missing=("Not run: " + ", ".join(missing) + ".") if missing
-                                                else "Every planned run finished."))
+        note = NOTE.format(table=md, command=command, epochs=args.epochs, fields=args.fields,
+                           eval_fields=args.eval_fields, width=args.width, weight=args.weight,
+                           missing=("Not run: " + ", ".join(missing) + ".") if missing else "Every planned run finished.")
+        write_block(Path(args.write), note)
     return 0
 
 
-NOTE = """# Regularisers: every run
+START, END = "<!-- regularizer-table:start -->", "<!-- regularizer-table:end -->"
 
-Written by `scripts/regularizer_experiment.py`; what the numbers mean is in docs/regularizer.md.
+
+def write_block(path: Path, note: str) -> None:
+    """Replace the text between the START and END markers of ``path`` (the hand-written reading around them
+    stays); a file without the markers is written whole."""
+    text = path.read_text() if path.exists() else ""
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        after = rest.split(END, 1)[1]
+        text = f"{before}{START}\n{note.strip()}\n{END}{after}"
+    else:
+        text = note
+    path.write_text(text)
+
+
+NOTE = """Written by `scripts/regularizer_experiment.py` (between the markers; the reading around it is by hand).
 
 - Data: synthetic 3D fields (5 stains, 12×64×64). `honest`: the cells carry the class, the medium is clean.
   `no-signal`: every cell looks like a control and a stripe texture in the medium carries the class.
