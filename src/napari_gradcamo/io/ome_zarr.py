@@ -120,7 +120,14 @@ class ZarrImage:
         import dask.array as da
         from dask.base import tokenize
 
+        from napari_gradcamo.io.limits import check_allocation, nbytes
+
         checked = _CheckedArray(self.array, self.where)
+        # the field's label image (in memory, at least one byte per voxel) must fit: a declared shape beyond
+        # that is refused here, before a pixel scan over it could run for hours
+        spatial = [s for a, s in zip(self.axes, checked.shape) if a in _SPACE_AXES]
+        check_allocation(nbytes(spatial, np.uint8), f"{self.where} (shape {checked.shape}): its label image",
+                         ImageError, "the metadata declares a shape this machine cannot audit; check the file")
         data = da.from_array(checked, chunks=checked.chunks, asarray=False, fancy=False,
                              name=f"ome-zarr-{tokenize(self.where, checked.shape, str(checked.dtype))}")
         if check_pixels:
@@ -177,8 +184,29 @@ def read_multiscale(group, where: str) -> ZarrImage:
         raise ImageError(f"{where}: axes {axes} do not describe an array of shape {tuple(array.shape)}.")
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise ImageError(f"{where}: dataset '{path}' has dtype {array.dtype}; expected integer or float pixels.")
+    _check_chunking(array, f"{where}/{path}")
     return ZarrImage(array, "".join(axes), _voxel_size(datasets[0], axes, where), _channel_names(attrs, array, axes),
                      f"{where}/{path}")
+
+
+#: Most chunks an array may declare: every reader (dask's graph, a full read of a label image) walks them, so a
+#: file declaring 10¹² chunks would hang it. A 5×21×2160×2160 field in 1×1×256×256 chunks has 8,505.
+MAX_CHUNKS = 2_000_000
+
+
+def _check_chunking(array, where: str) -> None:
+    """Refuse an array declaring more chunks than :data:`MAX_CHUNKS` or one chunk larger than memory."""
+    from napari_gradcamo.io.limits import check_allocation, nbytes
+
+    shape, chunks = tuple(int(s) for s in array.shape), tuple(int(c) for c in array.chunks)
+    if len(chunks) != len(shape) or min(chunks, default=1) < 1:
+        raise ImageError(f"{where}: chunks {chunks} do not fit shape {shape}; the metadata is damaged.")
+    count = math.prod(-(-s // c) for s, c in zip(shape, chunks))
+    if count > MAX_CHUNKS:
+        raise ImageError(f"{where} (shape {shape}) declares {count:,} chunks of {chunks} (at most {MAX_CHUNKS:,}); "
+                         "the metadata is damaged, or rechunk the array into larger chunks.")
+    check_allocation(nbytes(chunks, array.dtype), f"{where}: one chunk of {chunks}", ImageError,
+                     "rechunk the array into smaller chunks, or check the file")
 
 
 def _voxel_size(dataset: dict, axes: Sequence[str], where: str = "") -> tuple[float, float, float]:

@@ -126,13 +126,14 @@ def check_yaml(text: bytes | str, where: str) -> None:
                                           "file made to hang the reader; use the package from its author.")
             return super().compose_node(parent, index)
 
-    loader = BoundedLoader(text)
     try:
-        nodes = loader.get_single_node()
-    except yaml.YAMLError as error:
+        loader = BoundedLoader(text)  # the reader checks the characters here already
+        try:
+            nodes = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{where} is not valid YAML: {error}") from None
-    finally:
-        loader.dispose()
     # expanded size of the node graph, each shared node counted once per reference, without expanding it
     # (a post-order walk; composing refuses recursive aliases, so the graph has no cycles)
     def children(node):
