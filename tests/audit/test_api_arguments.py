@@ -135,3 +135,44 @@ def test_progress_and_cancel_of_the_wrong_type(bundle, scene):
         run_audit(data, labels, bundle, progress="bar")
     with pytest.raises(ValueError, match="cancel must be a napari_gradcamo.CancelToken"):
         run_audit(data, labels, bundle, cancel=True)
+
+
+# ------------------------------------------------------------------ the other entry points of napari_gradcamo.__all__
+
+
+def test_readers_and_checkpoint_functions_name_arguments_of_the_wrong_type(tmp_path):
+    import napari_gradcamo as api
+    from napari_gradcamo.models.metadata import CheckpointError
+
+    for reader in (api.read_image, api.read_labels):
+        for bad in (None, 3, np.zeros(3)):
+            with pytest.raises(ImageError, match="path must be a file path"):
+                reader(bad)
+    with pytest.raises(CheckpointError, match="path must be a checkpoint file path"):
+        api.load_checkpoint(None)
+    with pytest.raises(CheckpointError, match="trusted_factory must be"):
+        api.load_checkpoint(tmp_path / "m.safetensors", trusted_factory=["os:system"])
+    meta = ModelMetadata("small-cnn-3d", ["a", "b"], ["x"], [4, 16, 16], architecture_kwargs={"width": 2})
+    with pytest.raises(CheckpointError, match="model must be a torch.nn.Module, not str"):
+        api.save_checkpoint(tmp_path / "m.safetensors", "model", meta)
+    with pytest.raises(CheckpointError, match="metadata must be a ModelMetadata"):
+        api.save_checkpoint(tmp_path / "m.safetensors", torch.nn.Linear(2, 2), ["meta"])
+    with pytest.raises(CheckpointError, match="class_names"):
+        api.save_checkpoint(tmp_path / "m.safetensors", torch.nn.Linear(2, 2), {**meta.model_dump(), "class_names": ["a"]})
+    assert not list(tmp_path.iterdir())
+    saved = api.save_checkpoint(tmp_path / "m.safetensors", build_model(meta), meta.model_dump())  # a dict is fine
+    assert api.load_checkpoint(saved).metadata == meta
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(axes=3), "axes must be text"),
+    (dict(channel_names="DNA"), "channel_names must be a list of names"),
+    (dict(channel_names=[1]), "channel_names must be a list of names"),
+    (dict(voxel_size="abc"), "voxel_size must be"),
+    (dict(voxel_size=[1.0, float("nan"), 1.0]), "voxel_size must be"),
+])
+def test_make_image_names_arguments_of_the_wrong_type(kwargs, message):
+    with pytest.raises(ImageError, match=message):
+        make_image(np.ones((1, 2, 4, 4), np.float32), **{"axes": "CZYX", **kwargs})
+    assert make_image(np.arange(32, dtype=np.float32).reshape(1, 2, 4, 4), "CZYX", np.array(["DNA"]),
+                      np.array([2.0, 0.5, 0.5])).voxel_size == (2.0, 0.5, 0.5)

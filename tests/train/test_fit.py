@@ -174,7 +174,7 @@ def test_resume_continues_exactly(cache, tmp_path):
     assert resumed.history.loss == straight.history.loss and resumed.history.val_loss == straight.history.val_loss
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="differ"):
+    with pytest.raises(ValueError, match=r"training settings differ .*\(lr: [0-9.e-]+ → 0\.01\); give the same options"):
         fit(cache.data, cache.class_names, cache.channel_names, CROP, tiny_config(lr=1e-2), tmp_path / "b", resume=True)
 
 

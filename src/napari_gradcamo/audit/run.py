@@ -219,7 +219,15 @@ def check_audit_arguments(image, labels, bundle, settings, only_labels):
         raise ImageError(f"labels must be an integer array (Z, Y, X) or (Y, X) of cell ids, not {type(labels).__name__}; "
                          "read a file with napari_gradcamo.read_labels(PATH).")
     labels = as_label_volume(labels)
-    if not isinstance(image, Image):
+    if isinstance(image, Image):
+        data = image.data
+        if getattr(data, "ndim", None) != 4 or len(image.channel_names) != data.shape[0] \
+                or np.dtype(getattr(data, "dtype", object)).kind not in "biuf":
+            raise ImageError(f"image is an Image whose data (shape {getattr(data, 'shape', '?')}, dtype "
+                             f"{getattr(data, 'dtype', type(data).__name__)}) is not real numbers (C, Z, Y, X) with one "
+                             f"of its {len(image.channel_names)} channel names per channel; build it with "
+                             "napari_gradcamo.io.images.make_image or read_image.")
+    else:
         if isinstance(image, (str, bytes)) or not hasattr(image, "__array__") and not isinstance(image, (list, tuple)):
             raise ImageError(f"image must be an Image (napari_gradcamo.read_image(PATH)) or an array, not "
                              f"{type(image).__name__}.")

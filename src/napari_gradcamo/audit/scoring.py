@@ -107,14 +107,24 @@ def score_cam(
     >>> ng.score_cam(np.ones((1, 4, 4)), cell).normalised
     0.0
     """
+    arrays = {"cam": cam, "cell_mask": cell_mask, "other_mask": other_mask, "inside_image": inside_image}
+    for name, value in arrays.items():
+        if value is None and name in ("other_mask", "inside_image"):
+            continue
+        kind = np.asarray(value).dtype.kind if not isinstance(value, (str, bytes, dict)) else "O"
+        if kind not in "biuf":
+            raise ValueError(f"{name} must be a real-valued array (got {type(value).__name__}, dtype kind {kind!r}).")
     cam = np.asarray(cam, dtype=np.float64)
-    if cam.shape != cell_mask.shape:
-        raise ValueError(f"CAM shape {cam.shape} differs from mask shape {cell_mask.shape}.")
+    cell_mask = np.asarray(cell_mask)
+    for name in ("cell_mask", "other_mask", "inside_image"):
+        value = arrays[name]
+        if value is not None and np.shape(value) != cam.shape:
+            raise ValueError(f"CAM shape {cam.shape} differs from {name} shape {np.shape(value)}.")
     if np.any(cam < 0):
         raise ValueError("Grad-CAMO needs a non-negative map; apply ReLU to the CAM first.")
     cell_mask = cell_mask.astype(bool)
-    other_mask = np.zeros_like(cell_mask) if other_mask is None else other_mask.astype(bool)
-    outside = np.zeros_like(cell_mask) if inside_image is None else ~inside_image.astype(bool)
+    other_mask = np.zeros_like(cell_mask) if other_mask is None else np.asarray(other_mask).astype(bool)
+    outside = np.zeros_like(cell_mask) if inside_image is None else ~np.asarray(inside_image).astype(bool)
     chance = float(cell_mask.mean())
     total = float(cam.sum())
     nan = float("nan")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_gradcamo.cli._common import add_segmentation_options, progress_bar, segmentation_settings
+from napari_gradcamo.cli._common import add_segmentation_options, progress_bar, segmentation_settings, unit_float
 
 
 def add_cache_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("crops and masks")
     g.add_argument("--cache", default=None, help="crop cache folder (default: OUT/crops); reused while the manifest is unchanged")
-    g.add_argument("--max-padded-fraction", type=float, default=0.5, help="skip cells whose crop lies mostly outside the image")
+    g.add_argument("--max-padded-fraction", type=unit_float, default=0.5,
+                   help="skip cells whose crop lies more than this fraction (0..1) outside the image")
     add_segmentation_options(g)
 
 

@@ -135,7 +135,12 @@ def _previous_rows(parquet: Path, record: dict) -> pd.DataFrame:
     """The finished rows of the interrupted run to continue; refuse when there is none or it differs."""
     if not parquet.exists():
         raise OutputError(f"Nothing to resume: {parquet} does not exist. Run without --resume.")
-    previous = results.read_run_record(parquet)
+    unreadable = (f"Cannot resume: {parquet} is damaged or truncated ({{}}); delete it and rerun without --resume, "
+                  "or start again with --overwrite.")
+    try:
+        previous = results.read_run_record(parquet)
+    except Exception as error:  # pyarrow's ArrowInvalid ("Parquet magic bytes not found"), bad JSON, …
+        raise OutputError(unreadable.format(f"{type(error).__name__}: {error}")) from None
     if previous is None:
         raise OutputError(f"Cannot resume: {parquet.name} has no run record; run again with --overwrite.")
     if previous.get("completed"):
@@ -143,9 +148,15 @@ def _previous_rows(parquet: Path, record: dict) -> pd.DataFrame:
                           "Use --overwrite to audit again.")
     differs = provenance.same_run(previous, record)
     if differs:
-        raise OutputError(f"Cannot resume: the {', '.join(differs)} differ from the interrupted run's; "
-                          "run the same command as before, or start again with --overwrite.")
-    return pd.read_parquet(parquet)
+        details = provenance.setting_differences(json.loads(json.dumps(previous.get("settings"), default=str)),
+                                                 json.loads(json.dumps(record.get("settings"), default=str)))
+        raise OutputError(f"Cannot resume: the {', '.join(differs)} differ from the interrupted run's"
+                          f"{' (' + '; '.join(details) + ')' if details else ''}; run the same command as before, "
+                          "or start again with --overwrite.")
+    try:
+        return pd.read_parquet(parquet)
+    except Exception as error:
+        raise OutputError(unreadable.format(f"{type(error).__name__}: {error}")) from None
 
 
 def _verdict(args, image, labels, bundle, settings):

@@ -145,6 +145,10 @@ def build_cache(
 
     folder = Path(folder)
     crop_shape = check_crop_shape(crop_shape)
+    if isinstance(max_padded_fraction, bool) or not isinstance(max_padded_fraction, (int, float)) \
+            or not 0.0 <= max_padded_fraction <= 1.0:
+        raise ValueError(f"max_padded_fraction (--max-padded-fraction) {max_padded_fraction!r} must be a fraction "
+                         "from 0 to 1 (the share of a crop allowed outside the image).")
     check_images_once(manifest)
     classes = list(class_names) if class_names is not None else sorted(set(manifest["class"].astype(str)))
     key = cache_key(manifest, crop_shape, channel_names, classes, max_padded_fraction, segmentation)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -170,6 +171,14 @@ def make_image(
     source: str = "",
 ) -> Image:
     """Build a validated :class:`Image` from an array with explicit (or guessed) axes."""
+    if axes is not None and not isinstance(axes, str):
+        raise ImageError(f"axes must be text such as 'ZCYX' (one letter per dimension), not {axes!r}.")
+    if channel_names is not None and (isinstance(channel_names, str) or not isinstance(channel_names, (Sequence, np.ndarray))
+                                      or not all(isinstance(n, str) for n in channel_names)):
+        raise ImageError(f"channel_names must be a list of names (text), one per channel, not {channel_names!r}.")
+    if voxel_size is not None and (isinstance(voxel_size, str) or not isinstance(voxel_size, (Sequence, np.ndarray)) or not all(
+            isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v) for v in voxel_size)):
+        raise ImageError(f"voxel_size must be (z, y, x) or (y, x) finite numbers in µm, not {voxel_size!r}.")
     array = np.asarray(array)
     axes = axes or guess_axes(array.shape)
     data = to_czyx(array, axes)
@@ -327,6 +336,9 @@ def _refuse_truncated(tif, path: Path) -> None:
 
 
 def _existing_file(path: str | Path, what: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ImageError(f"{what} path must be a file path (str or pathlib.Path), not {type(path).__name__}; "
+                         "an array in memory goes to make_image (images) or straight to run_audit (labels).")
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{what} file {path} does not exist.")

@@ -8,6 +8,7 @@ validated data, and a ``custom`` architecture's factory runs only when the user 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from napari_gradcamo.io.atomic import atomic_path
@@ -52,8 +53,17 @@ def save_checkpoint(path: str | Path, model, metadata: ModelMetadata) -> Path:
     >>> ng.load_checkpoint("copy.safetensors").metadata == bundle.metadata
     True
     """
+    import torch
     from safetensors.torch import save_file
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"path must be a file path (str or pathlib.Path), not {type(path).__name__}.")
+    if not isinstance(model, torch.nn.Module):
+        raise CheckpointError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
+    if isinstance(metadata, dict):
+        metadata = ModelMetadata.from_dict(metadata, "the metadata argument")
+    if not isinstance(metadata, ModelMetadata):
+        raise CheckpointError(f"metadata must be a ModelMetadata (or a dict of its fields), not {type(metadata).__name__}.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -203,6 +213,10 @@ def load_checkpoint(path: str | Path, trusted_factory: str | None = None) -> Mod
     """
     from napari_gradcamo.models import bioimageio
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"path must be a checkpoint file path (str or pathlib.Path), not {type(path).__name__}.")
+    if trusted_factory is not None and not isinstance(trusted_factory, str):
+        raise CheckpointError(f"trusted_factory must be 'package.module:function' text or None, not {trusted_factory!r}.")
     path = Path(path)
     if bioimageio.is_package(path):
         return bioimageio.import_package(path, trusted_factory)

@@ -103,6 +103,18 @@ def same_run(record: dict[str, Any], other: dict[str, Any]) -> list[str]:
     return differences
 
 
+def setting_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Each setting that differs between two (nested) settings dicts, as ``name: old → new`` (``--resume``
+    refusals name them instead of saying only 'the settings differ')."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines = []
+        for key in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            lines += setting_differences(old.get(key, "(absent)"), new.get(key, "(absent)"), name)
+        return lines
+    return [] if old == new else [f"{prefix or 'settings'}: {old!r} → {new!r}"]
+
+
 def describe(record: dict[str, Any] | None) -> str:
     """One line for a GUI or a log: which checkpoint made the table, when, and whether the run completed."""
     if not record:

@@ -175,10 +175,23 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str = "gradcamo"
 
     from napari_gradcamo.io.atomic import write_group
 
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"table must be a pandas DataFrame (e.g. run_audit(...).table), not {type(table).__name__}.")
+    if not isinstance(stem, str) or not stem or stem in (".", "..") or Path(stem).name != stem or "\\" in stem \
+            or "\0" in stem:
+        raise ValueError(f"stem {stem!r} must be a plain file name (no folder, no '..'), e.g. 'gradcamo'; choose the "
+                         "folder with out_dir.")
+    if record is not None and not isinstance(record, dict):
+        raise ValueError(f"record must be a run record (a dict, e.g. run_audit(...).record) or None, not "
+                         f"{type(record).__name__}.")
+    try:
+        arrow = pa.Table.from_pandas(table, preserve_index=False)
+    except (pa.ArrowException, TypeError, ValueError) as error:
+        raise ValueError(f"The table cannot be stored as Parquet ({type(error).__name__}: {error}); give each column "
+                         "one type (e.g. table[column].astype(str)).") from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv, parquet, record_path = table_paths(out_dir, stem)
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
     writers = [(csv, lambda p: table.to_csv(p, index=False))]
     if record is not None:
         text = json.dumps(record, indent=2, default=str)

@@ -131,8 +131,12 @@ def write_field(out: Path, task: FieldTask, fingerprint: str, run: str, table: p
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
+    import io
+
+    buffer = io.BytesIO()  # built in memory: a full disk fails the plain write below, not numpy's zip writer
+    np.savez(buffer, **arrays)  # (whose half-closed ZipFile printed "Exception ignored … Traceback")
     with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
+        handle.write(buffer.getbuffer())
 
 
 def write_failure(out: Path, task: FieldTask, fingerprint: str, run: str, reason: str) -> Path:

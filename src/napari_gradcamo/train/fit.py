@@ -243,7 +243,12 @@ def _restore(run: _Run, out: Path | None, config: TrainConfig) -> None:
     fixed = [k for k in config_dict if k not in ("epochs", "device", "patience")
              and saved_config.get(k, defaults[k]) != config_dict[k]]
     if fixed:
-        raise ValueError(f"Cannot resume: the training settings {fixed} differ from the interrupted run's.")
+        from napari_gradcamo.output.provenance import setting_differences
+
+        details = setting_differences({k: saved_config.get(k, "(absent)") for k in fixed},
+                                      json.loads(json.dumps({k: config_dict[k] for k in fixed}, default=str)))
+        raise ValueError(f"Cannot resume: the training settings differ from the interrupted run's "
+                         f"({'; '.join(details)}); give the same options as before, or train again without --resume.")
     if saved["split"] != run.split_record:
         raise ValueError("Cannot resume: the crops or wells differ from the interrupted run's (its split differs).")
     if config.epochs != saved_config["epochs"]:
