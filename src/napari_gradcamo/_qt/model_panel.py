@@ -282,7 +282,9 @@ def mapping_problem(model_names, image_names, chosen) -> str:
         problems.append(f"no image channel chosen for {', '.join(missing)}")
     for v in sorted({v for v in chosen if v is not None and chosen.count(v) > 1}):
         users = [m for m, c in zip(model_names, chosen) if c == v]
-        problems.append(f"{' and '.join(users)} both read image channel {v}: {image_names[v]}")
+        count = {2: "two", 3: "three"}.get(len(users), str(len(users)))
+        problems.append(f"image channel {v}: {image_names[v]} is used for {count} model channels "
+                        f"({' and '.join(users)})")
     if not problems:
         return ""
     same = sorted(n.lower() for n in model_names) == sorted(n.lower() for n in image_names)
