@@ -239,26 +239,58 @@ class AuditEditsMixin:
             self.save_results(folder)
 
     def save_results(self, folder) -> bool:
-        """Write image, masks, maps and table to a new results folder (see :mod:`napari_gradcamo.output.results_folder`)."""
-        from napari_gradcamo.output.results_folder import ResultsFolder, ResultsFolderError, write_results_folder
+        """Write image, masks, maps and table to a new results folder (see :mod:`napari_gradcamo.output.results_folder`).
+
+        Only the references are gathered here; stacking the stains and writing the files (seconds for a
+        real-sized field) run in the panel's worker, with progress. Returns False with the reason shown when
+        the save cannot start; True when it started (when jobs run synchronously: when it succeeded)."""
+        from napari_gradcamo.output.results_folder import ResultsFolderError
 
         layer = self.labels_layer
         try:
             if layer is None:
                 raise ImageError("Choose the Labels layer first.")
-            image = self.picker.image()
-            rule = self.results.flag_rule()
-            saved = ResultsFolder(image.data, list(image.channel_names), tuple(image.voxel_size),
-                                  np.asarray(L.labels_volume(layer)), self.features(layer), dict(self.cams(layer)),
-                                  self.model_panel.model_name, layer.metadata.get(RUN_RECORD_KEY),
-                                  {"on": rule.on, "threshold": rule.threshold})
-            path = write_results_folder(folder, saved)
-        except (ImageError, ResultsFolderError, OSError) as error:
+            if self.busy:
+                raise ImageError("An audit or export is running; save when it has finished.")
+            image_layers = self.picker.layers()
+            if not image_layers:
+                raise ImageError("No image layer is selected; tick the layers that hold the stains.")
+            if Path(folder).exists():
+                raise ResultsFolderError(f"{folder} exists; choose a new folder name or allow overwriting it.")
+        except (ImageError, ResultsFolderError) as error:
             self.panel.end(f"Not saved: {error}", error=True)
             return False
+        rule = self.results.flag_rule()
+        args = (folder, image_layers, L.labels_volume(layer), self.features(layer), dict(self.cams(layer)),
+                self.model_panel.model_name, layer.metadata.get(RUN_RECORD_KEY),
+                {"on": rule.on, "threshold": rule.threshold})
+        self._save_ok = None
+        self._refresh_buttons(running=True)
+        self.panel.start(f"Saving the audit to {folder}…", _save_job, *args,
+                         on_return=self._on_saved, on_error=self._on_save_error,
+                         on_finished=lambda: self._refresh_buttons(running=False))
+        return self._save_ok is not False if not self.synchronous else bool(self._save_ok)
+
+    @guarded
+    def _on_saved(self, path) -> None:
+        if path is None:
+            self._save_ok = False
+            self.panel.end("Save cancelled: nothing was written.")
+            return
+        self._save_ok = True
         self.unsaved = False
-        self.panel.say(f"Audit saved to {path} (File > Open… that folder brings it back).")
-        return True
+        self.panel.end(f"Audit saved to {path} (File > Open… that folder brings it back).")
+
+    @guarded
+    def _on_save_error(self, error) -> None:
+        from napari_gradcamo._qt.panel import first_line
+        from napari_gradcamo.progress import Cancelled
+
+        self._save_ok = False
+        if isinstance(error, Cancelled):
+            self.panel.end("Save cancelled: nothing was written.")
+            return
+        self.panel.end(f"Not saved: {first_line(error)}", error=True)
 
     def autosave(self) -> Path | None:
         """Save an audit that was not saved to a new folder under :func:`autosave_root` (napari is closing);
@@ -268,8 +300,13 @@ class AuditEditsMixin:
             return None
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", layer.name).strip("_") or "audit"
         folder = autosave_root() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if not self.save_results(folder):
-            return None
+        # napari is closing: this save cannot wait for a worker (the one save that holds the main thread)
+        was, self.panel.synchronous = self.panel.synchronous, True
+        try:
+            if not self.save_results(folder):
+                return None
+        finally:
+            self.panel.synchronous = was
         from napari.utils.notifications import show_info
 
         show_info(f"The unsaved audit was saved to {folder} (File > Open… that folder brings it back).")
@@ -352,3 +389,21 @@ def _export_job(folder, image, labels, table, cams, crop_shape, overwrite, run_r
 
     return (yield from iter_export_flagged(folder, image, labels, table, cams, crop_shape, overwrite=overwrite,
                                            run_record=run_record, flag_rule=rule, cancel=cancel))
+
+
+def _save_job(folder, image_layers, labels, table, cams, model_name, run_record, rule, cancel):
+    """Worker body of Save audit…: stack the stains, copy the masks, write the folder (atomically)."""
+    from napari_gradcamo.output.results_folder import ResultsFolder, write_results_folder
+    from napari_gradcamo.progress import check
+
+    yield (0, 3, "Saving: gathering the stains…")
+    image = L.image_from_layers(image_layers)
+    masks = np.array(labels, copy=True)
+    check(cancel, "the save")
+    yield (1, 3, f"Saving: writing {image.data.nbytes / 1e6:.0f} MB of image, the masks, "
+                 f"{len(cams)} map(s) and the table…")
+    saved = ResultsFolder(image.data, list(image.channel_names), tuple(image.voxel_size), masks, table, cams,
+                          model_name, run_record, rule)
+    path = write_results_folder(folder, saved)
+    yield (3, 3, "")
+    return path

@@ -120,6 +120,8 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         splitter.addWidget(lower)
         splitter.setStretchFactor(0, 2)
         splitter.setStretchFactor(1, 3)
+        self.splitter, self.settings_scroll = splitter, scroll
+        self._arranged_for: str | None = None
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(splitter)
@@ -188,6 +190,27 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self._refresh_view()
         self._refresh_buttons()
         self._add_map_layer()
+        if self.model_panel.mapping_message.text():  # a channel mismatch: show the mapping boxes
+            self._arrange("settings", force=True)
+            QTimer.singleShot(0, self._show_mapping)  # once the new boxes are laid out
+
+    @guarded
+    def _show_mapping(self) -> None:
+        self.settings_scroll.widget().adjustSize()
+        self.settings_scroll.ensureWidgetVisible(self.model_panel.mapping_box, 0, 0)
+        self.settings_scroll.ensureWidgetVisible(self.model_panel.mapping_message, 0, 0)
+
+    def _arrange(self, phase: str, force: bool = False) -> None:
+        """Share the dock's height between settings and results by phase: before any cell is audited the
+        settings (data, model, channel mapping) get most of it, afterwards the results table does (on a
+        1366×768 screen both cannot be shown whole). A phase is arranged once, so a splitter the user
+        moved stays where they put it."""
+        if phase == self._arranged_for and not force:
+            return
+        self._arranged_for = phase
+        total = max(sum(self.splitter.sizes()), 1000)  # before it is shown, Qt takes the sizes as weights
+        share = 0.62 if phase == "settings" else 0.22
+        self.splitter.setSizes([int(total * share), total - int(total * share)])
 
     # ================================================================== labels layer
     @guarded
@@ -297,6 +320,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         if self.run_state is None or self.run_state.labels is not layer:
             L.set_label_colors(layer, colors)
         self.results.show_table(table, colors, self._made_by(table))
+        self._arrange("results" if (table["status"] == "audited").any() else "settings")
 
     def _label_colors(self, table: pd.DataFrame) -> dict:
         mode, column = self.results.color_choice()

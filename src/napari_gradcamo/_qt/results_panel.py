@@ -157,6 +157,7 @@ class ResultsPanel(QGroupBox):
             self.summary.setText("")
             return
         s = results.summary(table)
+        self.legend.setVisible(bool(s["cells"]))  # no colours to explain before a cell is audited: room for settings
         made_by = f" · model {model_name}" if model_name else ""
         if s["cells"]:
             self.summary.setText(

@@ -13,6 +13,26 @@ class SegmentationError(ValueError):
     """Segmentation cannot run with these settings or this model; the message says how to fix it."""
 
 
+def _load_failure(path: Path, exc: Exception) -> str:
+    """What is wrong with a file ``torch.load(weights_only=True)`` refused, in a user's words. torch's own
+    message is not passed on: for a pickle that holds code it advises loading with ``weights_only=False``,
+    which would run that code (never to be done with a file one does not trust)."""
+    import pickle
+
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return "it cannot be read."
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in text:
+        return ("it holds Python objects besides network weights (a pickled model or code), so it was not "
+                "loaded: loading it could run that code.")
+    if size == 0:
+        return "the file is empty."
+    return (f"it is not a PyTorch weights file ({size:,} bytes that torch cannot read as a state dict; "
+            "it may be damaged, cut short or another kind of file).")
+
+
 def load_state_dict(path: Path, version: int, hint: str, **load_kwargs) -> dict:
     """A cellpose model file's weights, loaded without unpickling code (``weights_only``); a file that is not
     a state dict raises :class:`SegmentationError` with ``hint`` (how to get a good one)."""
@@ -21,9 +41,8 @@ def load_state_dict(path: Path, version: int, hint: str, **load_kwargs) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, **load_kwargs)
     except Exception as exc:
-        raise SegmentationError(
-            f"{path} is not a loadable cellpose-{version} model file ({type(exc).__name__}: {exc}). {hint}"
-        ) from exc
+        raise SegmentationError(f"{path} is not a cellpose-{version} model file: {_load_failure(path, exc)} "
+                                f"{hint}") from exc
     if not isinstance(state, dict):
         raise SegmentationError(f"{path} does not hold a state dict of network weights.")
     return state
