@@ -81,3 +81,18 @@ def test_mine_has_an_interval_and_is_not_shown_on_too_few_cells():
     metrics, _ = profile_metrics(profiles, profiles + rng.normal(size=(n, 4)), classes, wells, k=5, mine=True)
     assert metrics["mine_nats"] is None and metrics["mine_low"] is None
     assert str(MINE_MIN_CELLS) in metrics["mine_note"]
+
+
+def test_the_reference_pca_of_many_crops_is_fitted_on_a_sample_and_applied_to_all():
+    from napari_gradcamo.profiles.metrics import pca_reference
+
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(3, 2 * 4 * 6 * 6))
+    crops = (rng.normal(size=(900, 3)) @ basis + 0.05 * rng.normal(size=(900, 288))).reshape(900, 2, 4, 6, 6)
+    full = pca_reference(crops, n_components=3)
+    sampled = pca_reference(crops, n_components=3, fit_cells=300)
+    assert sampled.shape == full.shape == (900, 3)
+    # the same 3-dimensional space up to a rotation: each projects onto the other almost entirely
+    q_full, _ = np.linalg.qr(full - full.mean(0))
+    q_sampled, _ = np.linalg.qr(sampled - sampled.mean(0))
+    assert np.linalg.svd(q_full.T @ q_sampled, compute_uv=False).min() > 0.99

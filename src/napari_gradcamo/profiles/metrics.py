@@ -353,14 +353,34 @@ def _leading_components(x: np.ndarray, n: int, seed: int) -> np.ndarray:
     return x if x.shape[1] <= n else PCA(n, random_state=seed).fit_transform(x)
 
 
-def pca_reference(crops: np.ndarray, n_components: int = 50, seed: int = 0) -> np.ndarray:
-    """The reference space for neighbourhood preservation: crops flattened, standardised per voxel, PCA."""
+#: The reference PCA is fitted on at most this many crops (then applied to every crop in batches).
+PCA_FIT_CELLS = 5000
+
+
+def pca_reference(crops: np.ndarray, n_components: int = 50, seed: int = 0, fit_cells: int = PCA_FIT_CELLS
+                  ) -> np.ndarray:
+    """The reference space for neighbourhood preservation: crops flattened, standardised per voxel, PCA.
+
+    Up to ``fit_cells`` crops, every crop is used (as before); beyond, the standardisation and the PCA are fitted
+    on ``fit_cells`` randomly chosen crops and applied to all crops in batches, so memory does not grow with the
+    number of cells beyond the crops themselves (which may be a memory-mapped array)."""
     from sklearn.decomposition import PCA
 
-    flat = np.asarray(crops, np.float64).reshape(len(crops), -1)
-    flat = (flat - flat.mean(0)) / np.maximum(flat.std(0), 1e-12)
+    n_cells = len(crops)
+    rng = np.random.default_rng(seed)
+    fit_rows = np.sort(rng.choice(n_cells, fit_cells, replace=False)) if n_cells > fit_cells else np.arange(n_cells)
+    flat = np.asarray(crops[fit_rows], np.float64).reshape(len(fit_rows), -1)
+    mean, std = flat.mean(0), np.maximum(flat.std(0), 1e-12)
     n = int(min(n_components, len(flat) - 1, flat.shape[1]))
-    return PCA(n, random_state=seed, svd_solver="randomized").fit_transform(flat)
+    pca = PCA(n, random_state=seed, svd_solver="randomized")
+    fitted = pca.fit_transform((flat - mean) / std)
+    if n_cells <= fit_cells:
+        return fitted
+    out = np.empty((n_cells, n), np.float64)
+    for start in range(0, n_cells, 4096):
+        batch = np.asarray(crops[start:start + 4096], np.float64).reshape(-1, flat.shape[1])
+        out[start:start + len(batch)] = pca.transform((batch - mean) / std)
+    return out
 
 
 def profile_metrics(profiles: np.ndarray, reference: np.ndarray, classes: Sequence, wells: Sequence, *,
