@@ -59,7 +59,7 @@ class VirtualStainModel:
             "classifier": None if self.classifier_config is None else config_to_dict(self.classifier_config),
             "schedule": {"num_train_timesteps": self.schedule.num_train_timesteps,
                          "beta_start": self.schedule.beta_start, "beta_end": self.schedule.beta_end},
-            "scaling": {"low": self.scaling.low, "high": self.scaling.high},
+            "scaling": self.scaling.to_dict(),
             "stain_names": list(self.stain_names), "class_names": list(self.class_names),
             "defocus_um": list(self.defocus_um), "training": self.training,
         }

@@ -167,7 +167,7 @@ def evaluate_model(model: VirtualStainModel, crops: CellCrops, *, guidance_scale
     if model.labelled:
         conditions["label"] = {"classes": crops.classes}
     if model.classifier is not None:
-        for s in guidance_scales:
+        for s in (s for s in guidance_scales if float(s) != 0.0):  # scale 0 is the unguided row already there
             conditions[f"cg{s:g}"] = dict(conditions.get("label", {}), guidance_scale=float(s),
                                           guidance_classes=crops.classes, classifier=model.classifier)
     n = len(crops.classes)
@@ -177,6 +177,7 @@ def evaluate_model(model: VirtualStainModel, crops: CellCrops, *, guidance_scale
         started = time.perf_counter()
         pred = sample(model.unet, model.schedule, crops.brightfield, steps=steps, seed=seed, device=device,
                       prediction=model.unet_config.prediction, cancel=cancel, **kwargs)
+        pred = model.scaling.clip_model(pred)  # within the training stains' range, as predict_image gives it
         row = {"condition": name, "sample_seconds_per_image": (time.perf_counter() - started) / n, "n_images": n}
         outputs[name] = pred
         row.update(evaluate_predictions(pred, crops.stains, crops.cell_masks, crops.classes, crops.fields))
