@@ -32,8 +32,8 @@ _EXPORTS = {
     "judge": "napari_gradcamo.audit.verdict",
     "judge_fields": "napari_gradcamo.audit.verdict",
     "VerdictReport": "napari_gradcamo.audit.verdict",
-    "write_table": "napari_gradcamo.audit.results",
-    "export_flagged": "napari_gradcamo.io.export",
+    "write_table": "napari_gradcamo.output.results",
+    "export_flagged": "napari_gradcamo.output.export",
     "CancelToken": "napari_gradcamo.progress",
 }
 

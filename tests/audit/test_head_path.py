@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from napari_gradcamo.audit.layer_sweep import candidate_layers, run_sweep
-from napari_gradcamo.audit.layers import LayerError, check_target_layer, list_target_layers
 from napari_gradcamo.audit.occlusion import background_levels, occluded_copies
 from napari_gradcamo.audit.run import AuditSettings, run_audit
 from napari_gradcamo.audit.sanity import check_image
 from napari_gradcamo.crops.extract import cell_table, extract_crop
 from napari_gradcamo.models.architectures import build_model
 from napari_gradcamo.models.checkpoint import normalize_crops
+from napari_gradcamo.models.layers import LayerError, check_target_layer, list_target_layers
 from napari_gradcamo.models.metadata import ModelBundle, ModelMetadata
 from napari_gradcamo.synthetic.generator import STAINS, generate_field
 

@@ -9,10 +9,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from napari_gradcamo.audit import results
 from napari_gradcamo.audit.batch import BatchCrops, score_batch
 from napari_gradcamo.audit.cam import CamEngine
 from napari_gradcamo.audit.scoring import ZERO_MAP_REASON
+from napari_gradcamo.output import results
 
 
 class SquareMean(nn.Module):

@@ -100,17 +100,9 @@ def test_file_kwargs_reach_builtins_only_when_documented_and_typed(tmp_path, cap
     assert_refused(code, err, phrase)
 
 
-def raising_factory(in_channels, num_classes):
-    raise RuntimeError("factory refuses")
-
-
-def not_a_module_factory(in_channels, num_classes):
-    return "a string"
-
-
 @pytest.mark.parametrize("factory, phrase", [
-    ("test_bad_inputs:raising_factory", "failed (RuntimeError: factory refuses"),
-    ("test_bad_inputs:not_a_module_factory", "not a torch.nn.Module"),
+    ("bad_inputs_common:raising_factory", "failed (RuntimeError: factory refuses"),
+    ("bad_inputs_common:not_a_module_factory", "not a torch.nn.Module"),
     ("analytic_models:no_such_function", "Cannot import model factory"),
 ])
 def test_a_trusted_factory_that_fails_is_a_checkpoint_error(tmp_path, factory, phrase):
@@ -357,7 +349,7 @@ def test_non_finite_model_outputs_give_nan_and_a_reason(data, tmp_path, capsys):
 
 
 def test_run_record_of_in_memory_data_says_so():
-    from napari_gradcamo.audit.provenance import start_record
+    from napari_gradcamo.output.provenance import start_record
 
     record = start_record("audit", "honest (trained)", {}, {"image": "", "layer": "nuclei"}, {})
     assert record["checkpoint"]["note"].startswith("not a file") and "sha256" not in record["checkpoint"]

@@ -11,12 +11,12 @@ from typing import Sequence
 
 import numpy as np
 
-from napari_gradcamo.audit import results
 from napari_gradcamo.audit.cam import CamEngine, upsample
 from napari_gradcamo.audit.occlusion import occlusion_drops
 from napari_gradcamo.audit.scoring import ZERO_MAP_REASON, Score, inside_image_mask, score_cam
 from napari_gradcamo.crops.resample import mask_outside_cell, resample_crops
 from napari_gradcamo.models.checkpoint import normalize_crops
+from napari_gradcamo.output import results
 
 #: Scores of a cell whose model output (probabilities or map) is NaN/Inf: undefined, with the reason.
 NON_FINITE_SCORES = {"gradcamo": float("nan"), "lift": float("nan"), "normalised": float("nan"),

@@ -8,11 +8,13 @@ output is re-rooted (so the backward pass stops there), and each method's raw ma
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import numpy as np
 
-from napari_gradcamo.audit.layers import model_spatial_dims
+from napari_gradcamo.crops.maps import upsample  # noqa: F401  (the audit's modules import it from here)
+from napari_gradcamo.models.layers import model_spatial_dims
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "eigencam")
 #: Tried in this order, from the same activations and gradients (no extra pass), on a crop whose map is
@@ -61,6 +63,28 @@ def pick_device(device: str | None = "auto"):
     return torch.device(device)
 
 
+#: ``precision`` settings of the audit: fp32 (exact), bf16 (CPUs with AMX/AVX512-BF16, CUDA), fp16 (CUDA).
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def autocast_dtype(precision: str, device):
+    """The autocast dtype for ``precision`` on ``device`` (None for fp32); refuses fp16 off CUDA.
+
+    Reduced precision changes every score a little: ``benchmarks/precision.py`` measures by how much
+    against fp32 (median and maximum absolute change) on the demo field and a real-sized one.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device; on a CPU use bf16 (fast on CPUs with AMX or "
+                         "AVX512-BF16) or fp32.")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
 def get_module(model, name: str):
     try:
         return model.get_submodule(name)
@@ -85,13 +109,15 @@ class CamEngine:
     #: every map was zero).
     fallback_methods: tuple[str, ...] = FALLBACK_METHODS
 
-    def __init__(self, model, target_layer: str, method: str = "gradcam", device=None, head: str = "softmax"):
+    def __init__(self, model, target_layer: str, method: str = "gradcam", device=None, head: str = "softmax",
+                 precision: str = "fp32"):
         self.model = model
         self.target_layer = target_layer
         self.method = method
         self.head = head
         self.spatial_dims = model_spatial_dims(model)
         self.device = pick_device(device)
+        self.autocast_dtype = autocast_dtype(precision, self.device)
         self._cam = None
         self._handles = []
         self._grad_flags: list[bool] = []
@@ -157,8 +183,12 @@ class CamEngine:
         if self.spatial_dims == 2:
             x = x.permute(0, 2, 1, 3, 4).reshape(n * planes, x.shape[1], *x.shape[3:])
         x = self._in_layout(x)
+        cast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+                else contextlib.nullcontext())
         with torch.enable_grad():
-            logits = cam.activations_and_grads(x)
+            with cast:  # reduced precision for the layers' arithmetic only; maps and scores stay float32
+                logits = cam.activations_and_grads(x)
+            logits = logits.float()
             probs = probabilities(self.head, logits)
             if self.spatial_dims == 2:
                 probs = probs.reshape(n, planes, -1).mean(axis=1)
@@ -286,13 +316,3 @@ class _SplitLayout:
 
 def _own_tensors(module) -> list:
     return list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
-
-
-def upsample(raw: np.ndarray, crop_shape: Sequence[int]) -> np.ndarray:
-    """Trilinear upsampling of raw maps (B, z', y', x') to the crop grid (B, z, y, x), kept ≥ 0."""
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.as_tensor(raw, dtype=torch.float32)[:, None]
-    out = F.interpolate(t, size=tuple(int(s) for s in crop_shape), mode="trilinear", align_corners=False)
-    return out[:, 0].clamp_min_(0.0).numpy()

@@ -21,15 +21,15 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit import results
 from napari_gradcamo.audit.batch import ScoredBatch, batch_of
 from napari_gradcamo.audit.cam import cam_class, get_module, pick_device, upsample
-from napari_gradcamo.audit.layers import all_module_outputs, check_target_layer, model_spatial_dims
 from napari_gradcamo.audit.occlusion import background_levels, occlusion_drops
 from napari_gradcamo.audit.run import AuditSettings, cell_rows, prepare, resolve_target_class
 from napari_gradcamo.audit.scoring import inside_image_mask, score_cam
 from napari_gradcamo.crops.extract import extract_crop
 from napari_gradcamo.models.checkpoint import normalize_crops
+from napari_gradcamo.models.layers import all_module_outputs, check_target_layer, model_spatial_dims
+from napari_gradcamo.output import results
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
 
 #: Share of a crop's voxels hidden per layer by :func:`choose_layer`.
@@ -241,7 +241,7 @@ def run_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None = 
 
 
 def sweep_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """:func:`~napari_gradcamo.audit.results.summary` per layer: one row each."""
+    """:func:`~napari_gradcamo.output.results.summary` per layer: one row each."""
     return pd.DataFrame([{"layer": name, **results.summary(t)} for name, t in tables.items()])
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit import provenance, results
 from napari_gradcamo.cli._common import (
     add_audit_options,
     add_segmentation_options,
@@ -23,6 +22,7 @@ from napari_gradcamo.cli._common import (
     segmentation_settings,
 )
 from napari_gradcamo.io.atomic import OutputError
+from napari_gradcamo.output import provenance, results
 
 
 def cmd_audit(args) -> int:
@@ -135,7 +135,12 @@ def _previous_rows(parquet: Path, record: dict) -> pd.DataFrame:
     """The finished rows of the interrupted run to continue; refuse when there is none or it differs."""
     if not parquet.exists():
         raise OutputError(f"Nothing to resume: {parquet} does not exist. Run without --resume.")
-    previous = results.read_run_record(parquet)
+    unreadable = (f"Cannot resume: {parquet} is damaged or truncated ({{}}); delete it and rerun without --resume, "
+                  "or start again with --overwrite.")
+    try:
+        previous = results.read_run_record(parquet)
+    except Exception as error:  # pyarrow's ArrowInvalid ("Parquet magic bytes not found"), bad JSON, …
+        raise OutputError(unreadable.format(f"{type(error).__name__}: {error}")) from None
     if previous is None:
         raise OutputError(f"Cannot resume: {parquet.name} has no run record; run again with --overwrite.")
     if previous.get("completed"):
@@ -143,9 +148,15 @@ def _previous_rows(parquet: Path, record: dict) -> pd.DataFrame:
                           "Use --overwrite to audit again.")
     differs = provenance.same_run(previous, record)
     if differs:
-        raise OutputError(f"Cannot resume: the {', '.join(differs)} differ from the interrupted run's; "
-                          "run the same command as before, or start again with --overwrite.")
-    return pd.read_parquet(parquet)
+        details = provenance.setting_differences(json.loads(json.dumps(previous.get("settings"), default=str)),
+                                                 json.loads(json.dumps(record.get("settings"), default=str)))
+        raise OutputError(f"Cannot resume: the {', '.join(differs)} differ from the interrupted run's"
+                          f"{' (' + '; '.join(details) + ')' if details else ''}; run the same command as before, "
+                          "or start again with --overwrite.")
+    try:
+        return pd.read_parquet(parquet)
+    except Exception as error:
+        raise OutputError(unreadable.format(f"{type(error).__name__}: {error}")) from None
 
 
 def _verdict(args, image, labels, bundle, settings):
@@ -183,8 +194,8 @@ def _sanity(args, image, labels, bundle, path: Path) -> dict:
 
 
 def cmd_layers(args) -> int:
-    from napari_gradcamo.audit.layers import default_target_layer, layer_tree, list_target_layers
     from napari_gradcamo.models.checkpoint import load_checkpoint
+    from napari_gradcamo.models.layers import default_target_layer, layer_tree, list_target_layers
 
     bundle = load_checkpoint(args.model, trusted_factory=args.trust_factory)
     meta = bundle.metadata
@@ -223,7 +234,7 @@ def register(sub) -> None:
                         "sample of cells; see docs/interpreting-scores.md)")
     p.add_argument("--verdict-sample", type=positive_int, default=48, metavar="N",
                    help="cells the verdict samples (default 48); '--layer auto' audits at the verdict's layer")
-    p.set_defaults(func=cmd_audit)
+    p.set_defaults(func=cmd_audit, lock_folder="out")
 
 
     p = sub.add_parser("layers", help="list a model's candidate target layers (any depth) as a tree with output shapes")

@@ -81,4 +81,4 @@ def register(sub) -> None:
     g.add_argument("--mine", action="store_true", help="also estimate MINE mutual information (slower)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing metrics.json")
     add_cache_options(p)
-    p.set_defaults(func=cmd_profile)
+    p.set_defaults(func=cmd_profile, lock_folder="out")

@@ -9,10 +9,10 @@ from napari_gradcamo.cli._common import add_audit_options, add_trust_option, aud
 
 
 def cmd_sweep(args) -> int:
-    from napari_gradcamo.audit import results
     from napari_gradcamo.audit.layer_sweep import plot_sweep, run_sweep, sweep_summary
     from napari_gradcamo.io.images import read_image, read_labels
     from napari_gradcamo.models.checkpoint import load_checkpoint
+    from napari_gradcamo.output import results
 
     names = args.channel_names.split(",") if args.channel_names else None
     image = read_image(args.image, axes=args.axes, channel_names=names, voxel_size=args.voxel_size)
@@ -59,4 +59,4 @@ def register(sub) -> None:
     p.add_argument("--channel-names", default=None, help="comma-separated channel names")
     p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"))
     add_audit_options(p)
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=cmd_sweep, lock_folder="out")

@@ -80,7 +80,7 @@ def open_image(path: str | Path, axes: str | None = None, channel_names: Sequenc
         if "plate" in ome_zarr.ome_attrs(group):
             raise ImageError(f"{path} is an HCS plate; open one field (e.g. {path}/B/02/0) or run 'gradcamo plate'.")
         level0 = ome_zarr.read_multiscale(group, str(path))
-        array, file_axes, file_voxel, names = da.from_zarr(level0.array), level0.axes, level0.voxel_size, level0.channel_names
+        array, file_axes, file_voxel, names = level0.dask(), level0.axes, level0.voxel_size, level0.channel_names
     elif path.suffix.lower() in TIFF_SUFFIXES:
         import tifffile
         import zarr

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_gradcamo.io.atomic import temp_file
 from napari_gradcamo.progress import Steps, drain
 from napari_gradcamo.virtual_stain.data import StainScaling, normalise_brightfield
 from napari_gradcamo.virtual_stain.diffusion import Schedule, iter_sample
@@ -23,8 +23,10 @@ from napari_gradcamo.virtual_stain.model import (
     UNetConfig,
     VirtualStainError,
     build_unet,
+    check_names,
     config_from_dict,
     config_to_dict,
+    non_finite_weights,
 )
 
 HEADER_KEY = "napari_gradcamo_virtual_stain"
@@ -57,7 +59,7 @@ class VirtualStainModel:
             "classifier": None if self.classifier_config is None else config_to_dict(self.classifier_config),
             "schedule": {"num_train_timesteps": self.schedule.num_train_timesteps,
                          "beta_start": self.schedule.beta_start, "beta_end": self.schedule.beta_end},
-            "scaling": {"low": self.scaling.low, "high": self.scaling.high},
+            "scaling": self.scaling.to_dict(),
             "stain_names": list(self.stain_names), "class_names": list(self.class_names),
             "defocus_um": list(self.defocus_um), "training": self.training,
         }
@@ -82,13 +84,19 @@ class VirtualStainModel:
         pad = ((0, 0), (0, -h % depth), (0, -w % depth))
         bf = np.pad(bf, pad, mode="reflect")
         klass = self._check_class(klass)
+        if sampler not in ("ddim", "ddpm"):
+            raise VirtualStainError(f"sampler {sampler!r} must be 'ddim' or 'ddpm'.")
         if guidance_scale and klass is None:
             raise VirtualStainError("classifier guidance needs a class: pick one or set the guidance scale to 0.")
         out = yield from iter_sample(
             self.unet, self.schedule, bf[None], classes=[klass], classifier=self.classifier,
             guidance_scale=guidance_scale, guidance_classes=None if klass is None else [klass], sampler=sampler,
             steps=steps, seed=seed, device=device, prediction=self.unet_config.prediction, cancel=cancel)
-        return self.scaling.to_camera(out[0, :, :h, :w])
+        stains = self.scaling.to_camera(out[0, :, :h, :w])
+        if not np.isfinite(stains).all():
+            raise VirtualStainError("the prediction holds NaN or inf (the model's weights or the brightfield image "
+                                    "are not usable); nothing was written. Retrain the model or check the image.")
+        return stains
 
     def _check_class(self, klass):
         if klass is None:
@@ -111,8 +119,7 @@ def save_model(path: str | Path, model: VirtualStainModel, *, overwrite: bool = 
     state = {f"unet.{k}": v.detach().contiguous().cpu() for k, v in model.unet.state_dict().items()}
     if model.classifier is not None:
         state.update({f"classifier.{k}": v.detach().contiguous().cpu() for k, v in model.classifier.state_dict().items()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = str(temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         save_file(state, tmp, metadata={HEADER_KEY: json.dumps(model.metadata())})
         os.replace(tmp, path)
@@ -123,9 +130,9 @@ def save_model(path: str | Path, model: VirtualStainModel, *, overwrite: bool = 
 
 
 def _names(value, what: str) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list):
         raise VirtualStainError(f"{what} must be a non-empty list of names, got {value!r}.")
-    return value
+    return check_names(value, what)
 
 
 def load_model(path: str | Path) -> VirtualStainModel:
@@ -143,10 +150,9 @@ def load_model(path: str | Path) -> VirtualStainModel:
         raise VirtualStainError(f"{path.name} is not a readable safetensors file ({error}).") from error
     if header is None:
         raise VirtualStainError(f"{path.name} holds no virtual-stain metadata; it is not a virtual-stain model.")
-    try:
-        meta = json.loads(header)
-    except json.JSONDecodeError as error:
-        raise VirtualStainError(f"{path.name}: its metadata is not valid JSON ({error}).") from error
+    from napari_gradcamo.io.limits import loads_json
+
+    meta = loads_json(header, f"{path.name}: its metadata", VirtualStainError)
     if not isinstance(meta, dict) or meta.get("kind") != "virtual_stain" or meta.get("format_version") != FORMAT_VERSION:
         raise VirtualStainError(f"{path.name}: not a version-{FORMAT_VERSION} virtual-stain checkpoint.")
     unet_config = config_from_dict(UNetConfig, meta.get("unet"), "metadata 'unet'")
@@ -160,15 +166,56 @@ def load_model(path: str | Path) -> VirtualStainModel:
     defocus = meta.get("defocus_um")
     if not isinstance(defocus, list) or len(defocus) != unet_config.condition_channels:
         raise VirtualStainError(f"defocus_um must list one value per brightfield plane, got {defocus!r}.")
+    _check_size(unet_config, classifier_config, state, path)
     unet = build_unet(unet_config)
     classifier = NoisyClassifier(classifier_config) if classifier_config is not None else None
     _load_state(unet, state, "unet.", path)
     if classifier is not None:
         _load_state(classifier, state, "classifier.", path)
+    for module, what in ((unet, "U-Net"), (classifier, "guidance classifier")):
+        bad = non_finite_weights(module) if module is not None else []
+        if bad:
+            raise VirtualStainError(f"{path.name}: the {what}'s weights {bad[:3]} hold NaN or inf (a diverged "
+                                    "training or a damaged file): every prediction would be NaN. Retrain the model.")
     training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
     return VirtualStainModel(
         unet.eval(), unet_config, Schedule.from_dict(meta.get("schedule")), StainScaling.from_dict(meta.get("scaling")),
         stain_names, class_names, [float(d) for d in defocus], classifier, classifier_config, training)
+
+
+#: Bounds on a U-Net a checkpoint may declare (the paper's has 4 levels): deeper is not a model this program wrote.
+MAX_LEVELS, MAX_LAYERS_PER_BLOCK = 8, 8
+
+
+def _check_size(unet_config: UNetConfig, classifier_config, state: dict, path: Path) -> None:
+    """Before a network is built: its declared size fits in memory and its parameters are the file's.
+
+    The networks are built on torch's ``meta`` device (shapes only, nothing allocated); a checkpoint whose
+    metadata declares widths that would need 160 GB is refused here instead of being allocated."""
+    import torch
+
+    from napari_gradcamo.io.limits import check_allocation
+
+    for config, what in ((unet_config, "unet"), (classifier_config, "classifier")):
+        if config is not None and len(config.widths) > MAX_LEVELS:
+            raise VirtualStainError(f"{path.name}: metadata '{what}' declares {len(config.widths)} levels (at most "
+                                    f"{MAX_LEVELS}); the file is damaged or not a virtual-stain model.")
+    if unet_config.layers_per_block > MAX_LAYERS_PER_BLOCK:
+        raise VirtualStainError(f"{path.name}: layers_per_block {unet_config.layers_per_block} (at most "
+                                f"{MAX_LAYERS_PER_BLOCK}); the file is damaged or not a virtual-stain model.")
+    with torch.device("meta"):
+        shapes = {f"unet.{k}": (tuple(v.shape), v.dtype) for k, v in build_unet(unet_config).state_dict().items()}
+        if classifier_config is not None:
+            shapes.update({f"classifier.{k}": (tuple(v.shape), v.dtype)
+                           for k, v in NoisyClassifier(classifier_config).state_dict().items()})
+    total = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in shapes.values())
+    check_allocation(total, f"{path.name}: the network its metadata declares", VirtualStainError,
+                     "the file is damaged or was made for a larger machine")
+    for name, (shape, _) in shapes.items():
+        if name not in state or tuple(state[name].shape) != shape:
+            found = tuple(state[name].shape) if name in state else "nothing"
+            raise VirtualStainError(f"{path.name}: the metadata declares {name} of shape {shape}, the file holds "
+                                    f"{found}; the weights do not fit their metadata (a damaged or edited file).")
 
 
 def _load_state(module, state: dict, prefix: str, path: Path) -> None:

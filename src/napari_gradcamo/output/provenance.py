@@ -1,7 +1,7 @@
 """The run record: which checkpoint, image, masks and settings made a results table, and whether it finished.
 
 Written as ``<table>.run.json`` beside the table and into the Parquet file's metadata
-(:func:`napari_gradcamo.audit.results.read_run_record` reads it back).
+(:func:`napari_gradcamo.output.results.read_run_record` reads it back).
 """
 
 from __future__ import annotations
@@ -101,6 +101,18 @@ def same_run(record: dict[str, Any], other: dict[str, Any]) -> list[str]:
     if record.get("settings") != other.get("settings"):
         differences.append("settings")
     return differences
+
+
+def setting_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Each setting that differs between two (nested) settings dicts, as ``name: old → new`` (``--resume``
+    refusals name them instead of saying only 'the settings differ')."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines = []
+        for key in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            lines += setting_differences(old.get(key, "(absent)"), new.get(key, "(absent)"), name)
+        return lines
+    return [] if old == new else [f"{prefix or 'settings'}: {old!r} → {new!r}"]
 
 
 def describe(record: dict[str, Any] | None) -> str:

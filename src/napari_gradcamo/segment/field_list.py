@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 REQUIRED = ("image", "class", "well")
+#: A manifest is one short row per field; a larger file is not one (and is not read whole into memory).
+MAX_MANIFEST_BYTES = 200_000_000
 CELLPOSE_COLUMNS = ("cellpose_model", "diameter", "nucleus_channel", "cyto_channel", "mode", "stitch_threshold")
 
 
@@ -43,9 +45,17 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"Manifest {path} does not exist.")
+    if path.is_dir():
+        raise ManifestError(f"Manifest {path} is a folder; give the CSV file that lists the fields.")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"Manifest {path.name} is {path.stat().st_size:,} bytes (at most {MAX_MANIFEST_BYTES:,}); "
+                            "a field list is one short row per field. Give the manifest CSV, not a data file.")
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+    except pd.errors.EmptyDataError:
+        raise ManifestError(f"Manifest {path.name} is empty; it needs a header row (image,class,well) and one row "
+                            "per field.") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
         raise ManifestError(f"Manifest {path.name} is not a readable CSV file: {error}") from error
     table.columns = [c.strip().lower() for c in table.columns]
     if "label" in table.columns and "class" not in table.columns:

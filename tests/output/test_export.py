@@ -8,9 +8,9 @@ import tifffile
 from napari_gradcamo.audit import labels_features
 from napari_gradcamo.audit.run import AuditSettings, run_audit
 from napari_gradcamo.crops.extract import window
-from napari_gradcamo.io.export import ExportExistsError, export_flagged
 from napari_gradcamo.io.images import read_image
 from napari_gradcamo.models.checkpoint import load_checkpoint
+from napari_gradcamo.output.export import ExportExistsError, export_flagged
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_export_refuses_mismatched_labels(tmp_path, plugin_field, audit):
 
 
 def test_gallery_text_never_shows_a_score_equal_to_a_threshold_it_is_not():
-    from napari_gradcamo.io.export import _fmt, _panel_text
+    from napari_gradcamo.output.export import _fmt, _panel_text
 
     assert _fmt(0.146, unlike=0.15) == "0.146" and _fmt(0.1496, unlike=0.15) == "0.1496"
     assert _fmt(0.15, unlike=0.15) == "0.150" and _fmt(float("nan")) == "NaN" and _fmt(None) == "–"

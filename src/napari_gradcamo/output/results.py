@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit.scoring import SCORE_KINDS, ZERO_MAP_REASON
+#: Scores a flag threshold can be set on: column → what it means.
+SCORE_KINDS = {
+    "gradcamo": "raw Grad-CAMO: share of the attention on the cell (the paper's score; depends on cell size)",
+    "lift": "Grad-CAMO / chance: 1 = as much as a uniform map gives the cell",
+    "normalised": "(Grad-CAMO − chance) / (1 − chance): 0 = uniform map, 1 = all attention on the cell",
+}
+
+#: ``reason`` of a cell whose map is zero everywhere: evidence about the method (no positive evidence to
+#: place), not about the model — such a cell is not flagged (:func:`apply_threshold`).
+ZERO_MAP_REASON = "the Grad-CAM map is zero everywhere (no positive evidence)"
+
 
 #: Column → meaning. ``prob_<class>`` columns (one per model class) follow ``probability``.
 SCHEMA: dict[str, str] = {
@@ -90,9 +102,19 @@ def apply_threshold(table: pd.DataFrame, threshold: float, manual: pd.Series | N
                     on: str = "gradcamo") -> pd.DataFrame:
     """Set ``flagged``: the score ``on`` (gradcamo, lift or normalised) under ``threshold`` or undefined
     (audited cells only), or ``manual``. A map zero everywhere (with every fallback method) is not a flag:
-    it says the method found no evidence, not where the model looks."""
-    if on not in SCORE_KINDS:
-        raise ValueError(f"Cannot flag on '{on}'; choose one of {', '.join(SCORE_KINDS)}.")
+    it says the method found no evidence, not where the model looks. A threshold that is not a finite number
+    raises ``ValueError``."""
+    if not isinstance(on, str) or on not in SCORE_KINDS:
+        raise ValueError(f"Cannot flag on {on!r}; choose one of {', '.join(SCORE_KINDS)}.")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
+        raise ValueError(f"threshold {threshold!r} must be a finite number (a NaN threshold would flag no cell); "
+                         "e.g. 0.0 for normalised, 1.0 for lift, 0.5 for gradcamo.")
+    if not isinstance(table, pd.DataFrame) or any(c not in table for c in ("status", on)):
+        raise ValueError(f"apply_threshold needs a results table (pandas DataFrame) with 'status' and {on!r} "
+                         "columns, as run_audit returns (see napari_gradcamo.output.results.SCHEMA).")
+    if manual is not None and not isinstance(manual, pd.Series):
+        raise ValueError(f"manual must be a pandas Series of booleans indexed like the table, got "
+                         f"{type(manual).__name__}.")
     audited = table["status"] == STATUS_AUDITED
     no_evidence = table["reason"].astype(str).str.startswith(ZERO_MAP_REASON) if "reason" in table else False
     low = (table[on].isna() & ~no_evidence) | (table[on] < threshold)
@@ -118,7 +140,34 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str = "gradcamo"
                 ) -> tuple[Path, Path]:
     """Write the table as CSV and Parquet (and ``record``, the run's provenance, as JSON beside them and in
     the Parquet metadata), all from this one call: every file goes to a temporary first and all are renamed
-    into place together, so a failure (disk full, interrupt) leaves any previous files untouched."""
+    into place together, so a failure (disk full, interrupt) leaves any previous files untouched.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A results table (``AuditResult.table``).
+    out_dir : str or Path
+        The folder (created when missing).
+    stem : str
+        File name without suffix: ``<stem>.csv``, ``<stem>.parquet``, ``<stem>.run.json``.
+    record : dict, optional
+        The run record (``AuditResult.record``); read it back with :func:`read_run_record`.
+
+    Returns
+    -------
+    tuple of Path
+        The CSV and the Parquet file.
+
+    Examples
+    --------
+    >>> import pandas as pd, napari_gradcamo as ng
+    >>> table = pd.DataFrame({"label": [1, 2], "gradcamo": [0.4, 0.1]})
+    >>> csv, parquet = ng.write_table(table, "results", "field_gradcamo")
+    >>> csv.name, parquet.name
+    ('field_gradcamo.csv', 'field_gradcamo.parquet')
+    >>> pd.read_csv(csv)["gradcamo"].tolist()
+    [0.4, 0.1]
+    """
     import json
 
     import pyarrow as pa
@@ -126,10 +175,23 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str = "gradcamo"
 
     from napari_gradcamo.io.atomic import write_group
 
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"table must be a pandas DataFrame (e.g. run_audit(...).table), not {type(table).__name__}.")
+    if not isinstance(stem, str) or not stem or stem in (".", "..") or Path(stem).name != stem or "\\" in stem \
+            or "\0" in stem:
+        raise ValueError(f"stem {stem!r} must be a plain file name (no folder, no '..'), e.g. 'gradcamo'; choose the "
+                         "folder with out_dir.")
+    if record is not None and not isinstance(record, dict):
+        raise ValueError(f"record must be a run record (a dict, e.g. run_audit(...).record) or None, not "
+                         f"{type(record).__name__}.")
+    try:
+        arrow = pa.Table.from_pandas(table, preserve_index=False)
+    except (pa.ArrowException, TypeError, ValueError) as error:
+        raise ValueError(f"The table cannot be stored as Parquet ({type(error).__name__}: {error}); give each column "
+                         "one type (e.g. table[column].astype(str)).") from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv, parquet, record_path = table_paths(out_dir, stem)
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
     writers = [(csv, lambda p: table.to_csv(p, index=False))]
     if record is not None:
         text = json.dumps(record, indent=2, default=str)
@@ -173,10 +235,6 @@ def summary(table: pd.DataFrame) -> dict[str, float]:
         "flagged": int(audited["flagged"].sum()),
         "undefined": int(audited["gradcamo"].isna().sum()),
     }
-
-
-#: Columns :func:`summary_by` groups on when the table has them.
-GROUPINGS = ("image", "target_class", "predicted_class", "true_class", "well")
 
 
 def summary_by(table: pd.DataFrame, by: str) -> pd.DataFrame:

@@ -25,11 +25,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit.provenance import describe
-from napari_gradcamo.audit.results import write_table
 from napari_gradcamo.crops.extract import crop_origin, window
 from napari_gradcamo.io.atomic import write_with
 from napari_gradcamo.io.images import Image, ImageError
+from napari_gradcamo.output.provenance import describe
+from napari_gradcamo.output.results import write_table
 from napari_gradcamo.progress import CancelToken, ProgressCallback, Steps, check, drain
 
 CELLS_DIR = "cells"
@@ -88,6 +88,21 @@ def _cell_origin(row: pd.Series, cams: Mapping, crop_shape: Sequence[int]) -> tu
     return crop_origin((row["centroid_z"], row["centroid_y"], row["centroid_x"]), crop_shape)
 
 
+def _checked_crop_shape(crop_shape, n_channels: int) -> tuple[int, int, int]:
+    """``crop_shape`` as three whole numbers ≥ 1 whose cell stack fits in memory; a ValueError otherwise."""
+    from napari_gradcamo.io.limits import check_allocation, nbytes
+
+    shape = tuple(crop_shape) if isinstance(crop_shape, (tuple, list, np.ndarray)) else ()
+    if len(shape) != 3 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
+                                  for s in shape):
+        raise ValueError(f"crop_shape {crop_shape!r} must be three whole numbers z, y, x, each at least 1.")
+    shape = tuple(int(s) for s in shape)
+    # one cell's stack (stains + mask + map, float32) and its window of the image are held at once
+    check_allocation(2 * nbytes((n_channels + 2, *shape), np.float32), f"A crop of {'×'.join(map(str, shape))} "
+                     "voxels", ValueError, "pass a crop_shape near the cells' size (e.g. the model's crop)")
+    return shape
+
+
 def _cam_on_grid(cam, crop_shape: Sequence[int]) -> np.ndarray:
     if cam is None:
         return np.zeros(tuple(crop_shape), np.float32)
@@ -135,13 +150,26 @@ def _fmt(value, digits: int = 3, unlike: float | None = None) -> str:
         return "–"
     if not np.isfinite(value):
         return "NaN"
-    while unlike is not None and digits < 6 and value != unlike and f"{value:.{digits}f}" == f"{unlike:.{digits}f}":
+
+    def shown(v: float, d: int) -> str:
+        text = f"{v:.{d}f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text  # never "-0.000"
+
+    while unlike is not None and digits < 6 and value != unlike and shown(value, digits) == shown(unlike, digits):
         digits += 1
-    return f"{value:.{digits}f}"
+    return shown(value, digits)
 
 
-def _flag_rule(run_record: dict | None) -> tuple[str, float] | None:
-    """(score, threshold) of the audit that made the table, from its run record."""
+def _flag_rule(run_record: dict | None, rule=None) -> tuple[str, float] | None:
+    """(score, threshold) that made the table's ``flagged`` column: ``rule`` when given (a ``(score,
+    threshold)`` pair, a ``{"on", "threshold"}`` dict or an object with ``on``/``threshold``: the rule set
+    when exporting), else the one in the audit's run record."""
+    if rule is not None:
+        if isinstance(rule, dict):
+            return str(rule["on"]), float(rule["threshold"])
+        if hasattr(rule, "on"):
+            return str(rule.on), float(rule.threshold)
+        return str(rule[0]), float(rule[1])
     audit = ((run_record or {}).get("settings") or {}).get("audit") or {}
     try:
         return str(audit["flag_on"]), float(audit["threshold"])
@@ -169,42 +197,109 @@ def _save_png(fig, path: Path) -> None:
     fig.savefig(path, format="png")
 
 
-def write_gallery(pages: Sequence[Path], panels: Sequence[dict], title: str = "") -> list[Path]:
-    """Draw panels (dicts with image, mask, cam, text) on pages of :data:`PANELS_PER_PAGE`."""
+#: A gallery page is at least this wide (inches), so a one-cell page still has room for its title
+GALLERY_MIN_WIDTH = 5.0
+
+
+def gallery_figure(chunk: Sequence[dict], title: str = ""):
+    """One gallery page as a matplotlib figure (constrained layout: panel titles never overlap the images
+    above them, the page title is wrapped to the page's width)."""
+    import textwrap
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    cols = min(GALLERY_COLUMNS, max(len(chunk), 1))
+    rows = int(np.ceil(len(chunk) / cols))
+    width = max(2.3 * cols, GALLERY_MIN_WIDTH)
+    title_lines = [wrapped for line in title.splitlines() for wrapped in textwrap.wrap(line, int(width * 13)) or [""]]
+    fig = Figure(figsize=(width, 2.9 * rows + 0.2 + 0.16 * len(title_lines)), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    if title:
+        fig.suptitle("\n".join(title_lines), fontsize=8)
+    for i, panel in enumerate(chunk):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        _draw_panel(ax, panel)
+    return fig
+
+
+def write_gallery(pages: Sequence[Path], panels: Sequence[dict], title: str = "") -> list[Path]:
+    """Draw panels (dicts with image, mask, cam, text) on pages of :data:`PANELS_PER_PAGE`."""
     written = []
     for page, path in enumerate(pages):
         chunk = panels[page * PANELS_PER_PAGE : (page + 1) * PANELS_PER_PAGE]
-        cols = min(GALLERY_COLUMNS, max(len(chunk), 1))
-        rows = int(np.ceil(len(chunk) / cols))
-        fig = Figure(figsize=(2.3 * cols, 2.6 * rows + 0.4), dpi=110)
-        FigureCanvasAgg(fig)
-        for i, panel in enumerate(chunk):
-            ax = fig.add_subplot(rows, cols, i + 1)
-            ax.imshow(panel["image"], cmap="gray", interpolation="nearest")
-            cam = panel["cam"]
-            if cam is not None and cam.max() > 0:
-                shown = np.ma.masked_less_equal(cam / cam.max(), 0.05)
-                ax.imshow(shown, cmap="inferno", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
-            if panel["mask"].any():
-                ax.contour(panel["mask"].astype(float), levels=[0.5], colors=["#00e5ff"], linewidths=1.0)
-            ax.set_title(panel["text"], fontsize=7)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        if title:
-            fig.suptitle(f"{title} (page {page + 1}/{len(pages)})", fontsize=9)
-        fig.tight_layout()
+        fig = gallery_figure(chunk, f"{title} (page {page + 1}/{len(pages)})" if title else "")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_with(path, functools.partial(_save_png, fig))
         written.append(path)
     return written
 
 
+def _check_names(table: pd.DataFrame, stem) -> pd.Series:
+    """Refuse a ``flagged`` column that is not boolean (the text 'False' is truthy) and a ``stem`` that is not
+    a plain file name (``'../..'`` would write outside the export folder)."""
+    flagged = table["flagged"]
+    if flagged.dtype == object and all(isinstance(v, (bool, np.bool_)) for v in flagged):
+        flagged = flagged.astype(bool)  # e.g. after a concat: Python booleans in an object column
+    if not pd.api.types.is_bool_dtype(flagged.dtype) or flagged.isna().any():
+        raise ValueError(f"The table's 'flagged' column has dtype {flagged.dtype}, not bool: text such as 'False' "
+                         "would count as flagged. Convert it, e.g. table['flagged'] = table['flagged'].map("
+                         "{'True': True, 'False': False}), or rebuild it with output.results.apply_threshold.")
+    if not isinstance(stem, str) or not stem or stem in (".", "..") or Path(stem).name != stem or "\\" in stem \
+            or "\0" in stem:
+        raise ValueError(f"stem {stem!r} must be a plain file name (no folder, no '..'), e.g. 'gradcamo'; choose "
+                         "the folder with out_dir.")
+    return flagged.astype(bool)
+
+
+def _draw_panel(ax, panel: dict) -> None:
+    ax.imshow(panel["image"], cmap="gray", interpolation="nearest")
+    cam = panel["cam"]
+    if cam is not None and cam.max() > 0:
+        shown = np.ma.masked_less_equal(cam / cam.max(), 0.05)
+        ax.imshow(shown, cmap="inferno", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+    if panel["mask"].any():
+        ax.contour(panel["mask"].astype(float), levels=[0.5], colors=["#00e5ff"], linewidths=1.0)
+    ax.set_title(panel["text"], fontsize=7)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def export_flagged(*args, progress: ProgressCallback | None = None, **kwargs) -> ExportResult:
     """Export the table and, for each flagged cell (or every row), an OME-TIFF crop and a gallery panel:
-    :func:`iter_export_flagged` (same arguments) run to its end, its steps handed to ``progress``."""
+    :func:`iter_export_flagged` (same arguments) run to its end, its steps handed to ``progress``.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        As :func:`iter_export_flagged`: ``out_dir``, ``image``, ``labels``, ``table``, ``cams`` and the
+        keywords ``only_flagged``, ``overwrite``, ``gallery``, ``stem``, ``run_record``, ``cancel``.
+    progress : callable, optional
+        Called as ``progress(done, total, message)`` after each cell.
+
+    Returns
+    -------
+    ExportResult
+        ``folder``, ``table_csv``, ``table_parquet``, ``cell_files`` (label → OME-TIFF) and ``gallery``
+        (PNG pages).
+
+    Raises
+    ------
+    ExportExistsError
+        Files of an earlier export are in the way (nothing is written; pass ``overwrite=True``).
+
+    Examples
+    --------
+    >>> import napari_gradcamo as ng
+    >>> from napari_gradcamo.models.bundled import bundled_model_path
+    >>> from napari_gradcamo.synthetic.experiment import demo_field
+    >>> field = demo_field()
+    >>> result = ng.run_audit(field.image, field.labels, ng.load_checkpoint(bundled_model_path("shortcut")))
+    >>> out = ng.export_flagged("export", field.image, field.labels, result.table, result.cams,
+    ...                         run_record=result.record)
+    >>> out.table_csv.name, len(out.cell_files) == int(result.table["flagged"].sum())
+    ('gradcamo_table.csv', True)
+    """
     return drain(iter_export_flagged(*args, **kwargs), progress)
 
 
@@ -221,6 +316,7 @@ def iter_export_flagged(
     gallery: bool = True,
     stem: str = "gradcamo",
     run_record: dict | None = None,
+    flag_rule=None,
     cancel: CancelToken | None = None,
 ) -> Steps[ExportResult]:
     """The export of :func:`export_flagged` as steps, one per cell (a cancel acts between cells; the table
@@ -228,8 +324,11 @@ def iter_export_flagged(
 
     ``cams`` maps label → :class:`~napari_gradcamo.audit.run.CellCam` (crop position and raw map);
     ``crop_shape`` (z, y, x) is needed only for cells without a CAM (default: the CAMs' crop shape).
-    ``run_record``: the audit's provenance (:mod:`napari_gradcamo.audit.provenance`): which checkpoint made
-    the table; written beside the table and into its Parquet metadata. Every file is written atomically.
+    ``run_record``: the audit's provenance (:mod:`napari_gradcamo.output.provenance`): which checkpoint made
+    the table; written beside the table and into its Parquet metadata. ``flag_rule``: the rule that set the
+    table's ``flagged`` column (``(score, threshold)``, ``{"on", "threshold"}`` or a
+    :class:`~napari_gradcamo.audit.labels_features.FlagRule`), stated on each gallery panel; default: the run
+    record's. Every file is written atomically.
     Returns the paths written; raises :class:`ExportExistsError` (before writing) when files exist.
     """
     cams = dict(cams or {})
@@ -239,8 +338,9 @@ def iter_export_flagged(
     if tuple(labels.shape) != image.spatial_shape:
         raise ImageError(f"Labels shape {tuple(labels.shape)} differs from the image's ZYX shape {image.spatial_shape}.")
     if "label" not in table or "flagged" not in table:
-        raise ValueError("The table needs 'label' and 'flagged' columns (see napari_gradcamo.audit.results.SCHEMA).")
-    chosen = table[table["flagged"].astype(bool)] if only_flagged else table
+        raise ValueError("The table needs 'label' and 'flagged' columns (see napari_gradcamo.output.results.SCHEMA).")
+    flagged = _check_names(table, stem)
+    chosen = table[flagged] if only_flagged else table
     chosen = chosen.sort_values("label")
     if crop_shape is None:
         shapes = {tuple(c.crop_shape) for c in cams.values()}
@@ -249,6 +349,8 @@ def iter_export_flagged(
         crop_shape = shapes.pop() if shapes else None
     if crop_shape is None and len(chosen):
         raise ValueError("No Grad-CAM maps were given, so the crop size is unknown: pass crop_shape (z, y, x).")
+    if crop_shape is not None:
+        crop_shape = _checked_crop_shape(crop_shape, len(image.channel_names))
     folder = Path(out_dir)
     ids = [int(l) for l in chosen["label"]]
     csv, parquet, cell_paths, pages = _targets(folder, stem, ids, gallery and bool(ids))
@@ -263,7 +365,7 @@ def iter_export_flagged(
     for axis in "zyx":
         out_table[f"crop_origin_{axis}"] = np.nan
     names = [*image.channel_names, "mask", "gradcam"]
-    rule = _flag_rule(run_record)
+    rule = _flag_rule(run_record, flag_rule)
     panels = []
     total = len(chosen) + 1
     for done, (_, row) in enumerate(chosen.iterrows()):
