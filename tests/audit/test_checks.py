@@ -103,7 +103,9 @@ def test_one_pass_sweep_gives_each_layers_gradcam(models):
     with MultiLayerCam(model, layers, "cpu") as sweep:
         probs, targets, maps = sweep.compute(x, [0, 1, None])
     for layer in layers:
-        with CamEngine(model, layer, "gradcam", "cpu") as engine:
+        engine = CamEngine(model, layer, "gradcam", "cpu")
+        engine.channels_last = False  # the sweep runs the default memory layout: compare like with like
+        with engine:
             p, t, raw = engine.compute(x, [0, 1, None])
         np.testing.assert_allclose(maps[layer], raw, rtol=1e-4, atol=1e-6 * float(raw.max()))
         np.testing.assert_allclose(probs, p, rtol=1e-5)

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from napari_gradcamo.audit.batch import ScoredBatch, batch_of
-from napari_gradcamo.audit.cam import cam_class, get_module, pick_device, upsample
+from napari_gradcamo.audit.cam import FALLBACK_METHODS, cam_class, get_module, pick_device, upsample
 from napari_gradcamo.audit.occlusion import background_levels, occlusion_drops
 from napari_gradcamo.audit.run import AuditSettings, cell_rows, prepare, resolve_target_class
-from napari_gradcamo.audit.scoring import inside_image_mask, score_cam
+from napari_gradcamo.audit.scoring import ZERO_MAP_REASON, inside_image_mask, score_cam
 from napari_gradcamo.crops.extract import extract_crop
 from napari_gradcamo.models.checkpoint import normalize_crops
 from napari_gradcamo.models.layers import all_module_outputs, check_target_layer, model_spatial_dims
@@ -77,6 +77,8 @@ class MultiLayerCam:
         self._outputs: dict[str, object] = {}
         self._handles, self._flags = [], []
         self._cam = None
+        self._fallbacks: dict[str, object] = {}
+        self.last_methods: dict[str, list[str]] = {}
 
     def __enter__(self) -> "MultiLayerCam":
         self.model.to(self.device).eval()
@@ -131,13 +133,38 @@ class MultiLayerCam:
                 grads = [None] * len(activations)
         maps = {}
         wanted = targets_for(self.head, targets)
+        self.last_methods = {}
         for name, a, g in zip(self.layers, activations, grads):
             acts = a.detach().float().cpu().numpy()
             grad = (np.zeros_like(acts) if g is None else g.float().cpu().numpy()) if self._cam.uses_gradients else None
-            raw = self._cam.get_cam_image(x, get_module(self.model, name), wanted, acts, grad, False)
-            maps[name] = np.maximum(np.asarray(raw, dtype=np.float32), 0.0)
+            module = get_module(self.model, name)
+            raw = np.maximum(np.asarray(self._cam.get_cam_image(x, module, wanted, acts, grad, False), np.float32), 0.0)
+            maps[name], self.last_methods[name] = self._fall_back(raw, x, module, wanted, acts, grad)
         self._outputs.clear()
         return probs, targets, maps
+
+    def _fall_back(self, raw, x, module, wanted, acts, grad):
+        """As :class:`~napari_gradcamo.audit.cam.CamEngine`: a crop whose map is zero everywhere gets the first
+        :data:`~napari_gradcamo.audit.cam.FALLBACK_METHODS` map that is not; returns (maps, method per crop)."""
+        n = len(raw)
+        zero = raw.reshape(n, -1).sum(1) <= 0
+        methods = [self.method] * n
+        if zero.any() and grad is not None:
+            for other in FALLBACK_METHODS:
+                if other == self.method or not zero.any():
+                    continue
+                if other not in self._fallbacks:
+                    cam = cam_class(other, 3)(self.model, [module])
+                    cam.activations_and_grads.release()
+                    self._fallbacks[other] = cam
+                alt = np.maximum(np.asarray(self._fallbacks[other].get_cam_image(x, module, wanted, acts, grad, False),
+                                            np.float32), 0.0).reshape(raw.shape)
+                use = zero & (alt.reshape(n, -1).sum(1) > 0)
+                raw[use] = alt[use]
+                for i in np.flatnonzero(use):
+                    methods[i] = other
+                zero &= ~use
+        return raw, ["" if z else m for z, m in zip(zero, methods)]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (B, K) of a normalised batch (no maps, no backward pass)."""
@@ -219,7 +246,12 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
                 grid = upsample(maps[name], crop_shape)
                 scores = [score_cam(m, cell, other, ins)
                           for m, cell, other, ins in zip(grid, crops.cell_masks, crops.other_masks, inside)]
-                scored = ScoredBatch(probs, targets, maps[name], scores, drops)
+                used = cams.last_methods.get(name)
+                tried = ", ".join([settings.method, *[f for f in FALLBACK_METHODS if f != settings.method]])
+                for sc, u in zip(scores, used or []):
+                    if not u and sc.reason == ZERO_MAP_REASON:
+                        sc.reason = f"{ZERO_MAP_REASON}: {tried} all give zero maps (the method found no evidence; not a flag)"
+                scored = ScoredBatch(probs, targets, maps[name], scores, drops, used)
                 tables[name] = cell_rows(cell_crops, chunk, scored, meta, settings, name)
                 if reference is not None:
                     tables[name] = tables[name].assign(**reference)
