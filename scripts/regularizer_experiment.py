@@ -1,21 +1,28 @@
-"""Grad-CAMO as a training regulariser, measured on synthetic confounded data.
+"""The regularisers against a quantity they do not optimise: honest data and no-signal data, every seed.
 
-Training fields: the cells carry the treatment (morphology) AND a background texture outside the cells
-carries it too (``confound="background", cell_signal=True``), so a model may learn either. For each seed
-and each λ (``--gradcamo-weight``) the small 3D CNN is trained (same data, same initial weights, same
-augmentation draws) with loss = cross-entropy + λ·(1 − the share of the true class's local
-contributions inside the cell at ``stage1``; see ``train/regularizer.py``), then measured on
+Data (synthetic 3D Cell Painting, ``napari_gradcamo.synthetic.experiment``):
 
-* validation: held-out wells with the same confound (accuracy; median Grad-CAMO of the audit,
-  GradCAM at stage1 for the predicted class, as ``gradcamo audit`` computes it);
-* confound broken: held-out wells whose background shows the *other* class (``confound_class="mismatch"``),
-  and wells whose background class is random (``"random"``) — a model that reads the background flips
-  its answers; one that reads the cells holds.
+* ``honest``: the cells carry the treatment (morphology); the background is clean.
+* ``no-signal``: every cell looks like a control; only a stripe texture in the medium outside the cells
+  carries the class (the ``shortcut`` scenario). A model that learns here reads the context.
 
-Usage: python scripts/regularizer_experiment.py --seeds 0 1 2 3 4 5 6 7 8 9 10 11 --lambdas 0 0.5 --threads 1 \
-    --json docs/regularizer_runs.jsonl --write docs/regularizer_runs.md
-(≈ 20 s per run on one idle CPU core). The runs are deterministic for a given thread count: the same
-command gives the same numbers (a different ``--threads`` changes the floating-point order and so the runs).
+For each data set, seed and regulariser the small 3D CNN is trained (same data, initial weights and
+augmentation draws for every regulariser of a seed) and measured on held-out fields from unseen wells:
+accuracy, the audit's median Grad-CAMO at ``stage1`` and ``stage2`` (Grad-CAM, predicted class), the share of
+cells the audit flags (normalised < 0 at ``stage1``), and occlusion (``audit/occlusion.py``): the median drop of
+the predicted class's probability with the cell hidden and with the context hidden. Neither regulariser
+optimises the occlusion drops or the held-out accuracy.
+
+Regularisers (``train/regularizer.py``): ``none``; ``outside-gradient`` (``--outside-gradient-weight λ``);
+``context`` (``--context-randomisation 1``); ``both``.
+
+Usage (one thread, deterministic for a given thread count)::
+
+    PYTHONPATH=src python scripts/regularizer_experiment.py --seeds 0 1 2 3 4 5 6 7 \\
+        --json docs/results/regularizer_runs.jsonl --write docs/regularizer.md
+
+``--json`` appends each finished run (a run already in the file is skipped, so an interrupted command can be
+run again); ``--from-json`` re-renders the tables from the file without training.
 """
 
 from __future__ import annotations
@@ -27,157 +34,198 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
+from napari_gradcamo.audit.run import AuditSettings
 from napari_gradcamo.crops.datasets import crops_from_fields
 from napari_gradcamo.models.architectures import build_model
 from napari_gradcamo.models.metadata import ModelBundle, ModelMetadata
 from napari_gradcamo.synthetic.experiment import (
     CLASS_NAMES,
     CROP_SHAPE,
-    FIELD_SHAPE,
     TARGET_LAYER,
-    VOXEL_SIZE,
     accuracy,
     audit_fields,
+    scenario_fields,
 )
-from napari_gradcamo.synthetic.generator import STAINS, generate_dataset
+from napari_gradcamo.synthetic.generator import STAINS
 from napari_gradcamo.train.data import fit_normalization
 from napari_gradcamo.train.loop import train_classifier
 
-ROOT = Path(__file__).resolve().parents[1]
+DATA = {"honest": "honest", "no-signal": "shortcut"}
+REGULARIZERS = ("none", "context", "outside-gradient", "both")
+#: the layers whose Grad-CAMO is reported (stage1 is the layer the audit uses for these models)
+LAYERS = (TARGET_LAYER, "stage2")
 
 
-def fields(seed: int, n: int, first_well: int, confound_class=None):
-    return generate_dataset(seed, n, n_classes=len(CLASS_NAMES), shape=FIELD_SHAPE, voxel_size=VOXEL_SIZE,
-                            first_well=first_well, confound="background", cell_signal=True,
-                            confound_class=confound_class)
+def settings_for(regularizer: str, weight: float) -> dict:
+    return {"outside_gradient_weight": weight if regularizer in ("outside-gradient", "both") else 0.0,
+            "context_randomisation": 1.0 if regularizer in ("context", "both") else 0.0}
 
 
-def run(seed: int, lam: float, args, data, val_fields, test_fields, random_fields) -> dict:
-    normalization = fit_normalization(data.x)
+def run(data_name: str, seed: int, regularizer: str, args, train, held_out) -> dict:
+    normalization = fit_normalization(train.x)
     meta = ModelMetadata("small-cnn-3d", list(CLASS_NAMES), list(STAINS), list(CROP_SHAPE),
                          architecture_kwargs={"width": args.width}, normalization=normalization,
                          target_layer=TARGET_LAYER)
     torch.manual_seed(seed)
     model = build_model(meta)
+    settings = settings_for(regularizer, args.weight)
     start = time.perf_counter()
-    history = train_classifier(model, data, normalization, epochs=args.epochs, seed=seed,
-                               gradcamo_weight=lam, target_layer=TARGET_LAYER)
+    history = train_classifier(model, train, normalization, epochs=args.epochs, seed=seed, **settings)
     seconds = time.perf_counter() - start
-    bundle = ModelBundle(model, meta, f"λ={lam}")
-    val = audit_fields(bundle, val_fields)
-    test = audit_fields(bundle, test_fields)
-    shuffled = audit_fields(bundle, random_fields)
-    return {
-        "seed": seed, "lambda": lam, "train_seconds": round(seconds, 1),
-        "train_accuracy": history.accuracy[-1], "final_penalty": history.penalty[-1],
-        "val_accuracy": accuracy(val), "val_gradcamo": float(val["gradcamo"].median()),
-        "val_chance": float(val["chance"].median()), "val_normalised": float(val["normalised"].median()),
-        "val_undefined": float(val["gradcamo"].isna().mean()), "val_background_share": float(val["background_share"].median()),
-        "broken_accuracy": accuracy(test), "broken_gradcamo": float(test["gradcamo"].median()),
-        "shuffled_accuracy": accuracy(shuffled),
+    bundle = ModelBundle(model, meta, regularizer)
+    table = audit_fields(bundle, held_out, AuditSettings(target_layer=TARGET_LAYER, occlusion=True, device="cpu"))
+    row = {
+        "data": data_name, "seed": seed, "regularizer": regularizer, **settings, "epochs": args.epochs,
+        "fields": args.fields, "train_seconds": round(seconds, 1), "train_accuracy": history.accuracy[-1],
+        "final_penalty": history.penalty[-1], "final_outside_share": history.outside_gradient_share[-1],
+        "cells": int(len(table)), "accuracy": accuracy(table),
+        "predicted_treated": float(np.mean(table["predicted_class"] == CLASS_NAMES[1])),
+        f"gradcamo_{TARGET_LAYER}": float(table["gradcamo"].median()),
+        f"normalised_{TARGET_LAYER}": float(table["normalised"].median()),
+        f"flagged_{TARGET_LAYER}": float(table["flagged"].mean()),
+        "drop_cell_hidden": float(table["drop_cell_occluded"].median()),
+        "drop_context_hidden": float(table["drop_context_occluded"].median()),
+        "context_matters_more": float(np.mean(table["drop_context_occluded"] > table["drop_cell_occluded"])),
     }
+    for name in CLASS_NAMES:  # per predicted class: a class marked by the absence of a feature shows no drop
+        part = table[table["predicted_class"] == name]
+        row[f"drop_cell_hidden_{name}"] = float(part["drop_cell_occluded"].median()) if len(part) else None
+        row[f"drop_context_hidden_{name}"] = float(part["drop_context_occluded"].median()) if len(part) else None
+    for layer in LAYERS[1:]:
+        other = audit_fields(bundle, held_out, AuditSettings(target_layer=layer, device="cpu"))
+        row[f"gradcamo_{layer}"] = float(other["gradcamo"].median())
+    return row
+
+
+def fmt(value, spec=".2f") -> str:
+    return "–" if value is None or not np.isfinite(value) else format(value, spec)
+
+
+COLUMNS = [("accuracy", "held-out accuracy", ".2f"), (f"gradcamo_{TARGET_LAYER}", f"median Grad-CAMO {TARGET_LAYER}", ".3f"),
+           ("gradcamo_stage2", "median Grad-CAMO stage2", ".3f"), (f"flagged_{TARGET_LAYER}", "flagged", ".2f"),
+           ("drop_cell_hidden_treated", "drop, cell hidden (treated)", ".3f"),
+           ("drop_context_hidden_treated", "drop, context hidden (treated)", ".3f"),
+           ("drop_cell_hidden_control", "drop, cell hidden (control)", ".3f"),
+           ("drop_context_hidden_control", "drop, context hidden (control)", ".3f")]
 
 
 def table_markdown(results: pd.DataFrame) -> str:
-    """Mean ± s.d. per λ, then every run, with each penalised run's change against λ = 0 of its seed."""
-    rows = ["| λ | seeds | validation accuracy | median Grad-CAMO (validation) | median normalised | background share "
-            "(validation) | accuracy, backgrounds swapped | accuracy, backgrounds shuffled |",
-            "|---|---|---|---|---|---|---|---|"]
-    for lam, part in results.groupby("lambda"):
-        def ms(col, fmt="{:.3f}", part=part):
-            return f"{fmt.format(part[col].mean())} ± {fmt.format(part[col].std(ddof=0))}"
-        rows.append(f"| {lam:g} | {len(part)} | {ms('val_accuracy', '{:.2f}')} | {ms('val_gradcamo')} | "
-                    f"{ms('val_normalised')} | {ms('val_background_share', '{:.2f}')} | "
-                    f"{ms('broken_accuracy', '{:.2f}')} | {ms('shuffled_accuracy', '{:.2f}')} |")
-    rows += ["", "Every run (Δ: against λ = 0 of the same seed):", "",
-             "| seed | λ | val acc | median Grad-CAMO | median normalised | background share | acc, swapped "
-             "| Δ acc, swapped | acc, shuffled | Δ acc, shuffled |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    plain = results[results["lambda"] == 0].set_index("seed")
-    for _, r in results.sort_values(["seed", "lambda"]).iterrows():
-        def delta(col, r=r):
-            if r["lambda"] == 0 or r["seed"] not in plain.index:
-                return "–"
-            return f"{r[col] - plain.loc[r['seed'], col]:+.2f}"
-        rows.append(f"| {int(r['seed'])} | {r['lambda']:g} | {r['val_accuracy']:.2f} | {r['val_gradcamo']:.3f} | "
-                    f"{r['val_normalised']:.3f} | {r['val_background_share']:.2f} | {r['broken_accuracy']:.2f} | "
-                    f"{delta('broken_accuracy')} | {r['shuffled_accuracy']:.2f} | {delta('shuffled_accuracy')} |")
+    """Mean ± s.d. per data set and regulariser, then every run."""
+    head = "| data | regulariser | runs | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    rule = "|" + "---|" * (3 + len(COLUMNS))
+    rows = ["Mean ± s.d. over seeds (every run below):", "", head, rule]
+    order = {name: i for i, name in enumerate(REGULARIZERS)}
+    results = results.assign(_order=results["regularizer"].map(order)).sort_values(["data", "_order", "seed"])
+    for (data, _), part in results.groupby(["data", "_order"], sort=False):
+        cells = [f"{fmt(part[c].mean(), s)} ± {fmt(part[c].std(ddof=0), s)}" for c, _, s in COLUMNS]
+        rows.append(f"| {data} | {part['regularizer'].iloc[0]} | {len(part)} | " + " | ".join(cells) + " |")
+    rows += ["", "Every run:", "", head.replace("| runs |", "| seed |"), rule]
+    for _, r in results.iterrows():
+        rows.append(f"| {r['data']} | {r['regularizer']} | {int(r['seed'])} | "
+                    + " | ".join(fmt(r[c], s) for c, _, s in COLUMNS) + " |")
     return "\n".join(rows)
+
+
+def missing_runs(results: pd.DataFrame, data_sets, seeds, regularizers) -> list[str]:
+    done = {(r["data"], int(r["seed"]), r["regularizer"]) for _, r in results.iterrows()} if len(results) else set()
+    return [f"{d} seed {s} {g}" for d in data_sets for s in seeds for g in regularizers if (d, s, g) not in done]
+
+
+def read_runs(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 1.0, 5.0])
+    p.add_argument("--data", nargs="+", choices=tuple(DATA), default=list(DATA))
+    p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
+    p.add_argument("--regularizers", nargs="+", choices=REGULARIZERS, default=list(REGULARIZERS))
+    p.add_argument("--weight", type=float, default=10.0, help="λ of the outside-gradient penalty")
     p.add_argument("--fields", type=int, default=16, help="training fields (4 sites per well)")
-    p.add_argument("--eval-fields", type=int, default=12)
+    p.add_argument("--eval-fields", type=int, default=8, help="held-out fields from unseen wells")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--width", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", default=None, help="append each run's result as a JSON line to this file")
-    p.add_argument("--write", default=None, help="write the note (markdown) here, e.g. docs/regularizer.md")
-    p.add_argument("--from-json", default=None, help="re-render the table and note from a --json file of finished runs")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None, help="append each finished run as a JSON line (runs already there are skipped)")
+    p.add_argument("--write", default=None, help="write the set-up, command and tables (markdown) into this file, "
+                   "between its regularizer-table markers when it has them (docs/regularizer.md)")
+    p.add_argument("--from-json", default=None, help="render the tables from a --json file without training")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = []
-    if args.from_json:
-        results = [json.loads(line) for line in Path(args.from_json).read_text().splitlines() if line.strip()]
-        args.seeds = sorted({r["seed"] for r in results})
-        args.lambdas = sorted({r["lambda"] for r in results})
-    for seed in [] if args.from_json else args.seeds:
-        data = crops_from_fields(fields(seed, args.fields, first_well=0), CROP_SHAPE)
-        val_fields = fields(100 + seed, args.eval_fields, first_well=20)
-        test_fields = fields(200 + seed, args.eval_fields, first_well=40, confound_class="mismatch")
-        random_fields = fields(300 + seed, args.eval_fields, first_well=60, confound_class="random")
-        for lam in args.lambdas:
-            r = run(seed, lam, args, data, val_fields, test_fields, random_fields)
-            results.append(r)
-            print(json.dumps(r), flush=True)
-            if args.json:
-                with open(args.json, "a") as f:
-                    f.write(json.dumps(r) + "\n")
+    results = read_runs(Path(args.from_json or args.json)) if (args.from_json or args.json) else []
+    done = {(r["data"], r["seed"], r["regularizer"]) for r in results}
+    # regulariser by regulariser (the plain runs first), so an interrupted command leaves whole columns
+    for regularizer in [] if args.from_json else args.regularizers:
+        for data_name in args.data:
+            for seed in args.seeds:
+                if (data_name, seed, regularizer) in done:
+                    continue
+                scenario = DATA[data_name]
+                train = crops_from_fields(scenario_fields(scenario, seed, args.fields), CROP_SHAPE)
+                held_out = scenario_fields(scenario, 100 + seed, args.eval_fields, first_well=20)
+                r = run(data_name, seed, regularizer, args, train, held_out)
+                results.append(r)
+                print(json.dumps(r), flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(r) + "\n")
     table = pd.DataFrame(results)
     md = table_markdown(table)
+    missing = missing_runs(table, args.data, args.seeds, args.regularizers)
     print(md)
+    if missing:
+        print(f"not run: {', '.join(missing)}")
     if args.write:
-        # the runs are deterministic (seeded data, weights and augmentation); --json/--from-json only log or
-        # re-render them, so the recorded command is the one that trains
-        command = "python scripts/regularizer_experiment.py " + " ".join(
-            [f"--seeds {' '.join(map(str, args.seeds))}", f"--lambdas {' '.join(f'{l:g}' for l in args.lambdas)}"]
-            + [f"--{k} {getattr(args, k.replace('-', '_'))}" for k in ("fields", "eval-fields", "epochs", "width")
+        command = "PYTHONPATH=src python scripts/regularizer_experiment.py " + " ".join(
+            [f"--seeds {' '.join(map(str, args.seeds))}"]
+            + [f"--{k} {getattr(args, k.replace('-', '_'))}" for k in ("weight", "fields", "eval-fields", "epochs", "width")
                if getattr(args, k.replace("-", "_")) != p.get_default(k.replace("-", "_"))]
-            + ["--write", shlex.quote(args.write)])
-        write_note(Path(args.write), md, command, args, table)
+            + ["--json docs/results/regularizer_runs.jsonl", "--write", shlex.quote(args.write)])
+        note = NOTE.format(table=md, command=command, epochs=args.epochs, fields=args.fields,
+                           eval_fields=args.eval_fields, width=args.width, weight=args.weight,
+                           missing=("Not run: " + ", ".join(missing) + ".") if missing else "Every planned run finished.")
+        write_block(Path(args.write), note)
     return 0
 
 
-def write_note(path: Path, md: str, command: str, args, results: pd.DataFrame) -> None:
-    """The set-up and the tables, nothing else: the reading of them is written by hand (docs/regularizer.md)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(NOTE.format(table=md, command=command, epochs=args.epochs, fields=args.fields,
-                                eval_fields=args.eval_fields, width=args.width))
+START, END = "<!-- regularizer-table:start -->", "<!-- regularizer-table:end -->"
 
 
-NOTE = """# Grad-CAMO regulariser: every run
+def write_block(path: Path, note: str) -> None:
+    """Replace the text between the START and END markers of ``path`` (the hand-written reading around them
+    stays); a file without the markers is written whole."""
+    text = path.read_text() if path.exists() else ""
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        after = rest.split(END, 1)[1]
+        text = f"{before}{START}\n{note.strip()}\n{END}{after}"
+    else:
+        text = note
+    path.write_text(text)
 
-Written by `scripts/regularizer_experiment.py`; what the numbers mean is in docs/regularizer.md.
-Loss = cross-entropy + λ · (1 − share of the true class's local contributions |∂logit/∂A · A| inside the
-cell) at `stage1` (`napari_gradcamo/train/regularizer.py`); λ = 0 is exactly the plain loop.
 
-- Training: {fields} synthetic 3D fields (5 stains, 12×64×64; the cells **and** a background texture carry
-  the class), small 3D CNN (width {width}), 8×32×32 crops, {epochs} epochs, AdamW + one-cycle LR, batch 16;
-  for each seed the same data, initial weights and augmentation draws at every λ.
-- Validation: {eval_fields} fields from unseen wells, confound intact; the audit's Grad-CAMO (GradCAM at
-  `stage1`, predicted class), normalised = (Grad-CAMO − chance) / (1 − chance).
-- Backgrounds swapped / shuffled: {eval_fields} fields each from further unseen wells whose background shows
-  the other class / a random class.
+NOTE = """Written by `scripts/regularizer_experiment.py` (between the markers; the reading around it is by hand).
+
+- Data: synthetic 3D fields (5 stains, 12×64×64). `honest`: the cells carry the class, the medium is clean.
+  `no-signal`: every cell looks like a control and a stripe texture in the medium carries the class.
+- Training: {fields} fields, small 3D CNN (width {width}), 8×32×32 crops, {epochs} epochs, AdamW + one-cycle
+  LR, batch 16; per seed the same data, initial weights and augmentation draws for every regulariser.
+  `outside-gradient`: λ = {weight:g}; `context`: context randomisation with probability 1; `both`: the two.
+- Held out: {eval_fields} fields from unseen wells of the same data set; Grad-CAM (predicted class) at `stage1`
+  (the audited layer) and `stage2`; flagged = normalised Grad-CAMO < 0 at `stage1`; occlusion drops = median
+  drop of the predicted class's probability with the cell / the context replaced by background.
 
 ```
 {command}
 ```
+
+{missing}
 
 {table}
 """

@@ -1,7 +1,7 @@
 """Honest vs shortcut models on two confounds (background stripes, medium debris), every layer, several seeds.
 
 Prints one JSON line per (seed, model, layer) and writes docs/scores_*.png. Usage (≈4 min per seed on 2 cores):
-    PYTHONPATH=src OMP_NUM_THREADS=1 python scripts/score_experiment.py --seeds 1 2 3 --out docs/score_runs.jsonl
+    PYTHONPATH=src OMP_NUM_THREADS=1 python scripts/score_experiment.py --seeds 1 2 3 --out docs/results/score_runs.jsonl
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def sanity(bundle, field, layer):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--out", default="docs/score_runs.jsonl")
+    parser.add_argument("--out", default="docs/results/score_runs.jsonl")
     parser.add_argument("--figures", default="docs")
     args = parser.parse_args()
     out = Path(args.out)

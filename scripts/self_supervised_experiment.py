@@ -15,8 +15,8 @@ mean projected on the control → highest-dose direction (fitted on the training
 latent unit with the largest mean (the raw checkpoint in the audit).
 
 Usage (one seed per process; each writes a JSON line; --write makes the Markdown table):
-    python scripts/self_supervised_experiment.py --seed 0 --jsonl docs/self_supervised_runs.jsonl
-    python scripts/self_supervised_experiment.py --write docs/self_supervised_table.md --jsonl docs/self_supervised_runs.jsonl
+    python scripts/self_supervised_experiment.py --seed 0 --jsonl docs/results/self_supervised_runs.jsonl
+    python scripts/self_supervised_experiment.py --write docs/self_supervised_table.md --jsonl docs/results/self_supervised_runs.jsonl
 """
 
 from __future__ import annotations

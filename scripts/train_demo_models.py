@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from napari_gradcamo.audit import results
 from napari_gradcamo.crops.datasets import CropSet, crops_from_fields
 from napari_gradcamo.models.architectures import build_model
 from napari_gradcamo.models.checkpoint import save_checkpoint
 from napari_gradcamo.models.metadata import ModelBundle, ModelMetadata
+from napari_gradcamo.output import results
 from napari_gradcamo.synthetic.experiment import (
     CLASS_NAMES,
     CROP_SHAPE,

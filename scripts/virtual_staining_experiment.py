@@ -6,7 +6,7 @@ where the label and the guidance put their signal (inside cells vs background); 
 classifier; wall-clock costs. One JSON line per (seed, condition) goes to ``--out``.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 nice -n 10 python scripts/virtual_staining_experiment.py \
-        --seeds 0 1 2 --out docs/virtual_staining_runs.jsonl
+        --seeds 0 1 2 --out docs/results/virtual_staining_runs.jsonl
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Helpers shared by the dock tests (tests/_qt)."""
 
-from napari_gradcamo.audit import results
+from napari_gradcamo.output import results
 
 
 def audited(widget) -> int:

@@ -34,7 +34,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     table = pd.read_csv(tables[0])
     assert len(table) == field.n_cells
     assert table["gradcamo"].between(0, 1).all()
-    from napari_gradcamo.audit.results import read_run_record
+    from napari_gradcamo.output.results import read_run_record
 
     record = read_run_record(tables[0])
     assert record["completed"] and record["checkpoint"]["sha256"] and record["cells_done"] == field.n_cells

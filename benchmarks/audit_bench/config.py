@@ -34,5 +34,15 @@ PLANS = {
         "reps": 2,
         "qt": False,
     },
+    # CI (make test): every method on both models at the smallest N, the map check, no speed-up trials.
+    "ci": {
+        "n": {SMALL: [8], B0: [8]},
+        "baseline": {SMALL: [8], B0: []},
+        "deadline_s": 8.0 * 60,
+        "hard_s": 10.0 * 60,  # generous: a timeout fails the gate, and CI's machine is otherwise idle
+        "config_cap_s": 60,
+        "reps": 0,
+        "qt": False,
+    },
 }
 REPORT_N = [8, 64, 256]

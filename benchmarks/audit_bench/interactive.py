@@ -16,8 +16,8 @@ def interactive(cfg: dict) -> dict:
     import pandas as pd
 
     set_threads(cfg["threads"])
-    from napari_gradcamo.audit import results
     from napari_gradcamo.audit.run import AuditSettings, CellCam, iter_audit, rescore
+    from napari_gradcamo.output import results
 
     image, labels = load(Path(cfg["data"]))
     bundle = make_bundle(SMALL)

@@ -63,6 +63,39 @@ def worker(cfg: dict) -> dict:
             run(chunk)
         total = time.perf_counter() - t0
 
+    elif method == "floor":
+        # The arithmetic no audit can avoid: forward + backward from the explained logit to the target layer's
+        # output only (weights frozen), on ready tensors (no crops, no normalisation, no CAM, no scoring), in
+        # the engine's layout. The audit's goal is measured against this, not against a forward pass alone.
+        model.requires_grad_(False)
+        model.to(memory_format=torch.channels_last_3d)
+        store = {}
+
+        def reroot(module, inputs, output):
+            store["a"] = output.detach().requires_grad_(True)
+            return store["a"]
+
+        hook = model.get_submodule(layer).register_forward_hook(reroot)
+        ready = [torch.from_numpy(prepared_crops(model_image, labels, chunk, meta)[1]).contiguous(
+            memory_format=torch.channels_last_3d) for chunk in batches(cells, cfg["batch"])]
+
+        def run(x, timed=True):
+            t0 = time.perf_counter()
+            logits = model(x)
+            chosen = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+            torch.autograd.grad(chosen, store["a"])
+            if timed:
+                add("model", time.perf_counter() - t0)
+                batch_times.append(time.perf_counter() - t0)
+
+        run(ready[0], timed=False)
+        rss0 = rss_mb()
+        t0 = time.perf_counter()
+        for x in ready:
+            run(x)
+        total = time.perf_counter() - t0
+        hook.remove()
+
     elif method == "baseline":
         from pytorch_grad_cam import GradCAM
 
@@ -120,7 +153,7 @@ def worker(cfg: dict) -> dict:
         wrap(CamEngine, "compute", "cam")
         wrap(batch_mod, "upsample", "cam")
         wrap(batch_mod, "score_cam", "scoring")
-        wrap(audit_mod, "_rows", "scoring")
+        wrap(audit_mod, "cell_rows", "scoring")
         wrap(audit_mod, "prepare", "prepare")
 
         for _ in iter_audit(image, labels, bundle, settings, only_labels=wanted[: cfg["batch"]]):

@@ -19,8 +19,8 @@ def speedups(cfg: dict) -> dict:
 
     set_threads(cfg["threads"])
     from napari_gradcamo.audit.cam import CamEngine, upsample
-    from napari_gradcamo.audit.layers import list_target_layers
     from napari_gradcamo.audit.run import AuditSettings, prepare
+    from napari_gradcamo.models.layers import list_target_layers
 
     everywhere_cls = everywhere_class()
     image, labels = load(Path(cfg["data"]))

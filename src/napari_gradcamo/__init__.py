@@ -29,8 +29,11 @@ _EXPORTS = {
     "run_audit": "napari_gradcamo.audit.run",
     "iter_audit": "napari_gradcamo.audit.run",
     "score_cam": "napari_gradcamo.audit.scoring",
-    "write_table": "napari_gradcamo.audit.results",
-    "export_flagged": "napari_gradcamo.io.export",
+    "judge": "napari_gradcamo.audit.verdict",
+    "judge_fields": "napari_gradcamo.audit.verdict",
+    "VerdictReport": "napari_gradcamo.audit.verdict",
+    "write_table": "napari_gradcamo.output.results",
+    "export_flagged": "napari_gradcamo.output.export",
     "CancelToken": "napari_gradcamo.progress",
 }
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 PLUGIN = "napari-gradcamo"
-SAMPLE_KEY = "synthetic_field"
 AUDIT_WIDGET = "Grad-CAMO audit"
 DEFAULT_MODEL = "shortcut"
 

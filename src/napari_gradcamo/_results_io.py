@@ -1,4 +1,4 @@
-"""npe2 reader and writer for a saved audit (:mod:`napari_gradcamo.io.results_folder`); no Qt.
+"""npe2 reader and writer for a saved audit (:mod:`napari_gradcamo.output.results_folder`); no Qt.
 
 Reading gives one image layer per stain and the masks as a Labels layer whose ``features`` is the
 per-cell table and whose metadata carries the per-cell Grad-CAM maps, the model name and the run
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_gradcamo.io.results_folder import (
+from napari_gradcamo.output.results_folder import (
     ResultsFolder,
     is_results_folder,
     read_results_folder,
@@ -21,6 +21,8 @@ from napari_gradcamo.io.results_folder import (
 CAMS_KEY = "gradcamo_cams"
 MODEL_KEY = "gradcamo_model"
 RUN_KEY = "gradcamo_run"
+#: The flag rule the audit was saved under (``{"on": score, "threshold": value}``); the audit dock applies it
+FLAG_RULE_KEY = "gradcamo_flag_rule"
 
 
 def get_reader(path):
@@ -33,16 +35,20 @@ def get_reader(path):
 def read_results(path) -> list[tuple]:
     if isinstance(path, list):
         path = path[0]
+    from napari_gradcamo._sample_data import STAIN_COLORMAPS
+
     saved = read_results_folder(path)
     scale = tuple(saved.voxel_size)
     layers = [
         (saved.image[i], {"name": name, "scale": scale, "blending": "additive",
+                          "colormap": STAIN_COLORMAPS.get(name, "gray"),
                           "metadata": {"gradcamo_channel": name}}, "image")
         for i, name in enumerate(saved.channel_names)
     ]
     layers.append((saved.labels, {
         "name": f"{Path(path).name} masks", "scale": scale, "opacity": 0.45, "features": saved.table,
-        "metadata": {CAMS_KEY: saved.cams, MODEL_KEY: saved.model, RUN_KEY: saved.run_record},
+        "metadata": {CAMS_KEY: saved.cams, MODEL_KEY: saved.model, RUN_KEY: saved.run_record,
+                     FLAG_RULE_KEY: saved.flag_rule},
     }, "labels"))
     return layers
 
@@ -72,5 +78,5 @@ def write_results(path: str, layer_data: list[tuple]) -> list[str]:
     table = features if isinstance(features, pd.DataFrame) else pd.DataFrame({"label": pd.Series(dtype="int64")})
     extra = meta.get("metadata", {}) or {}
     saved = ResultsFolder(stack, names, scale, mask, table, dict(extra.get(CAMS_KEY) or {}),
-                          str(extra.get(MODEL_KEY) or ""), extra.get(RUN_KEY))
+                          str(extra.get(MODEL_KEY) or ""), extra.get(RUN_KEY), extra.get(FLAG_RULE_KEY))
     return [str(write_results_folder(path, saved, overwrite=False))]

@@ -6,9 +6,9 @@ import json
 import time
 from pathlib import Path
 
-from napari_gradcamo.audit import results
 from napari_gradcamo.audit.run import AuditSettings, run_audit
 from napari_gradcamo.models.bundled import FIELD_MODELS, load_demo_model
+from napari_gradcamo.output import results
 
 
 def run_headless_demo(out: Path) -> dict:

@@ -21,7 +21,22 @@ class Cancelled(Exception):
 
 
 class CancelToken:
-    """A thread-safe cancel flag that long steps poll between units of work."""
+    """A thread-safe cancel flag that long steps poll between units of work.
+
+    Pass one to :func:`~napari_gradcamo.audit.run.run_audit`, :func:`~napari_gradcamo.segment.cellpose.segment`
+    or an export, and call :meth:`cancel` from another thread: the step stops after its current unit (a
+    batch, a plane, a cell) and keeps what finished.
+
+    Examples
+    --------
+    >>> import napari_gradcamo as ng
+    >>> token = ng.CancelToken()
+    >>> token.cancelled
+    False
+    >>> token.cancel()
+    >>> token.cancelled
+    True
+    """
 
     def __init__(self) -> None:
         self._event = threading.Event()

@@ -1,6 +1,8 @@
 """Fixtures of the dock tests: a real viewer with the small synthetic field and the audit dock."""
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,21 @@ def autosave_in_tmp(tmp_path, monkeypatch):
 
     folder = tmp_path / "autosave"
     monkeypatch.setenv(AUTOSAVE_ENV, str(folder))
+    return folder
+
+
+SCREENSHOT_DIR_ENV = "NAPARI_GRADCAMO_SCREENSHOT_DIR"
+
+
+@pytest.fixture
+def screenshot_dir(tmp_path):
+    """Where a test saves the screenshot it takes: ``tmp_path``, so a test run never rewrites tracked files.
+
+    ``make screenshots`` sets ``NAPARI_GRADCAMO_SCREENSHOT_DIR=docs`` to refresh the pictures in docs/ on
+    purpose (it runs only the tests marked ``screenshot``).
+    """
+    folder = Path(os.environ.get(SCREENSHOT_DIR_ENV) or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 

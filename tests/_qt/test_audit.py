@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from napari_gradcamo._qt import AuditWidget
-from napari_gradcamo.audit import labels_features, results
+from napari_gradcamo.audit import labels_features
+from napari_gradcamo.output import results
 from qt_helpers import audited
 
 

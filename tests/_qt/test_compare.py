@@ -1,17 +1,16 @@
 """Compare two models on the same cells: both scores, their difference, the scatter, click → cell."""
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from napari_gradcamo._qt.compare_widget import CompareWidget
 from napari_gradcamo.models.bundled import bundled_model_path
 
-SHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot_compare.png"
 
-
-def test_compare_two_models_and_go_to_a_cell(audited_dock):
+@pytest.mark.screenshot
+def test_compare_two_models_and_go_to_a_cell(audited_dock, screenshot_dir):
     viewer, audit, labels = audited_dock
     table_a = audit.features().set_index("label")
 
@@ -32,4 +31,4 @@ def test_compare_two_models_and_go_to_a_cell(audited_dock):
     compare._on_pick(SimpleNamespace(ind=[len(result) - 1]))
     assert labels.selected_label == target
     compare.resize(480, 900)
-    compare.grab().save(str(SHOT))
+    assert compare.grab().save(str(screenshot_dir / "screenshot_compare.png"))

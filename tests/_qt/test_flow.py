@@ -9,7 +9,8 @@ from qtpy.QtCore import QPoint, Qt
 from napari_gradcamo._qt import AuditWidget, SegmentWidget
 from napari_gradcamo._qt import layers as L
 from napari_gradcamo._sample_data import field_layers
-from napari_gradcamo.audit import labels_features, results
+from napari_gradcamo.audit import labels_features
+from napari_gradcamo.output import results
 
 
 def add_field(viewer, field):

@@ -26,7 +26,7 @@ def test_core_stays_qt_free():
     import sys
 
     code = (
-        "import sys; import napari_gradcamo.audit.labels_features, napari_gradcamo.io.export, napari_gradcamo._sample_data;"
+        "import sys; import napari_gradcamo.audit.labels_features, napari_gradcamo.output.export, napari_gradcamo._sample_data;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'napari')];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

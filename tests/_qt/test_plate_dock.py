@@ -1,11 +1,7 @@
 """The Plate dock: a plate run's well heatmap, a well's fields, one field loaded lazily with the audit dock ready."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot_plate.png"
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +21,8 @@ def plate_run(tmp_path_factory):
     return folder / "out"
 
 
-def test_plate_dock_heatmap_and_loading_a_field(make_napari_viewer, qtbot, plate_run):
+@pytest.mark.screenshot
+def test_plate_dock_heatmap_and_loading_a_field(make_napari_viewer, qtbot, plate_run, screenshot_dir):
     import dask.array as da
 
     from napari_gradcamo._qt.plate_dock import PlateDock
@@ -45,10 +42,10 @@ def test_plate_dock_heatmap_and_loading_a_field(make_napari_viewer, qtbot, plate
     assert item.data(0x0100) == "B03" and "median" in item.toolTip()
     colours = {dock.heatmap.item(1, c).background().color().name() for c in range(1, 4)}
     assert len(colours) > 1, "wells with different medians get different colours"
-    dock._on_well_clicked(row, column)
+    dock.heatmap.cellClicked.emit(row, column)  # what a click on the well does
     assert dock.fields.count() == 2 and "8 cells" in dock.fields.item(1).text()
     dock.fields.setCurrentRow(1)
-    dock._load_current()
+    dock.load_button.click()
     qtbot.wait(200)
     images = [layer for layer in viewer.layers if layer.__class__.__name__ == "Image" and "SYN01 B03 2" in layer.name]
     assert len(images) == 5 and all(isinstance(layer.data, da.Array) for layer in images), "channels stay lazy"
@@ -69,5 +66,4 @@ def test_plate_dock_heatmap_and_loading_a_field(make_napari_viewer, qtbot, plate
     assert everyone is not None and everyone.visible and float(np.asarray(everyone.data).max()) > 0, \
         "the field's stored maps fill the all-cells layer"
     assert "no Grad-CAM" not in widget.panel.status.text()
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    viewer.screenshot(str(SCREENSHOT), canvas_only=False)
+    viewer.screenshot(str(screenshot_dir / "screenshot_plate.png"), canvas_only=False)

@@ -1,6 +1,5 @@
 """Profiles dock: compute profiles for the viewer's cells, UMAP ↔ labels linking both ways, loaded tables."""
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -85,8 +84,9 @@ def test_a_checkpoint_from_gradcamo_train_loads_in_the_audit_widget(make_napari_
     assert widget.bundle.metadata.training["config"]["epochs"] == 1
 
 
+@pytest.mark.screenshot
 def test_dock_reuses_the_audit_model_colours_by_what_differs_and_speaks_plainly(field_dock, tmp_path, monkeypatch,
-                                                                                 qtbot):
+                                                                                 qtbot, screenshot_dir):
     """The defects seen in issue 12: colour by a class that is '(none)' for every cell, no colour bar, a clipped
     title, jargon in the status line, and a second model to load although the Audit dock holds one."""
     import napari_gradcamo.profiles.extract as P
@@ -136,5 +136,5 @@ def test_dock_reuses_the_audit_model_colours_by_what_differs_and_speaks_plainly(
     shot = viewer.screenshot(canvas_only=False)
     from imageio.v3 import imwrite
 
-    imwrite(Path(__file__).resolve().parents[2] / "docs" / "screenshot_profiles_1366x768.png", shot)
+    imwrite(screenshot_dir / "screenshot_profiles_1366x768.png", shot)
     assert shot.shape[0] <= 800 and widget.panel.status.isVisible() and widget.compute_button.isVisible()

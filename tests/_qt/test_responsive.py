@@ -144,10 +144,9 @@ def test_features_follow_a_table_another_tool_sets(field_dock):
     assert again is not first and (again["other_tool"] == 7).all()
 
 
-def test_screenshot_while_the_audit_runs(field_dock, qtbot, slow_audit, monkeypatch):
+@pytest.mark.screenshot
+def test_screenshot_while_the_audit_runs(field_dock, qtbot, slow_audit, monkeypatch, screenshot_dir):
     """What a person sees mid-run: rows, map and colours of the cells done so far (looked at in docs/)."""
-    from pathlib import Path
-
     viewer, widget, _, labels = field_dock
     monkeypatch.setattr(audit_runner, "MAP_REFRESH_S", 0.3)
     monkeypatch.setattr(audit_runner, "COLOUR_REFRESH_S", 0.3)
@@ -162,7 +161,7 @@ def test_screenshot_while_the_audit_runs(field_dock, qtbot, slow_audit, monkeypa
     shot = viewer.screenshot(canvas_only=False)
     from imageio.v3 import imwrite
 
-    imwrite(Path(__file__).resolve().parents[2] / "docs" / "screenshot_audit_running.png", shot)
+    imwrite(screenshot_dir / "screenshot_audit_running.png", shot)
     assert widget.busy and 2 <= done < total
     assert not widget.save_button.isEnabled() and not widget.export_button.isEnabled()
     colours = {tuple(np.round(labels.colormap.color_dict[int(label)], 3)) for label in widget.features()["label"]}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_gradcamo._qt import AuditWidget
-from napari_gradcamo.io.results_folder import ResultsFolderError, read_results_folder
+from napari_gradcamo.output.results_folder import ResultsFolderError, read_results_folder
 
 
 def test_saved_audit_reopens_in_a_new_viewer(audited_dock, make_napari_viewer, tmp_path):
@@ -70,7 +70,7 @@ def close_window(widget):
 
 def test_closing_napari_saves_an_unsaved_audit_with_its_run_record(audited_dock, autosave_in_tmp):
     """An audit is not lost when napari closes: the window's close saves it (with provenance) and says where."""
-    from napari_gradcamo.io.results_folder import read_results_folder
+    from napari_gradcamo.output.results_folder import read_results_folder
 
     viewer, widget, labels = audited_dock
     assert widget.unsaved

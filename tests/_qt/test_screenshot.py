@@ -1,16 +1,15 @@
 """The demo as a user runs it (threaded, CPU), and the screenshot of the finished audit for the README."""
 
 import time
-from pathlib import Path
 
 import numpy as np
+import pytest
 
-from napari_gradcamo.audit import results
-
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot_audit.png"
+from napari_gradcamo.output import results
 
 
-def test_demo_audit_in_the_gui_and_screenshot(make_napari_viewer, qtbot, plugin_checkpoint):
+@pytest.mark.screenshot
+def test_demo_audit_in_the_gui_and_screenshot(make_napari_viewer, qtbot, plugin_checkpoint, screenshot_dir):
     from napari_gradcamo._demo_viewer import build_demo
     from napari_gradcamo.models.bundled import bundled_models
 
@@ -42,7 +41,7 @@ def test_demo_audit_in_the_gui_and_screenshot(make_napari_viewer, qtbot, plugin_
         if layer.name in ("ER", "RNA", "Mito"):
             layer.visible = False
     qtbot.wait(200)
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    shot = viewer.screenshot(str(SCREENSHOT), canvas_only=False)
-    assert SCREENSHOT.exists() and shot.shape[0] > 500 and shot.shape[1] > 900
+    path = screenshot_dir / "screenshot_audit.png"
+    shot = viewer.screenshot(str(path), canvas_only=False)
+    assert path.exists() and shot.shape[0] > 500 and shot.shape[1] > 900
     assert np.asarray(shot)[..., :3].std() > 10  # not a blank window

@@ -7,7 +7,8 @@ import pandas as pd
 from qtpy.QtCore import Qt
 
 from napari_gradcamo._qt.table import ResultsTable
-from napari_gradcamo.audit import labels_features, results
+from napari_gradcamo.audit import labels_features
+from napari_gradcamo.output import results
 
 N = 10_000
 

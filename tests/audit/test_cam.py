@@ -6,10 +6,10 @@ import torch
 
 from analytic_models import ChannelMeanClassifier
 from napari_gradcamo.audit.cam import CAM_METHODS, CamEngine, cam_class
-from napari_gradcamo.audit.layers import default_target_layer, list_target_layers
 from napari_gradcamo.audit.run import AuditSettings, run_audit
 from napari_gradcamo.io.images import make_image
 from napari_gradcamo.models.architectures import build_model
+from napari_gradcamo.models.layers import default_target_layer, list_target_layers
 from napari_gradcamo.models.metadata import ModelBundle, ModelMetadata
 
 GRADIENT_METHODS = [m for m in CAM_METHODS if m != "eigencam"]

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import tifffile
 
-from napari_gradcamo.audit import results
 from napari_gradcamo.audit.batch import batch_of
 from napari_gradcamo.audit.cam import CamEngine
 from napari_gradcamo.audit.layer_sweep import MultiLayerCam, candidate_layers, choose_layer, deletion_drops
@@ -20,6 +19,7 @@ from napari_gradcamo.cli import main
 from napari_gradcamo.crops.datasets import crops_from_fields
 from napari_gradcamo.crops.extract import cell_table, extract_crop
 from napari_gradcamo.models.bundled import bundled_model_path, load_demo_model
+from napari_gradcamo.output import results
 from napari_gradcamo.synthetic.experiment import audit_fields, demo_field, scenario_fields
 
 

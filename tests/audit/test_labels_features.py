@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_gradcamo.audit import labels_features, results
+from napari_gradcamo.audit import labels_features
 from napari_gradcamo.audit.run import AuditSettings, CellCam, run_audit
 from napari_gradcamo.models.checkpoint import load_checkpoint
+from napari_gradcamo.output import results
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_gradcamo.audit import results
 from napari_gradcamo.audit.run import AuditSettings, iter_audit, rescore, resolve_channels, run_audit
 from napari_gradcamo.io.images import ImageError, make_image
 from napari_gradcamo.models.architectures import build_model
 from napari_gradcamo.models.metadata import ModelBundle, ModelMetadata
+from napari_gradcamo.output import results
 from napari_gradcamo.progress import CancelToken
 
 CHANNELS = ["DNA", "ER", "RNA"]

@@ -357,7 +357,7 @@ def test_non_finite_model_outputs_give_nan_and_a_reason(data, tmp_path, capsys):
 
 
 def test_run_record_of_in_memory_data_says_so():
-    from napari_gradcamo.audit.provenance import start_record
+    from napari_gradcamo.output.provenance import start_record
 
     record = start_record("audit", "honest (trained)", {}, {"image": "", "layer": "nuclei"}, {})
     assert record["checkpoint"]["note"].startswith("not a file") and "sha256" not in record["checkpoint"]

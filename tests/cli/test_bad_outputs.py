@@ -19,13 +19,13 @@ import tifffile
 import torch
 
 from bad_inputs_common import HONEST, Payload, assert_refused, audit_argv, run, snapshot, synthetic_fields
-from napari_gradcamo.audit import results
-from napari_gradcamo.audit.provenance import describe
 from napari_gradcamo.audit.run import AuditSettings, run_audit
 from napari_gradcamo.cli import main
 from napari_gradcamo.io.atomic import TEMP_PREFIX
 from napari_gradcamo.io.images import read_image
 from napari_gradcamo.models.checkpoint import load_checkpoint
+from napari_gradcamo.output import results
+from napari_gradcamo.output.provenance import describe
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +115,8 @@ def test_run_record_names_checkpoint_image_settings_and_versions(data, tmp_path,
 
 
 def test_export_carries_the_run_record_and_refuses_to_replace_it(data, tmp_path):
-    from napari_gradcamo.audit.provenance import finish_record, start_record
-    from napari_gradcamo.io.export import ExportExistsError, export_flagged
+    from napari_gradcamo.output.export import ExportExistsError, export_flagged
+    from napari_gradcamo.output.provenance import finish_record, start_record
 
     image, labels, bundle = read_image(data["image"]), tifffile.imread(data["masks"]), load_checkpoint(HONEST)
     result = run_audit(image, labels, bundle, AuditSettings(threshold=1.0))

@@ -47,3 +47,24 @@ def test_2d_image_gives_single_plane_crops():
     assert [c.label for c in crops] == [1, 2]
     assert crops[0].image.shape == (3, 1, 12, 12)
     assert crops[1].cell_mask.sum() == 64
+
+
+def test_cell_table_with_sparse_ids_equals_the_dense_numbering():
+    """Ids far above the compaction limit locate the same cells (centroid, volume, box, pieces) as 1..N."""
+    from napari_gradcamo.crops.extract import cell_table
+
+    rng = np.random.default_rng(3)
+    dense = np.zeros((4, 40, 40), np.int64)
+    for k in range(1, 9):
+        z, y, x = rng.integers(0, 3), rng.integers(0, 34), rng.integers(0, 34)
+        dense[z : z + 2, y : y + 5, x : x + 5] = k
+    dense[3, 0, 0] = 5  # a second piece of cell 5
+    present = np.unique(dense)[1:]
+    sparse_ids = {int(k): int(v) for k, v in zip(present, np.linspace(70_000, 2**40, len(present)).astype(np.int64))}
+    sparse = np.zeros_like(dense)
+    for k, v in sparse_ids.items():
+        sparse[dense == k] = v
+    a, b = cell_table(dense), cell_table(sparse)
+    assert [sparse_ids[c.label] for c in a] == [c.label for c in b]
+    for ca, cb in zip(a, b):
+        assert (ca.centroid, ca.volume, ca.bbox, ca.pieces) == (cb.centroid, cb.volume, cb.bbox, cb.pieces)

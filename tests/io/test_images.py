@@ -68,3 +68,20 @@ def test_labels_checks():
     with pytest.raises(ImageError, match="negative"):
         as_label_volume(-np.ones((4, 4), int))
     assert as_label_volume(np.ones((4, 5), int)).shape == (1, 4, 5)
+
+
+def test_16_bit_fields_stay_16_bit_and_crop_as_float32():
+    """A uint16 field is kept in its own type (half the memory of float32); its crops equal a float32 copy's."""
+    from napari_gradcamo.crops.extract import cell_table, extract_crop
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 65535, (2, 3, 20, 20), dtype=np.uint16)
+    labels = np.zeros((3, 20, 20), np.uint32)
+    labels[1, 5:12, 6:14] = 1
+    native, as_float = make_image(pixels, "CZYX"), make_image(pixels.astype(np.float64), "CZYX")
+    assert native.data.dtype == np.uint16 and as_float.data.dtype == np.float32
+    assert make_image(pixels.astype(np.int32), "CZYX").data.dtype == np.float32  # only 8/16-bit stay integer
+    cell = cell_table(labels)[0]
+    a, b = extract_crop(native, labels, cell, (3, 16, 16)), extract_crop(as_float, labels, cell, (3, 16, 16))
+    assert a.image.dtype == np.float32
+    np.testing.assert_array_equal(a.image, b.image)

@@ -21,18 +21,18 @@ import tifffile
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from napari_gradcamo.io.field_list import ManifestError, read_manifest
 from napari_gradcamo.io.images import ImageError
 from napari_gradcamo.io.lazy import open_image, open_labels
 from napari_gradcamo.io.ome_zarr import has_label_image, open_group, read_plate, write_plate
-from napari_gradcamo.io.results_folder import (
+from napari_gradcamo.models.bioimageio import check_yaml
+from napari_gradcamo.models.metadata import CheckpointError, ModelMetadata
+from napari_gradcamo.output.results_folder import (
     ResultsFolder,
     ResultsFolderError,
     read_results_folder,
     write_results_folder,
 )
-from napari_gradcamo.models.bioimageio import check_yaml
-from napari_gradcamo.models.metadata import CheckpointError, ModelMetadata
+from napari_gradcamo.segment.field_list import ManifestError, read_manifest
 from property_helpers import HUGE, JSON, damaged_bytes, mutated, nested_json, outcome
 
 # no shrinking: a failing case is reported as found (shrinking a case that hits the time limit would rerun it

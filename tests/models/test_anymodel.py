@@ -9,12 +9,13 @@ import torch
 import torch.nn as nn
 
 from napari_gradcamo.audit.cam import CamEngine
-from napari_gradcamo.audit.layers import LayerError, check_target_layer, layer_tree, list_target_layers
 from napari_gradcamo.audit.run import AuditSettings, run_audit
 from napari_gradcamo.crops.resample import image_crop_shape, resample_crops
 from napari_gradcamo.io.images import make_image
-from napari_gradcamo.models.architectures import _small_cnn, call_factory
+from napari_gradcamo.models.architectures import call_factory
+from napari_gradcamo.models.backbones import small_cnn
 from napari_gradcamo.models.heads import probabilities
+from napari_gradcamo.models.layers import LayerError, check_target_layer, layer_tree, list_target_layers
 from napari_gradcamo.models.metadata import CheckpointError, ModelBundle, ModelMetadata
 
 
@@ -74,7 +75,7 @@ def test_factories_of_any_signature():
 
 def _bundle_2d(**meta):
     torch.manual_seed(0)
-    model = _small_cnn(2, 2, width=4, dims=2).eval()
+    model = small_cnn(2, 2, width=4, dims=2).eval()
     return ModelBundle(model, ModelMetadata("small-cnn-2d", ["a", "b"], ["c0", "c1"], [1, 16, 16],
                                             architecture_kwargs={"width": 4}, target_layer="stage1", **meta))
 

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_gradcamo.audit.results import PROBABILITY_PREFIX
 from napari_gradcamo.cli import main
+from napari_gradcamo.output.results import PROBABILITY_PREFIX
 from napari_gradcamo.synthetic.files import write_synthetic_manifest
 
 RESNET_3D = {"factory": "monai.networks.nets.resnet:ResNet", "block": "basic", "layers": [1, 1, 1, 1],
@@ -48,6 +48,20 @@ FAMILIES = {
                                  "--crop-shape", "1", "32", "32", "--channels", "DNA,ER,RNA", "--layer", "layer1"],
                                 True, []),
 }
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Train and audit on one torch thread. Measured on a loaded 2-core machine (8 other agents), the MONAI
+    DenseNet case took 485 s with torch's default 2 threads and 44 s with one (OMP_NUM_THREADS=1): the two
+    threads wait on each other whenever another process holds a core. Compute is ~17 s of the case
+    (profiled: fit 11 s, 8 audits 6 s); the rest is writing the fields and importing MONAI."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

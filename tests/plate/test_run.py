@@ -64,6 +64,9 @@ def test_plate_end_to_end_matches_the_single_field_audit(plate, tmp_path):
     assert len(store.read_field_maps(tmp_path, task)) == len(mine)
     page = write_report(tmp_path).read_text()
     assert page.count("data:image/png;base64,") == 3 and "Failed fields" in page and "None." in page
+    declared = store.read_run(tmp_path)["plates"]  # the plate's own rows and columns, for the report's heatmaps
+    assert declared == {"SYN01": {"rows": sorted({w[0] for w in table["well"]}),
+                                  "columns": sorted({w[1:] for w in table["well"]})}}
 
 
 def test_rerun_skips_finished_fields_and_redoes_changed_ones(plate, tmp_path):

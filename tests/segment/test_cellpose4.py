@@ -175,9 +175,26 @@ def test_incomplete_or_misshapen_cpsam_files_are_refused(tmp_path):
     image = two_stain_image((1, 16, 16))
     partial = tmp_path / "partial.pt"
     torch.save({"W2": torch.eye(192).reshape(192, 3, 8, 8)}, partial)  # cellpose would run it with random weights
-    with pytest.raises(SegmentationError, match=r"does not fit cellpose 4's sam_vitl network \(missing \["):
+    with pytest.raises(SegmentationError, match=r"does not fit cellpose 4's \w+ network: \d+ missing parameters \("):
         segment(image, SegmentationSettings(model=str(partial), nucleus_channel=0))
     misshapen = tmp_path / "misshapen.pt"
     torch.save({"W2": torch.zeros(3, 3)}, misshapen)
-    with pytest.raises(SegmentationError, match="cellpose 4 could not load.*size mismatch"):
+    with pytest.raises(SegmentationError, match=r"1 misshapen parameter \(W2: \(3, 3\) in the file, \(\d"):
         segment(image, SegmentationSettings(model=str(misshapen), nucleus_channel=0))
+
+
+@pytest.mark.parametrize("removed", ["W2", "encoder.patch_embed.proj.weight"])
+def test_a_cpsam_file_with_one_parameter_removed_names_it(cpsam_file, tmp_path, removed):
+    """Issue 26: a cpsam file without W2 was called 'not a cellpose 4 model … install cellpose 3'."""
+    import torch
+
+    state = torch.load(cpsam_file, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    assert removed in state
+    del state[removed]
+    damaged = tmp_path / "damaged.pt"
+    torch.save(state, damaged)
+    with pytest.raises(SegmentationError) as caught:
+        segment(two_stain_image((1, 16, 16)), settings_for(damaged, nucleus_channel=0))
+    message = str(caught.value)
+    assert f"1 missing parameter ({removed} (" in message and "cellpose 3" not in message

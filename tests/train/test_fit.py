@@ -11,9 +11,9 @@ import torch
 from napari_gradcamo.cli import main
 from napari_gradcamo.crops.cache import build_cache
 from napari_gradcamo.crops.datasets import crops_from_fields
-from napari_gradcamo.io.field_list import ManifestError, read_manifest
 from napari_gradcamo.models.checkpoint import load_checkpoint
 from napari_gradcamo.progress import Cancelled, CancelToken
+from napari_gradcamo.segment.field_list import ManifestError, read_manifest
 from napari_gradcamo.synthetic.files import write_synthetic_manifest
 from napari_gradcamo.train.data import (
     augment,
@@ -132,7 +132,7 @@ def test_chunked_normalisation_equals_in_memory(cache):
 
 
 def test_fit_writes_a_checkpoint_with_full_metadata(cache, tmp_path):
-    result = fit(cache.data, cache.class_names, cache.channel_names, CROP, tiny_config(epochs=2, gradcamo_weight=0.5), tmp_path,
+    result = fit(cache.data, cache.class_names, cache.channel_names, CROP, tiny_config(epochs=2, outside_gradient_weight=0.5), tmp_path,
                  extra_metadata={"manifest": "m.csv"})
     bundle = load_checkpoint(tmp_path / "model.safetensors")
     meta = bundle.metadata
@@ -143,7 +143,8 @@ def test_fit_writes_a_checkpoint_with_full_metadata(cache, tmp_path):
     assert set(rule["deletion_drop"]) == {"stage1", "stage2", "stage3"} and rule["validation_crops"] > 0
     assert meta.normalization["method"] == "fixed" and len(meta.normalization["mean"]) == 5
     t = meta.training
-    assert t["config"]["gradcamo_weight"] == 0.5 and t["config"]["epochs"] == 2 and t["manifest"] == "m.csv"
+    assert t["config"]["outside_gradient_weight"] == 0.5 and t["config"]["epochs"] == 2 and t["manifest"] == "m.csv"
+    assert t["regularizer"]["kinds"] == ["outside-gradient"] and t["regularizer"]["outside_gradient_weight"] == 0.5
     assert t["epochs_run"] == 2 and len(t["history"]["val_loss"]) == 2 and np.isfinite(t["history"]["penalty"]).all()
     assert not set(t["split_wells"]["train"]) & set(t["split_wells"]["val"])
     assert {"torch", "napari_gradcamo", "python"} <= set(t)
@@ -173,7 +174,7 @@ def test_resume_continues_exactly(cache, tmp_path):
     assert resumed.history.loss == straight.history.loss and resumed.history.val_loss == straight.history.val_loss
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="differ"):
+    with pytest.raises(ValueError, match=r"training settings differ .*\(lr: [0-9.e-]+ → 0\.01\); give the same options"):
         fit(cache.data, cache.class_names, cache.channel_names, CROP, tiny_config(lr=1e-2), tmp_path / "b", resume=True)
 
 
@@ -198,12 +199,13 @@ def test_cli_synthetic_train_audit_end_to_end(tmp_path, capsys):
                  "--sites-per-well", "2"]) == 0
     manifest = json.loads(capsys.readouterr().out)["manifest"]
     assert main(["train", manifest, "--out", str(tmp_path / "run"), "--epochs", "2", "--width", "4",
-                 "--val-fraction", "0.5", "--batch-size", "8", "--gradcamo-weight", "0.3", "--device", "cpu"]) == 0
+                 "--val-fraction", "0.5", "--batch-size", "8", "--outside-gradient-weight", "0.3", "--device", "cpu"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["epochs_run"] == 2 and summary["crops"]["val"] > 0
+    assert summary["regularizer"] == ["outside-gradient"]
     assert summary["target_layer"] == load_checkpoint(tmp_path / "run" / "model.safetensors").metadata.target_layer
     checkpoint = tmp_path / "run" / "model.safetensors"
-    assert load_checkpoint(checkpoint).metadata.training["config"]["gradcamo_weight"] == 0.3
+    assert load_checkpoint(checkpoint).metadata.training["config"]["outside_gradient_weight"] == 0.3
     assert (tmp_path / "run" / "crops" / "crops.npy").exists()
     row = read_manifest(manifest).iloc[0]
     assert main(["audit", row["image"], "--model", str(checkpoint), "--masks", row["masks"],
@@ -211,7 +213,7 @@ def test_cli_synthetic_train_audit_end_to_end(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["cells"] > 0
     # resuming a finished run only rewrites its outputs
     assert main(["train", manifest, "--out", str(tmp_path / "run"), "--epochs", "2", "--width", "4",
-                 "--val-fraction", "0.5", "--batch-size", "8", "--gradcamo-weight", "0.3", "--device", "cpu",
+                 "--val-fraction", "0.5", "--batch-size", "8", "--outside-gradient-weight", "0.3", "--device", "cpu",
                  "--resume"]) == 0
 
 

@@ -1,27 +1,117 @@
-"""Grad-CAMO regulariser mechanics on small cases (not the research result: see docs/regularizer.md)."""
+"""The regularisers of train/regularizer.py: the outside-gradient penalty on an analytic model, context
+randomisation, the loop's switches, and a short no-signal training (the research result: docs/regularizer.md)."""
 
-from collections import OrderedDict
+import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from napari_gradcamo.audit.cam import CamEngine, upsample
-from napari_gradcamo.audit.scoring import score_cam
-from napari_gradcamo.crops.datasets import CropSet
+from napari_gradcamo.cli import build_parser
+from napari_gradcamo.cli.train import _outside_gradient_weight
+from napari_gradcamo.crops.datasets import MASK_CELL, MASK_OTHER, CropSet
 from napari_gradcamo.models.architectures import build_model
 from napari_gradcamo.models.metadata import ModelMetadata
-from napari_gradcamo.train.loop import train_classifier
+from napari_gradcamo.train.loop import evaluate, train_classifier
 from napari_gradcamo.train.regularizer import (
-    LayerCapture,
-    gradcam_of,
-    gradcamo_penalty,
-    share_inside,
-    true_class_gradients,
+    input_gradients,
+    log_probability_sum,
+    outside_gradient_penalty,
+    randomise_context,
+    regularizer_record,
 )
 
 CROP = (4, 16, 16)
+
+
+def cell_mask(n=1):
+    mask = torch.zeros(n, *CROP, dtype=torch.bool)
+    mask[:, :, 4:12, 4:12] = True
+    return mask
+
+
+class Linear(nn.Module):
+    """One logit z = Σ W·x (the other class's logit 0, or a single sigmoid logit): input gradients are
+    closed-form, ∂(log p0 + log p1)/∂x = (1 − 2σ(z)) · W."""
+
+    def __init__(self, weight, head="softmax"):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.head = head
+
+    def forward(self, x):
+        z = (x * self.weight).flatten(1).sum(dim=1, keepdim=True)
+        return z if self.head == "sigmoid-binary" else torch.cat([torch.zeros_like(z), z], dim=1)
+
+
+def penalty_of(model, x, mask, head="softmax"):
+    x = x.clone().requires_grad_(True)
+    logits = model(x)
+    return outside_gradient_penalty(input_gradients(head, logits, x), mask)
+
+
+@pytest.mark.parametrize("head", ["softmax", "sigmoid-binary"])
+def test_penalty_and_its_gradient_are_zero_when_every_input_gradient_lies_in_the_cell(head):
+    torch.manual_seed(0)
+    mask = cell_mask(3)
+    weight = torch.randn(2, *CROP) * mask[0]  # the logit reads only the cell
+    model = Linear(weight, head)
+    penalty, share = penalty_of(model, torch.randn(3, 2, *CROP), mask, head)
+    assert float(penalty.detach()) == 0.0 and (share == 0).all()
+    (grad,) = torch.autograd.grad(penalty, model.weight)
+    assert float(grad.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("head", ["softmax", "sigmoid-binary"])
+def test_penalty_equals_its_closed_form_and_pushes_the_outside_weights_to_zero(head):
+    torch.manual_seed(1)
+    mask = cell_mask(3)
+    weight = torch.randn(2, *CROP) * 0.05
+    model = Linear(weight.clone(), head)
+    x = torch.randn(3, 2, *CROP)
+    penalty, share = penalty_of(model, x, mask, head)
+    z = (x * weight).flatten(1).sum(dim=1)
+    outside = ~mask[0]
+    expected = ((1 - 2 * torch.sigmoid(z)) ** 2).mean() * (weight[:, outside] ** 2).sum()
+    assert float(penalty.detach()) > 0
+    torch.testing.assert_close(penalty, expected, rtol=1e-5, atol=1e-9)
+    expected_share = (weight[:, outside] ** 2).sum() / (weight ** 2).sum()
+    torch.testing.assert_close(share, expected_share.expand(3), rtol=1e-5, atol=1e-7)
+    (grad,) = torch.autograd.grad(penalty, model.weight)
+    assert float(grad[:, outside].abs().sum()) > 0  # the penalty reaches the weights that read the context
+    # a gradient step lowers the penalty
+    with torch.no_grad():
+        model.weight -= 1e-2 * grad / grad.norm()
+    assert float(penalty_of(model, x, mask, head)[0].detach()) < float(penalty.detach())
+
+
+def test_log_probability_sum_matches_the_heads():
+    z = torch.tensor([[0.3, -1.2, 2.0]])
+    p = torch.softmax(z, dim=1)
+    torch.testing.assert_close(log_probability_sum("softmax", z), p.log().sum(dim=1))
+    s = torch.sigmoid(z)
+    torch.testing.assert_close(log_probability_sum("multilabel", z), (s.log() + (1 - s).log()).sum(dim=1))
+    torch.testing.assert_close(log_probability_sum("sigmoid-binary", z[:, :1]), (s[:, 0].log() + (1 - s[:, 0]).log()))
+
+
+def test_context_randomisation_keeps_each_cell_and_takes_the_context_of_another_crop():
+    rng = np.random.default_rng(0)
+    n = 64
+    crops = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None, None], (n, 1, *CROP)).copy()
+    cell = cell_mask(n).numpy()
+    out = randomise_context(crops, cell, np.random.default_rng(3))
+    assert (out[:, 0][cell] == crops[:, 0][cell]).all()
+    donors = out[:, 0, 0, 0, 0].astype(int)  # a context voxel names its donor crop
+    assert all(np.all(out[i, 0][~cell[i]] == donors[i]) for i in range(n))
+    assert sorted(donors.tolist()) == list(range(n))  # a permutation of the batch
+    assert (donors != np.arange(n)).mean() > 0.9
+    assert np.array_equal(randomise_context(crops, cell, rng, 0.0), crops)
+    with pytest.raises(ValueError, match="0..1"):
+        randomise_context(crops, cell, rng, 1.5)
+
+
+# ------------------------------------------------------------------ the loop
 
 
 def small_cnn(seed=0, width=4, channels=2):
@@ -31,158 +121,95 @@ def small_cnn(seed=0, width=4, channels=2):
     return build_model(meta)
 
 
-def blob_crops(n=12, seed=0):
-    """Crops with a bright 'cell' (mask) in one corner and a class-coded texture elsewhere."""
+def no_signal_crops(n=48, seed=0):
+    """Every cell alike; the class only in a texture outside the cell (and the neighbouring cells' mask)."""
     rng = np.random.default_rng(seed)
     x = rng.normal(0, 0.3, size=(n, 2, *CROP)).astype(np.float32)
     masks = np.zeros((n, *CROP), np.uint8)
-    masks[:, :, 2:8, 2:8] = 1
+    masks[:, :, 4:12, 4:12] = MASK_CELL
+    masks[:, :, :2, :2] = MASK_OTHER
     y = np.arange(n) % 2
-    x[:, 0, :, 2:8, 2:8] += 1.0
-    x[y == 1, 1, :, 10:, 10:] += 1.5  # the class sits off the cell
+    x[:, 0][masks == MASK_CELL] += 1.0  # the cell, the same for both classes
+    outside = masks != MASK_CELL
+    stripes = np.zeros(CROP, np.float32)
+    stripes[:, ::2, :] = 1.0
+    for i in np.flatnonzero(y == 1):
+        x[i, 1][outside[i]] += 1.5 * stripes[outside[i]]
     return CropSet(x, y.astype(np.int64), np.array([f"w{i % 4}" for i in range(n)]), masks)
 
 
-def test_differentiable_map_and_score_equal_the_audit_engine():
-    model = small_cnn().eval()
-    data = blob_crops(6)
-    x = torch.as_tensor(data.x)
-    with LayerCapture(model, "stage1") as cap:
-        logits = model(x)
-        target = logits.argmax(1)
-        cam = gradcam_of(true_class_gradients(logits, cap.output, target, create_graph=False), cap.output)
-        scores, valid = share_inside(cam.detach(), torch.as_tensor(data.masks == 1))
-    with CamEngine(model, "stage1", "gradcam", "cpu") as engine:
-        engine.channels_last = False
-        _, targets, raw = engine.compute(data.x)
-    assert np.array_equal(targets, target.numpy())
-    np.testing.assert_allclose(cam.detach().numpy(), raw, rtol=1e-4, atol=1e-6)
-    maps = upsample(raw, CROP)
-    expected = [score_cam(m, k == 1).gradcamo for m, k in zip(maps, data.masks)]
-    got = np.where(valid.numpy(), scores.numpy(), np.nan)
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
-
-
-class OneLayer(nn.Module):
-    """feature = conv(1×1×1) → ReLU; logits = linear(mean(feature)): Grad-CAM is closed-form."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(OrderedDict(feat=nn.Conv3d(2, 2, 1), relu=nn.ReLU(), pool=nn.AdaptiveAvgPool3d(1),
-                                             flat=nn.Flatten(), head=nn.Linear(2, 2)))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def test_penalty_is_lower_when_attention_is_on_the_cell():
-    mask = torch.zeros(1, *CROP, dtype=torch.bool)
-    mask[:, :, 2:8, 2:8] = True
-    on_cell = torch.zeros(1, 1, *CROP)
-    on_cell[..., 2:8, 2:8] = 1.0
-    off_cell = torch.zeros(1, 1, *CROP)
-    off_cell[..., 10:, 10:] = 1.0
-    s_on, _ = share_inside(on_cell[:, 0], mask)
-    s_off, _ = share_inside(off_cell[:, 0], mask)
-    assert float(s_on) > 0.99 and float(s_off) < 0.01
-
-
-def test_gradients_flow_into_weights_and_training_on_the_penalty_moves_attention_onto_the_cell():
-    torch.manual_seed(0)
-    model = OneLayer()
-    data = blob_crops(8)
-    x, y = torch.as_tensor(data.x), torch.as_tensor(data.y)
-    cell = torch.as_tensor(data.masks == 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    penalties = []
-    with LayerCapture(model, "net.feat") as cap:
-        for step in range(100):
-            logits = model(x)
-            penalty, scores = gradcamo_penalty(logits, cap.output, y, cell)
-            optimizer.zero_grad()
-            penalty.backward()
-            if step == 0:
-                grads = {name: p.grad for name, p in model.named_parameters()}
-                # create_graph=True: the penalty reaches the conv weights AND the head (through ∂logit/∂A)
-                for name in ("net.feat.weight", "net.head.weight"):
-                    assert grads[name] is not None and torch.isfinite(grads[name]).all()
-                    assert float(grads[name].abs().sum()) > 0, name
-            optimizer.step()
-            penalties.append(float(penalty.detach()))
-    assert penalties[-1] < penalties[0] - 0.2, penalties[::10]
-    assert penalties[-1] < 0.3
-
-
-def test_without_create_graph_the_head_gets_no_gradient():
-    """Control for the test above: the head's gradient exists only through the double backward."""
-    torch.manual_seed(0)
-    model = OneLayer()
-    data = blob_crops(4)
-    with LayerCapture(model, "net.feat") as cap:
-        logits = model(torch.as_tensor(data.x))
-        penalty, _ = gradcamo_penalty(logits, cap.output, torch.as_tensor(data.y), torch.as_tensor(data.masks == 1),
-                                      create_graph=False)
-    assert not penalty.requires_grad or all(
-        g is None for g in torch.autograd.grad(penalty, [model.net.head.weight], allow_unused=True)
-    )
-
-
-def test_lambda_zero_is_exactly_plain_training_and_lambda_positive_is_not():
-    data = blob_crops(24)
+def test_zero_weights_are_exactly_plain_training_and_each_regulariser_changes_it():
+    data = no_signal_crops(24)
     norm = {"method": "none"}
     weights = {}
-    for name, kwargs in (("plain", {}), ("zero", {"gradcamo_weight": 0.0, "target_layer": "stage1"}),
-                         ("reg", {"gradcamo_weight": 1.0, "target_layer": "stage1"})):
+    for name, kwargs in (("plain", {}), ("zero", {"outside_gradient_weight": 0.0, "context_randomisation": 0.0}),
+                         ("gradient", {"outside_gradient_weight": 1.0}), ("context", {"context_randomisation": 1.0})):
         model = small_cnn(seed=3)
         history = train_classifier(model, data, norm, epochs=2, batch_size=8, seed=5, **kwargs)
         weights[name] = {k: v.clone() for k, v in model.state_dict().items()}
-        if name == "reg":
-            assert np.isfinite(history.penalty).all() and 0 <= min(history.penalty) <= 1
-            assert np.isfinite(history.train_gradcamo).all()
-    assert all(torch.equal(weights["plain"][k], weights["zero"][k]) for k in weights["plain"])
-    assert any(not torch.equal(weights["plain"][k], weights["reg"][k]) for k in weights["plain"])
+        if name == "gradient":
+            assert np.isfinite(history.penalty).all() and min(history.penalty) >= 0
+            assert all(0 <= s <= 1 for s in history.outside_gradient_share)
+        else:
+            assert np.isnan(history.penalty).all()
+    for name in ("zero", "gradient", "context"):
+        same = all(torch.equal(weights["plain"][k], weights[name][k]) for k in weights["plain"])
+        assert same == (name == "zero"), name
 
 
-def test_regulariser_needs_masks_and_a_layer():
-    data = blob_crops(8)
+def test_regularisers_need_masks():
+    data = no_signal_crops(8)
     data.masks = None
-    with pytest.raises(ValueError, match="mask"):
-        train_classifier(small_cnn(), data, {"method": "none"}, epochs=1, gradcamo_weight=1.0, target_layer="stage1")
-    with pytest.raises(ValueError, match="layer"):
-        train_classifier(small_cnn(), blob_crops(8), {"method": "none"}, epochs=1, gradcamo_weight=1.0)
+    for kwargs in ({"outside_gradient_weight": 1.0}, {"context_randomisation": 0.5}):
+        with pytest.raises(ValueError, match="mask"):
+            train_classifier(small_cnn(), data, {"method": "none"}, epochs=1, **kwargs)
 
 
-def test_a_map_with_no_positive_evidence_cannot_escape_the_penalty():
-    """The seed-3 collapse of the first objective: a true-class Grad-CAM ≤ 0 everywhere dropped out of the
-    penalty. The local contributions still count such a crop and pass a gradient."""
-    activations = torch.rand(2, 3, *CROP, requires_grad=True)
-    head = torch.tensor([[-1.0, -2.0, -0.5], [1.0, 2.0, 0.5]])  # class 0's evidence is negative everywhere
-    logits = activations.mean(dim=(2, 3, 4)) @ head.T
-    mask = torch.zeros(2, *CROP, dtype=torch.bool)
-    mask[:, :, :8, :8] = True
-    target = torch.tensor([0, 0])
-    penalty, reported = gradcamo_penalty(logits, activations, target, mask)
-    assert torch.isnan(reported).all()  # the audit's (ReLU) score is undefined for such maps...
-    assert 0.0 < float(penalty.detach()) <= 1.0  # ...but the penalty counts them
-    (grad,) = torch.autograd.grad(penalty, activations)
-    assert float(grad.abs().sum()) > 0
+def test_on_no_signal_data_context_randomisation_leaves_nothing_to_learn():
+    """The cells carry no class: the plain model learns the context; with context randomisation the context
+    is independent of the class and held-out accuracy stays near chance."""
+    train, held_out = no_signal_crops(64, seed=0), no_signal_crops(64, seed=1)
+    norm = {"method": "none"}
+    accuracy = {}
+    for name, kwargs in (("plain", {}), ("context", {"context_randomisation": 1.0})):
+        model = small_cnn(seed=0)
+        train_classifier(model, train, norm, epochs=6, batch_size=16, seed=0, lr=5e-3, **kwargs)
+        accuracy[name] = evaluate(model, held_out, np.arange(len(held_out)), norm)["accuracy"]
+    assert accuracy["plain"] >= 0.9, accuracy
+    assert abs(accuracy["context"] - 0.5) <= 0.15, accuracy
 
 
-def test_background_evidence_hidden_from_gradcam_still_costs():
-    """How the first (Grad-CAM) objective was gamed: a channel that reads the background with gradients of
-    both signs averages to a zero Grad-CAM weight, so Grad-CAM shows only the cell while the logit depends
-    on the background. The local contributions see it."""
-    mask = torch.zeros(1, *CROP, dtype=torch.bool)
-    mask[:, :, 4:12, 4:12] = True
-    cell = torch.zeros(1, *CROP)
-    cell[mask] = 1.0
-    texture = (~mask).float()  # a background-only channel
-    activations = torch.stack([cell, texture], dim=1).requires_grad_(True)
-    signs = torch.ones(CROP)
-    signs[:, :, : CROP[2] // 2] = -1.0  # the background read as +1 on one side and −1 on the other
-    signs = signs - (signs * texture[0]).sum() / texture[0].sum() * texture[0]  # its mean gradient: exactly 0
-    logit = (activations[:, 0] * 0.01).sum() + (activations[:, 1] * signs).sum()
-    logits = torch.stack([-logit, logit]).reshape(1, 2)
-    penalty, reported = gradcamo_penalty(logits, activations, torch.tensor([1]), mask)
-    assert float(reported[0]) == pytest.approx(1.0)  # Grad-CAM: all of the evidence on the cell
-    assert float(penalty.detach()) > 0.9  # contributions: nearly all of it outside
+# ------------------------------------------------------------------ metadata and the CLI
+
+
+def test_regularizer_record_names_the_kinds():
+    assert regularizer_record(0.0, 0.0)["kinds"] == []
+    record = regularizer_record(0.5, 1.0)
+    assert record["kinds"] == ["outside-gradient", "context-randomisation"]
+    assert record["outside_gradient_weight"] == 0.5 and record["context_randomisation"] == 1.0
+
+
+def train_args(*options):
+    return build_parser().parse_args(["train", "m.csv", "--out", "o", *options])
+
+
+def test_deprecated_gradcamo_weight_warns_and_maps_to_the_outside_gradient_weight():
+    with pytest.warns(FutureWarning, match="--outside-gradient-weight"):
+        assert _outside_gradient_weight(train_args("--gradcamo-weight", "0.3")) == 0.3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _outside_gradient_weight(train_args("--outside-gradient-weight", "0.7")) == 0.7
+        assert _outside_gradient_weight(train_args()) == 0.0
+    with pytest.raises(ValueError, match="only"):
+        _outside_gradient_weight(train_args("--gradcamo-weight", "0.3", "--outside-gradient-weight", "0.3"))
+    assert train_args("--context-randomisation", "0.5").context_randomisation == 0.5
+
+
+def test_cli_refuses_a_context_randomisation_outside_0_1(tmp_path, capsys):
+    from napari_gradcamo.cli import main
+    from napari_gradcamo.synthetic.files import write_synthetic_manifest
+
+    manifest = write_synthetic_manifest(tmp_path / "d", "honest", seed=1, n_fields=2, n_cells=3, shape=(8, 32, 32),
+                                        sites_per_well=1)
+    assert main(["train", str(manifest), "--out", str(tmp_path / "run"), "--context-randomisation", "2"]) == 2
+    assert "0..1" in capsys.readouterr().err

@@ -18,8 +18,10 @@ from qtpy.QtWidgets import QFileDialog, QMessageBox
 from napari_gradcamo._qt import layers as L
 from napari_gradcamo._qt.audit_runner import RUN_RECORD_KEY
 from napari_gradcamo._qt.pickers import guarded
-from napari_gradcamo.audit import labels_features, results
+from napari_gradcamo._results_io import FLAG_RULE_KEY
+from napari_gradcamo.audit import labels_features
 from napari_gradcamo.io.images import ImageError
+from napari_gradcamo.output import results
 
 
 class AuditEditsMixin:
@@ -39,7 +41,9 @@ class AuditEditsMixin:
             self._last_selected = label
             row = labels_features.row_of(self.features(layer), label)
             if row is not None and center:
-                L.focus_on(self.viewer, layer, (row["centroid_z"], row["centroid_y"], row["centroid_x"]))
+                diameter = L.cell_diameter(row["volume_voxels"], 3 if L.labels_volume(layer).shape[0] > 1 else 2)
+                L.focus_on(self.viewer, layer, (row["centroid_z"], row["centroid_y"], row["centroid_x"]),
+                           diameter=diameter)
             self._show_cell_cam(layer, label)
         finally:
             self._selecting = False
@@ -95,7 +99,19 @@ class AuditEditsMixin:
             self.threshold.setValue(value)  # comes back here through valueChanged
             return
         if self.labels_layer is not None:
-            self._set_features(self.labels_layer, labels_features.reflag(self.features(), self.results.flag_rule()))
+            rule = self.results.flag_rule()
+            # kept with the layer: saving writes it, reopening shows the same verdict
+            self.labels_layer.metadata[FLAG_RULE_KEY] = {"on": rule.on, "threshold": rule.threshold}
+            self._set_features(self.labels_layer, labels_features.reflag(self.features(), rule))
+
+    def set_flag_rule(self, on: str, threshold: float) -> None:
+        """Flag cells whose score ``on`` ('gradcamo', 'normalised', 'lift') is below ``threshold``."""
+        flag_on = self.results.flag_on
+        index = flag_on.findData(on)
+        if index < 0:
+            raise ValueError(f"unknown score {on!r}; choose one of {list(self.results.RANGES)}")
+        flag_on.setCurrentIndex(index)  # reflags with the current threshold, brought into the score's range
+        self.set_threshold(float(threshold))
 
     def _on_flag_toggled(self, label: int) -> None:
         if self.labels_layer is not None:
@@ -135,11 +151,18 @@ class AuditEditsMixin:
         if layer is None or layer is not self.labels_layer or not touched:
             return
         cams = self.cams(layer)
+        deleted = self._deleted.setdefault(layer, {})  # rows (and maps) of deleted cells: an undo restores them
         outcome = labels_features.apply_mask_edit(self.features(layer), L.labels_volume(layer), touched, cams,
-                                                  self.results.flag_rule())
+                                                  self.results.flag_rule(), deleted)
+        for label, row in outcome.removed_rows.items():
+            deleted[label] = (row, cams.get(label))
         for label in outcome.removed + outcome.moved:
             cams.pop(label, None)
-        if outcome.removed or outcome.moved:
+        for label in outcome.restored:
+            cam = deleted.pop(label, (None, None))[1]
+            if cam is not None and label not in outcome.moved:
+                cams[label] = cam
+        if outcome.removed or outcome.moved or outcome.restored:
             self._composites.pop(layer, None)
             if self.all_cells_layer() is not None:
                 self._show_composite(layer)
@@ -148,6 +171,8 @@ class AuditEditsMixin:
         notes = []
         if outcome.rescored:
             notes.append(f"rescored {', '.join(map(str, outcome.rescored))} with the cached Grad-CAM")
+        if outcome.restored:
+            notes.append(f"label(s) {', '.join(map(str, outcome.restored))} back with their earlier results")
         if outcome.added:
             notes.append(f"new label(s) {', '.join(map(str, outcome.added))}: not audited")
         if outcome.removed:
@@ -188,6 +213,7 @@ class AuditEditsMixin:
         if layer is not self.labels_layer:
             return
         self.cams(layer).clear()
+        self._deleted.pop(layer, None)
         self._composites.pop(layer, None)
         self.cam_layers.hide()
         names = self.bundle.metadata.class_names if self.bundle is not None else []
@@ -213,24 +239,58 @@ class AuditEditsMixin:
             self.save_results(folder)
 
     def save_results(self, folder) -> bool:
-        """Write image, masks, maps and table to a new results folder (see :mod:`napari_gradcamo.io.results_folder`)."""
-        from napari_gradcamo.io.results_folder import ResultsFolder, ResultsFolderError, write_results_folder
+        """Write image, masks, maps and table to a new results folder (see :mod:`napari_gradcamo.output.results_folder`).
+
+        Only the references are gathered here; stacking the stains and writing the files (seconds for a
+        real-sized field) run in the panel's worker, with progress. Returns False with the reason shown when
+        the save cannot start; True when it started (when jobs run synchronously: when it succeeded)."""
+        from napari_gradcamo.output.results_folder import ResultsFolderError
 
         layer = self.labels_layer
         try:
             if layer is None:
                 raise ImageError("Choose the Labels layer first.")
-            image = self.picker.image()
-            saved = ResultsFolder(image.data, list(image.channel_names), tuple(image.voxel_size),
-                                  np.asarray(L.labels_volume(layer)), self.features(layer), dict(self.cams(layer)),
-                                  self.model_panel.model_name, layer.metadata.get(RUN_RECORD_KEY))
-            path = write_results_folder(folder, saved)
-        except (ImageError, ResultsFolderError, OSError) as error:
+            if self.busy:
+                raise ImageError("An audit or export is running; save when it has finished.")
+            image_layers = self.picker.layers()
+            if not image_layers:
+                raise ImageError("No image layer is selected; tick the layers that hold the stains.")
+            if Path(folder).exists():
+                raise ResultsFolderError(f"{folder} exists; choose a new folder name or allow overwriting it.")
+        except (ImageError, ResultsFolderError) as error:
             self.panel.end(f"Not saved: {error}", error=True)
             return False
+        rule = self.results.flag_rule()
+        args = (folder, image_layers, L.labels_volume(layer), self.features(layer), dict(self.cams(layer)),
+                self.model_panel.model_name, layer.metadata.get(RUN_RECORD_KEY),
+                {"on": rule.on, "threshold": rule.threshold})
+        self._save_ok = None
+        self._refresh_buttons(running=True)
+        self.panel.start(f"Saving the audit to {folder}…", _save_job, *args,
+                         on_return=self._on_saved, on_error=self._on_save_error,
+                         on_finished=lambda: self._refresh_buttons(running=False))
+        return self._save_ok is not False if not self.synchronous else bool(self._save_ok)
+
+    @guarded
+    def _on_saved(self, path) -> None:
+        if path is None:
+            self._save_ok = False
+            self.panel.end("Save cancelled: nothing was written.")
+            return
+        self._save_ok = True
         self.unsaved = False
-        self.panel.say(f"Audit saved to {path} (File > Open… that folder brings it back).")
-        return True
+        self.panel.end(f"Audit saved to {path} (File > Open… that folder brings it back).")
+
+    @guarded
+    def _on_save_error(self, error) -> None:
+        from napari_gradcamo._qt.panel import first_line
+        from napari_gradcamo.progress import Cancelled
+
+        self._save_ok = False
+        if isinstance(error, Cancelled):
+            self.panel.end("Save cancelled: nothing was written.")
+            return
+        self.panel.end(f"Not saved: {first_line(error)}", error=True)
 
     def autosave(self) -> Path | None:
         """Save an audit that was not saved to a new folder under :func:`autosave_root` (napari is closing);
@@ -240,8 +300,13 @@ class AuditEditsMixin:
             return None
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", layer.name).strip("_") or "audit"
         folder = autosave_root() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if not self.save_results(folder):
-            return None
+        # napari is closing: this save cannot wait for a worker (the one save that holds the main thread)
+        was, self.panel.synchronous = self.panel.synchronous, True
+        try:
+            if not self.save_results(folder):
+                return None
+        finally:
+            self.panel.synchronous = was
         from napari.utils.notifications import show_info
 
         show_info(f"The unsaved audit was saved to {folder} (File > Open… that folder brings it back).")
@@ -265,7 +330,7 @@ class AuditEditsMixin:
         table = self.features(layer)
         crop_shape = self.bundle.metadata.crop_shape if self.bundle is not None else None
         args = (folder, image, np.array(L.labels_volume(layer)), table, dict(self.cams(layer)), crop_shape, overwrite,
-                layer.metadata.get(RUN_RECORD_KEY))
+                layer.metadata.get(RUN_RECORD_KEY), self.results.flag_rule())
         self._refresh_buttons(running=True)
         self.panel.start(
             f"Exporting {int(table['flagged'].sum())} flagged cell(s) to {folder}…", _export_job, *args,
@@ -288,7 +353,7 @@ class AuditEditsMixin:
     @guarded
     def _on_export_error(self, error, folder) -> None:
         from napari_gradcamo._qt.panel import first_line
-        from napari_gradcamo.io.export import ExportExistsError
+        from napari_gradcamo.output.export import ExportExistsError
 
         if isinstance(error, ExportExistsError):
             if ask_overwrite(self, error):
@@ -319,8 +384,26 @@ def ask_overwrite(parent, error) -> bool:
     return answer == QMessageBox.StandardButton.Yes
 
 
-def _export_job(folder, image, labels, table, cams, crop_shape, overwrite, run_record, cancel):
-    from napari_gradcamo.io.export import iter_export_flagged
+def _export_job(folder, image, labels, table, cams, crop_shape, overwrite, run_record, rule, cancel):
+    from napari_gradcamo.output.export import iter_export_flagged
 
     return (yield from iter_export_flagged(folder, image, labels, table, cams, crop_shape, overwrite=overwrite,
-                                           run_record=run_record, cancel=cancel))
+                                           run_record=run_record, flag_rule=rule, cancel=cancel))
+
+
+def _save_job(folder, image_layers, labels, table, cams, model_name, run_record, rule, cancel):
+    """Worker body of Save audit…: stack the stains, copy the masks, write the folder (atomically)."""
+    from napari_gradcamo.output.results_folder import ResultsFolder, write_results_folder
+    from napari_gradcamo.progress import check
+
+    yield (0, 3, "Saving: gathering the stains…")
+    image = L.image_from_layers(image_layers)
+    masks = np.array(labels, copy=True)
+    check(cancel, "the save")
+    yield (1, 3, f"Saving: writing {image.data.nbytes / 1e6:.0f} MB of image, the masks, "
+                 f"{len(cams)} map(s) and the table…")
+    saved = ResultsFolder(image.data, list(image.channel_names), tuple(image.voxel_size), masks, table, cams,
+                          model_name, run_record, rule)
+    path = write_results_folder(folder, saved)
+    yield (3, 3, "")
+    return path

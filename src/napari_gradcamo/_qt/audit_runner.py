@@ -117,7 +117,7 @@ RUN_RECORD_KEY = "gradcamo_run_record"
 
 
 def _start_record(bundle, image_layers, labels_layer, settings, only) -> dict:
-    from napari_gradcamo.audit import provenance
+    from napari_gradcamo.output import provenance
 
     return provenance.start_record(
         "audit", bundle.source or None, bundle.metadata.model_dump(), {"image": None, "masks": None},
@@ -263,7 +263,7 @@ class AuditRunMixin:
 
     def _close_record(self, run: AuditRun, completed: bool) -> None:
         """Finish the run's record and keep it with the labels layer (save and export write it)."""
-        from napari_gradcamo.audit import provenance
+        from napari_gradcamo.output import provenance
 
         if run.record is not None and run.done:
             run.labels.metadata[RUN_RECORD_KEY] = provenance.finish_record(

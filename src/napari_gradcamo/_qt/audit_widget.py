@@ -1,7 +1,7 @@
 """'Grad-CAMO audit': assembles the model, run and results panels and keeps the viewer in step.
 
 The audit, scores, flags, colours, edits and export are the core's (:mod:`napari_gradcamo.audit.run`,
-:mod:`napari_gradcamo.audit.labels_features`, :mod:`napari_gradcamo.io.export`). ``labels.features``
+:mod:`napari_gradcamo.audit.labels_features`, :mod:`napari_gradcamo.output.export`). ``labels.features``
 is the one source of truth: the table, the label colours and the export all read it.
 
 Running without blocking the main thread: :mod:`napari_gradcamo._qt.audit_runner`.
@@ -35,6 +35,7 @@ from napari_gradcamo._qt.model_panel import ModelPanel
 from napari_gradcamo._qt.panel import JobPanel, PanelJobs
 from napari_gradcamo._qt.pickers import ImageLayersPicker, LabelsLayerPicker, guarded
 from napari_gradcamo._qt.results_panel import ResultsPanel, legend_html  # noqa: F401  (legend_html: public API)
+from napari_gradcamo._results_io import FLAG_RULE_KEY
 from napari_gradcamo.audit import labels_features
 
 
@@ -49,6 +50,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self.run_state: AuditRun | None = None
         self._cams: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # labels layer -> {label: CellCam}
         self._composites: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+        self._deleted: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # layer -> {label: (row, cam)}
         # labels layer -> (napari's features object, the same table brought to the schema): see features()
         self._schema_tables: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
         self._setting: tuple | None = None  # (layer, table) while _set_features hands a table to napari
@@ -118,6 +120,8 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         splitter.addWidget(lower)
         splitter.setStretchFactor(0, 2)
         splitter.setStretchFactor(1, 3)
+        self.splitter, self.settings_scroll = splitter, scroll
+        self._arranged_for: str | None = None
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(splitter)
@@ -186,6 +190,27 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self._refresh_view()
         self._refresh_buttons()
         self._add_map_layer()
+        if self.model_panel.mapping_message.text():  # a channel mismatch: show the mapping boxes
+            self._arrange("settings", force=True)
+            QTimer.singleShot(0, self._show_mapping)  # once the new boxes are laid out
+
+    @guarded
+    def _show_mapping(self) -> None:
+        self.settings_scroll.widget().adjustSize()
+        self.settings_scroll.ensureWidgetVisible(self.model_panel.mapping_box, 0, 0)
+        self.settings_scroll.ensureWidgetVisible(self.model_panel.mapping_message, 0, 0)
+
+    def _arrange(self, phase: str, force: bool = False) -> None:
+        """Share the dock's height between settings and results by phase: before any cell is audited the
+        settings (data, model, channel mapping) get most of it, afterwards the results table does (on a
+        1366×768 screen both cannot be shown whole). A phase is arranged once, so a splitter the user
+        moved stays where they put it."""
+        if phase == self._arranged_for and not force:
+            return
+        self._arranged_for = phase
+        total = max(sum(self.splitter.sizes()), 1000)  # before it is shown, Qt takes the sizes as weights
+        share = 0.62 if phase == "settings" else 0.22
+        self.splitter.setSizes([int(total * share), total - int(total * share)])
 
     # ================================================================== labels layer
     @guarded
@@ -202,10 +227,14 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
             layer.events.selected_label.connect(self._on_selected_label)
             if self._on_canvas_click not in layer.mouse_drag_callbacks:
                 layer.mouse_drag_callbacks.append(self._on_canvas_click)
-            self._ensure_features(layer)
+            # maps first: a new table or rule recolours the layer, which re-emits selected_label (shows its map)
             saved = layer.metadata.get("gradcamo_cams")  # a results folder opened by the reader
             if saved and not self.cams(layer):
                 self.cams(layer).update(saved)
+            saved_rule = layer.metadata.get(FLAG_RULE_KEY)  # a results folder: its verdict, not the default's
+            if isinstance(saved_rule, dict) and saved_rule.get("on") in self.results.RANGES:
+                self.set_flag_rule(saved_rule["on"], float(saved_rule["threshold"]))
+            self._ensure_features(layer)
         self._refresh_view()
         self._refresh_buttons()
         if layer is not None and self.cams(layer):
@@ -291,6 +320,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         if self.run_state is None or self.run_state.labels is not layer:
             L.set_label_colors(layer, colors)
         self.results.show_table(table, colors, self._made_by(table))
+        self._arrange("results" if (table["status"] == "audited").any() else "settings")
 
     def _label_colors(self, table: pd.DataFrame) -> dict:
         mode, column = self.results.color_choice()

@@ -30,6 +30,26 @@ def _audit_b(image_layers, labels, bundle, settings, cancel):
     return pd.concat(rows, ignore_index=True) if rows else None
 
 
+def score_limits(values: np.ndarray, pad: float = 0.05) -> tuple[float, float]:
+    """Axis limits (the same on both axes) spanning the finite scores with a margin of ``pad`` of the range
+    (scores of 0.03–0.46 no longer crowd a corner of fixed 0–1 axes); (0, 1) when there is none."""
+    finite = np.asarray(values, float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    margin = pad * (hi - lo) if hi > lo else 0.05
+    return lo - margin, hi + margin
+
+
+def _scrolling(content, parent) -> QScrollArea:
+    scroll = QScrollArea(parent)
+    scroll.setWidgetResizable(True)
+    scroll.setWidget(content)
+    scroll.setMinimumHeight(80)
+    return scroll
+
+
 class CompareWidget(QWidget):
     """Model A = the rows already in the labels layer's table; model B = a second checkpoint audited here."""
 
@@ -63,14 +83,29 @@ class CompareWidget(QWidget):
         settings_layout.setContentsMargins(0, 0, 0, 0)
         settings_layout.addWidget(data)
         settings_layout.addWidget(self.model_b)
-        scroll = QScrollArea(self)  # the settings scroll; run, plot and table stay in view on a small screen
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(settings)
+        shown = QWidget(self)
+        shown_layout = QVBoxLayout(shown)
+        shown_layout.setContentsMargins(0, 0, 0, 0)
+        shown_layout.addWidget(self.canvas, 3)
+        shown_layout.addWidget(self.table, 2)
+        # settings and results scroll on their own (the dock's minimum height stays small, so napari's window
+        # is never pushed past the screen); the run strip between them stays in view
         layout = QVBoxLayout(self)
-        for w in (scroll, self.run_button, self.panel, self.canvas, self.table):
-            layout.addWidget(w)
+        layout.addWidget(_scrolling(settings, self), 2)
+        layout.addWidget(self.run_button)
+        layout.addWidget(self.panel)
+        layout.addWidget(_scrolling(shown, self), 5)
         self.run_button.clicked.connect(self.run)
         self._scatter_labels = np.zeros(0, np.int64)
+        self._placed = False
+
+    def showEvent(self, event) -> None:
+        """Beside an open audit dock, take a tab next to it (both stacked are taller than a 1366×768 screen)."""
+        from napari_gradcamo._qt.profile_plot import share_tab_with_audit_dock
+
+        super().showEvent(event)
+        if not self._placed:
+            self._placed = share_tab_with_audit_dock(self)
 
     def run(self) -> bool:
         layer = self.labels_picker.layer()
@@ -124,7 +159,11 @@ class CompareWidget(QWidget):
         ax = self.figure.add_subplot(111)
         classes = sorted(set(table["predicted_class_A"].astype(str)))
         colors = {c: f"C{i}" for i, c in enumerate(classes)}
-        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, zorder=0)
+        lo, hi = score_limits(table[["gradcamo_A", "gradcamo_B"]].to_numpy(float))
+        ax.plot([lo, hi], [lo, hi], color="0.6", lw=0.8, zorder=0)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal", adjustable="box")
         self._scatter = ax.scatter(table["gradcamo_A"], table["gradcamo_B"], picker=True, pickradius=4, s=18,
                                    c=[colors[str(c)] for c in table["predicted_class_A"]])
         for c in classes:

@@ -123,7 +123,7 @@ class ModelPanel(QGroupBox):
     def load_model(self, path) -> bool:
         """Load a checkpoint, list its target layers and map its channels; False (with the reason) on failure."""
         from napari_gradcamo._qt.trust_dialog import load_checkpoint_confirmed
-        from napari_gradcamo.audit.layers import default_target_layer, list_target_layers
+        from napari_gradcamo.models.layers import default_target_layer, list_target_layers
         from napari_gradcamo.models.metadata import CheckpointError
 
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
@@ -238,17 +238,8 @@ class ModelPanel(QGroupBox):
         if self.bundle is not None:
             model_names = self.bundle.metadata.channel_names
             image_names = self.picker.channel_names()
-            missing = [m for m, v in zip(model_names, chosen) if v is None]
-            twice = sorted({image_names[v] for v in chosen if v is not None and chosen.count(v) > 1})
-            if not image_names:
-                problem = "Tick the image layers that hold the stains."
-            elif missing:
-                problem = (
-                    f"Channel mismatch: the model needs {', '.join(model_names)}; the image has "
-                    f"{', '.join(image_names)}. Choose an image channel for {', '.join(missing)}."
-                )
-            elif twice:
-                problem = f"Channel mismatch: image channel(s) {', '.join(twice)} are used for two model channels."
+            problem = "Tick the image layers that hold the stains." if not image_names else \
+                mapping_problem(model_names, image_names, chosen)
         self.mapping_message.setText(problem)
         self.mapping_message.setStyleSheet(ERROR_TEXT_STYLE if problem else "")
         return problem
@@ -279,6 +270,27 @@ class ModelPanel(QGroupBox):
             flag_on=rule.on,
             channel_map=self.channel_map(),
         )
+
+
+def mapping_problem(model_names, image_names, chosen) -> str:
+    """What is wrong with mapping model channel ``model_names[i]`` to image channel ``chosen[i]`` (an index,
+    or None for none), in words: which model channels have no image channel, which image channel feeds two
+    or more model channels (and which); the two channel lists only when they differ. '' when it is fine."""
+    problems = []
+    missing = [m for m, v in zip(model_names, chosen) if v is None]
+    if missing:
+        problems.append(f"no image channel chosen for {', '.join(missing)}")
+    for v in sorted({v for v in chosen if v is not None and chosen.count(v) > 1}):
+        users = [m for m, c in zip(model_names, chosen) if c == v]
+        count = {2: "two", 3: "three"}.get(len(users), str(len(users)))
+        problems.append(f"image channel {v}: {image_names[v]} is used for {count} model channels "
+                        f"({' and '.join(users)})")
+    if not problems:
+        return ""
+    same = sorted(n.lower() for n in model_names) == sorted(n.lower() for n in image_names)
+    lists = "" if same else (f" (the model needs {', '.join(model_names)}; the image has "
+                             f"{', '.join(image_names)})")
+    return f"Channel mismatch: {'; '.join(problems)}{lists}. Choose one image channel for each model channel."
 
 
 def _voxels(size) -> str:

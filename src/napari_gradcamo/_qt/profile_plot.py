@@ -12,8 +12,6 @@ CONTINUOUS = ("normalised", "gradcamo", "lift", "local_quality")  # drawn with v
 COLOR_TITLES = {"normalised": "normalised Grad-CAMO", "gradcamo": "Grad-CAMO", "lift": "Grad-CAMO lift",
                 "local_quality": "local quality", "predicted_class": "predicted class"}
 ALL_IMAGES = "— all rows —"
-BROWSE = "Browse…"
-AUDIT_MODEL = "the Audit dock's model"
 
 
 def audit_dock_bundle(viewer):

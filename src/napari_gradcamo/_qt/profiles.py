@@ -29,12 +29,11 @@ from qtpy.QtWidgets import (
 
 from napari_gradcamo._qt import layers as L
 from napari_gradcamo._qt._compat import avoid_llvm_clash
+from napari_gradcamo._qt.model_panel import ModelPanel
 from napari_gradcamo._qt.panel import JobPanel, PanelJobs
 from napari_gradcamo._qt.pickers import ImageLayersPicker, LabelsLayerPicker, guarded
 from napari_gradcamo._qt.profile_plot import (
     ALL_IMAGES,
-    AUDIT_MODEL,
-    BROWSE,
     audit_dock_bundle,
     color_choices,
     draw_points,
@@ -44,14 +43,15 @@ from napari_gradcamo._qt.profile_plot import (
 from napari_gradcamo.progress import Cancelled
 
 
-def _profile_job(image, labels, bundle, layer, seed, cancel):
+def _profile_job(image, labels, bundle, layer, seed, channel_map, cam_layer, cancel):
     """Worker body: crops, then the core's profile steps (one per batch, then the UMAP); None if cancelled."""
     from napari_gradcamo.crops.datasets import cropset_from_image
     from napari_gradcamo.profiles.extract import iter_profile_table
 
     try:
-        data = cropset_from_image(image, labels, bundle)
-        table, info = yield from iter_profile_table(bundle, data, layer=layer, seed=seed, cancel=cancel)
+        data = cropset_from_image(image, labels, bundle, channel_map=channel_map)
+        table, info = yield from iter_profile_table(bundle, data, layer=layer, cam_layer=cam_layer, seed=seed,
+                                                    cancel=cancel)
     except Cancelled:
         return None
     table.attrs = {}
@@ -82,6 +82,7 @@ class ProfilesWidget(PanelJobs, QWidget):
         self.table: pd.DataFrame | None = None
         self.info: dict = {}
         self.labels_layer = None
+        self._watched_audit_panels: list = []
         self._selecting = False
         self._highlight = None
         self._scatter = None
@@ -104,22 +105,18 @@ class ProfilesWidget(PanelJobs, QWidget):
         form.addRow("Stains", self.picker)
         form.addRow("Labels", self.labels_picker)
 
-        model_box = QGroupBox("Model and layer", self)
-        mform = QFormLayout(model_box)
-        self.model_combo = QComboBox(self)
-        from napari_gradcamo.models.bundled import bundled_models
-
-        self.model_combo.addItems(["— choose —", AUDIT_MODEL, *(f"{name} (bundled demo)" for name in bundled_models()),
-                                   BROWSE])
-        self.model_combo.setToolTip("With no model chosen, 'Compute profiles' uses the model loaded in the Audit dock.")
-        self.model_combo.activated.connect(self._on_model_combo)
-        self.model_label = QLabel("no model", self)
+        # the same panel (and trust dialog) as the Audit and Compare docks; the Audit dock's model is used
+        # when none is loaded here
+        self.model_panel = ModelPanel(self.picker, self, title="Model")
+        self.model_panel.model_changed.connect(self._on_own_model)
+        self.model_label = QLabel("No model here: 'Compute profiles' uses the Audit dock's model.", self)
         self.model_label.setWordWrap(True)
         self.layer_combo = QComboBox(self)
         self.layer_combo.setToolTip("Layer whose output, averaged over z, y, x, is each cell's profile.")
-        mform.addRow("Model", self.model_combo)
-        mform.addRow("", self.model_label)
-        mform.addRow("Feature layer", self.layer_combo)
+        layer_box = QGroupBox("Profile", self)
+        lform = QFormLayout(layer_box)
+        lform.addRow(self.model_label)
+        lform.addRow("Feature layer", self.layer_combo)
 
         buttons = QHBoxLayout()
         self.compute_button = QPushButton("Compute profiles", self)
@@ -153,60 +150,63 @@ class ProfilesWidget(PanelJobs, QWidget):
         self.metrics_panel = ProfileMetricsPanel(self)
         # settings and results scroll on their own; the run strip between them stays in view on a small screen
         layout = QVBoxLayout(self)
-        layout.addWidget(_scrolling(self, data_box, model_box), 2)
+        layout.addWidget(_scrolling(self, data_box, self.model_panel, layer_box), 2)
         layout.addLayout(buttons)
         layout.addWidget(self.panel)
         layout.addWidget(_scrolling(self, view, self.canvas, self.metrics_panel), 5)
         self._draw()
 
-    def _refresh_buttons(self) -> None:
+    def _refresh_buttons(self, *args) -> None:
+        """Compute needs a labels layer and a model: this dock's, or the one loaded in the Audit dock."""
+        self._watch_audit_docks()
         running = self.job is not None and self.job.running
-        self.compute_button.setEnabled(not running and self.bundle is not None and self.labels_layer is not None)
+        has_model = self.model_panel.bundle is not None or audit_dock_bundle(self.viewer) is not None
+        self.compute_button.setEnabled(not running and has_model and self.labels_layer is not None)
+        self.compute_button.setToolTip(
+            "Features + Grad-CAMO of every cell, sphered, then UMAP (first UMAP: ~1 min)." if has_model else
+            "Load a model here, or in the Audit dock (its model is used when none is loaded here).")
         self.load_button.setEnabled(not running)
+
+    def _watch_audit_docks(self) -> None:
+        """Follow the model of every open Audit dock, so 'Compute profiles' is enabled as soon as one has a model."""
+        from napari_gradcamo._qt.audit_widget import AuditWidget
+
+        docks = getattr(getattr(self.viewer, "window", None), "dock_widgets", {}) or {}
+        for dock in docks.values():
+            panel = getattr(dock, "model_panel", None) if isinstance(dock, AuditWidget) else None
+            if panel is not None and all(panel is not seen for seen in self._watched_audit_panels):
+                panel.model_changed.connect(self._refresh_buttons)
+                self._watched_audit_panels.append(panel)
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
+        self._refresh_buttons()
         if not self._placed:
             self._placed = share_tab_with_audit_dock(self) or self._placed
 
+    def enterEvent(self, event) -> None:  # an Audit dock opened after this one: seen before Compute is clicked
+        super().enterEvent(event)
+        self._refresh_buttons()
+
     # ================================================================== model
-    def _on_model_combo(self, index: int) -> None:
-        text = self.model_combo.itemText(index)
-        if text == AUDIT_MODEL:
-            self.use_audit_model()
-        elif text == BROWSE:
-            path, _ = QFileDialog.getOpenFileName(self, "Classifier checkpoint", "", "Checkpoints (*.safetensors *.pt *.pth);;bioimage.io packages (*.zip rdf.yaml)")
-            if path:
-                self.load_model(path)
-        elif "bundled" in text:
-            from napari_gradcamo.models.bundled import bundled_model_path
-
-            self.load_model(bundled_model_path(text.split()[0]))
-
     def load_model(self, path) -> bool:
-        from napari_gradcamo.models.checkpoint import load_checkpoint
-        from napari_gradcamo.models.metadata import CheckpointError
+        """Load a checkpoint into this dock's model panel (asking first if it names its own code to run)."""
+        return self.model_panel.load_model(path)
 
-        try:
-            bundle = load_checkpoint(path)
-        except CheckpointError as error:
-            self.panel.say(str(error), error=True)
-            return False
-        return self.use_bundle(bundle, Path(str(path)).name)
+    def _on_own_model(self, bundle) -> None:
+        self.use_bundle(bundle, f"{self.model_panel.model_name} (loaded here)")
 
     def use_audit_model(self) -> bool:
         """Take the model loaded in the Audit dock (no second copy is read from disk)."""
         bundle = audit_dock_bundle(self.viewer)
         if bundle is None:
-            self.panel.say("No model is loaded in the Audit dock: load one there, or choose one here.", error=True)
+            self.panel.say("No model is loaded in the Audit dock: load one there, or here.", error=True)
             return False
-        index = self.model_combo.findText(AUDIT_MODEL)
-        self.model_combo.setCurrentIndex(index)
         return self.use_bundle(bundle, f"from the Audit dock ({Path(str(bundle.source or 'model')).name})")
 
     def use_bundle(self, bundle, name: str) -> bool:
         """Profile with ``bundle``: fill the feature-layer menu."""
-        from napari_gradcamo.audit.layers import list_target_layers
+        from napari_gradcamo.models.layers import list_target_layers
         from napari_gradcamo.profiles.extract import default_feature_layer
 
         self.bundle = bundle
@@ -220,8 +220,7 @@ class ProfilesWidget(PanelJobs, QWidget):
         names = [info.name for info in layers]
         if default in names:
             self.layer_combo.setCurrentIndex(names.index(default))
-        self.model_label.setText(f"{name}: {bundle.describe()}")
-        self.panel.say("Model loaded.")
+        self.model_label.setText(f"Model {name}: {bundle.describe()}")
         self._refresh_buttons()
         return True
 
@@ -230,21 +229,26 @@ class ProfilesWidget(PanelJobs, QWidget):
 
     # ================================================================== compute / load
     def compute(self, seed: int = 0) -> bool:
+        """Profile every cell of the labels layer with this dock's model, else the Audit dock's."""
         layer = self.labels_layer
-        if self.bundle is None and audit_dock_bundle(self.viewer) is not None:
-            self.use_audit_model()
+        own = self.model_panel.bundle
+        if own is None:
+            current = audit_dock_bundle(self.viewer)
+            if current is not None and current is not self.bundle:
+                self.use_audit_model()
         if self.bundle is None or layer is None:
-            self.panel.say("Choose a model and a labels layer first.", error=True)
+            self.panel.say("Load a model (here or in the Audit dock) and choose a labels layer first.", error=True)
             return False
         try:
             image = self.picker.image()
             labels = np.asarray(L.labels_volume(layer))
+            channel_map = self.model_panel.channel_map() if own is not None else None
         except ValueError as error:
             self.panel.say(str(error), error=True)
             return False
+        cam_layer = self.model_panel.target_layer.currentData() if own is not None else None
         self.panel.start("Profiles: features and Grad-CAMO per cell…", _profile_job, image, labels, self.bundle,
-                         self.feature_layer(), seed, on_return=self._on_computed, on_error=self._on_error,
-                         on_finished=self._refresh_buttons)
+                         self.feature_layer(), seed, channel_map, cam_layer, on_return=self._on_computed, on_error=self._on_error, on_finished=self._refresh_buttons)
         self._refresh_buttons()
         return True
 

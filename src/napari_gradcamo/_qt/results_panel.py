@@ -18,7 +18,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_gradcamo._qt.table import ResultsTable
-from napari_gradcamo.audit import labels_features, results
+from napari_gradcamo.audit import labels_features
+from napari_gradcamo.output import results
 
 
 def _swatch(rgba) -> str:
@@ -156,6 +157,7 @@ class ResultsPanel(QGroupBox):
             self.summary.setText("")
             return
         s = results.summary(table)
+        self.legend.setVisible(bool(s["cells"]))  # no colours to explain before a cell is audited: room for settings
         made_by = f" · model {model_name}" if model_name else ""
         if s["cells"]:
             self.summary.setText(

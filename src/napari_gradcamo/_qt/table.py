@@ -25,8 +25,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_gradcamo.audit import results
 from napari_gradcamo.audit.labels_features import INDEX, OVERRIDE
+from napari_gradcamo.output import results
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 LABEL_ROLE = Qt.ItemDataRole.UserRole + 2
@@ -274,7 +274,7 @@ class ResultsTable(QWidget):
         self.view.verticalHeader().setVisible(False)
         self.view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         self.view.horizontalHeader().setDefaultSectionSize(80)
-        self.view.setMinimumHeight(180)
+        self.view.setMinimumHeight(100)  # 4 rows: the dock's settings stay in view on a 1366×768 screen
         top = QHBoxLayout()
         top.addWidget(self.filter_edit, 1)
         top.addWidget(self.flagged_only)
@@ -290,6 +290,8 @@ class ResultsTable(QWidget):
         self.view.selectionModel().currentRowChanged.connect(self._on_current)
         self.view.clicked.connect(self._on_clicked)
         self.model.modelReset.connect(self._restore)
+        self.model.modelReset.connect(self._fit_headers)
+        self._fitted: set[str] = set()
 
     # -- public -----------------------------------------------------------------------------
     def set_table(self, table: pd.DataFrame | None, colors: dict | None = None) -> None:
@@ -350,6 +352,20 @@ class ResultsTable(QWidget):
                 self._just_emitted = None
             elif label == self._current:
                 self.label_selected.emit(label)
+
+    def _fit_headers(self) -> None:
+        """A column new to the view gets at least its title's width ('predicted_class' was cut to
+        'edicted_cl'); columns already shown keep the width the user gave them."""
+        header = self.view.horizontalHeader()
+        metrics = header.fontMetrics()
+        for section, column in enumerate(self.model.columns):
+            if column in self._fitted:
+                continue
+            self._fitted.add(column)
+            needed = metrics.horizontalAdvance(column) + 2 * header.style().pixelMetric(
+                header.style().PixelMetric.PM_HeaderMargin) + 14  # room for the sort arrow
+            if header.sectionSize(section) < needed:
+                header.resizeSection(section, needed)
 
     def _restore(self) -> None:
         if self._current is not None:

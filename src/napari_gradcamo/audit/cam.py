@@ -8,13 +8,18 @@ output is re-rooted (so the backward pass stops there), and each method's raw ma
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import numpy as np
 
-from napari_gradcamo.audit.layers import model_spatial_dims
+from napari_gradcamo.crops.maps import upsample  # noqa: F401  (the audit's modules import it from here)
+from napari_gradcamo.models.layers import model_spatial_dims
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "eigencam")
+#: Tried in this order, from the same activations and gradients (no extra pass), on a crop whose map is
+#: zero everywhere: a zero map says the method found no positive evidence, not where the model looks.
+FALLBACK_METHODS = ("hirescam", "gradcam++", "layercam")
 #: Methods pytorch-grad-cam runs on 2D models only (they perturb the input image plane by plane).
 CAM_METHODS_2D = ("scorecam", "ablationcam")
 
@@ -58,6 +63,28 @@ def pick_device(device: str | None = "auto"):
     return torch.device(device)
 
 
+#: ``precision`` settings of the audit: fp32 (exact), bf16 (CPUs with AMX/AVX512-BF16, CUDA), fp16 (CUDA).
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def autocast_dtype(precision: str, device):
+    """The autocast dtype for ``precision`` on ``device`` (None for fp32); refuses fp16 off CUDA.
+
+    Reduced precision changes every score a little: ``benchmarks/precision.py`` measures by how much
+    against fp32 (median and maximum absolute change) on the demo field and a real-sized one.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device; on a CPU use bf16 (fast on CPUs with AMX or "
+                         "AVX512-BF16) or fp32.")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
 def get_module(model, name: str):
     try:
         return model.get_submodule(name)
@@ -77,18 +104,26 @@ class CamEngine:
     #: channels-last). The maps only change by float rounding; weights get their own layout back on exit.
     #: Set to False on an instance to opt out (before ``with``, or inside it: from the next ``compute``).
     channels_last: bool = True
+    #: Methods tried, in order, on a crop whose map is zero everywhere (:data:`FALLBACK_METHODS`; () for none).
+    #: :attr:`last_methods` says per crop of the last ``compute`` which method's map it returned ("" when
+    #: every map was zero).
+    fallback_methods: tuple[str, ...] = FALLBACK_METHODS
 
-    def __init__(self, model, target_layer: str, method: str = "gradcam", device=None, head: str = "softmax"):
+    def __init__(self, model, target_layer: str, method: str = "gradcam", device=None, head: str = "softmax",
+                 precision: str = "fp32"):
         self.model = model
         self.target_layer = target_layer
         self.method = method
         self.head = head
         self.spatial_dims = model_spatial_dims(model)
         self.device = pick_device(device)
+        self.autocast_dtype = autocast_dtype(precision, self.device)
         self._cam = None
         self._handles = []
         self._grad_flags: list[bool] = []
         self._layout: _SplitLayout | None = None
+        self._fallbacks: dict[str, object] = {}
+        self.last_methods: list[str] = []
 
     def __enter__(self) -> "CamEngine":
         self.model.to(self.device).eval()
@@ -138,7 +173,7 @@ class CamEngine:
         """
         import torch
 
-        from napari_gradcamo.models.heads import probabilities, targets_for
+        from napari_gradcamo.models.heads import chosen_targets, probabilities, targets_for
 
         cam = self._cam
         if not self.channels_last:
@@ -148,14 +183,16 @@ class CamEngine:
         if self.spatial_dims == 2:
             x = x.permute(0, 2, 1, 3, 4).reshape(n * planes, x.shape[1], *x.shape[3:])
         x = self._in_layout(x)
+        cast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+                else contextlib.nullcontext())
         with torch.enable_grad():
-            logits = cam.activations_and_grads(x)
+            with cast:  # reduced precision for the layers' arithmetic only; maps and scores stay float32
+                logits = cam.activations_and_grads(x)
+            logits = logits.float()
             probs = probabilities(self.head, logits)
             if self.spatial_dims == 2:
                 probs = probs.reshape(n, planes, -1).mean(axis=1)
-            predicted = probs.argmax(1)
-            chosen = list(target_classes) if target_classes is not None else [None] * n
-            targets_idx = np.array([p if c is None else int(c) for p, c in zip(predicted, chosen)])
+            targets_idx = chosen_targets(probs, target_classes)
             per_row = np.repeat(targets_idx, planes) if self.spatial_dims == 2 else targets_idx
             targets = targets_for(self.head, per_row)
             if cam.uses_gradients:
@@ -170,7 +207,37 @@ class CamEngine:
         raw = np.maximum(np.asarray(raw, dtype=np.float32), 0.0)
         if self.spatial_dims == 2:
             raw = raw.reshape(n, planes, *raw.shape[1:])
+        raw = self._fall_back(raw, x, layer, targets, activations, grads)
         return probs, targets_idx, raw
+
+    def _fall_back(self, raw, x, layer, targets, activations, grads):
+        """Replace each crop's all-zero map by the first :attr:`fallback_methods` map that is not, computed
+        from the same activations and gradients; record per crop the method used in :attr:`last_methods`."""
+        n = len(raw)
+        zero = raw.reshape(n, -1).sum(1) <= 0
+        methods = [self.method] * n
+        if zero.any() and grads is not None:
+            for name in self.fallback_methods:
+                if name == self.method or not zero.any():
+                    continue
+                other = self._fallback_cam(name)
+                alt = np.maximum(np.asarray(other.get_cam_image(x, layer, targets, activations, grads, False),
+                                            dtype=np.float32), 0.0).reshape(raw.shape)
+                use = zero & (alt.reshape(n, -1).sum(1) > 0)
+                raw[use] = alt[use]
+                for i in np.flatnonzero(use):
+                    methods[i] = name
+                zero &= ~use
+        self.last_methods = ["" if z else m for z, m in zip(zero, methods)]
+        return raw
+
+    def _fallback_cam(self, name: str):
+        """pytorch-grad-cam's object for method ``name``, its own hooks released (only its formula is used)."""
+        if name not in self._fallbacks:
+            other = cam_class(name, self.spatial_dims)(self.model, [get_module(self.model, self.target_layer)])
+            other.activations_and_grads.release()
+            self._fallbacks[name] = other
+        return self._fallbacks[name]
 
 
     def _in_layout(self, x):
@@ -184,8 +251,11 @@ class CamEngine:
         return x
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (B, K) of an already normalised batch, without maps (no backward pass)."""
+        """Class probabilities (B, K) of an already normalised batch as the model's head means them, without
+        maps (no backward pass)."""
         import torch
+
+        from napari_gradcamo.models.heads import probabilities
 
         if not self.channels_last:
             self._drop_layout()
@@ -193,7 +263,7 @@ class CamEngine:
         with torch.no_grad():
             logits = self.model(x)
         self._cam.activations_and_grads.clear()  # the CAM's hooks saw this pass: keep them empty for compute
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return probabilities(self.head, logits)
 
 
 def _has_conv3d(model) -> bool:
@@ -246,13 +316,3 @@ class _SplitLayout:
 
 def _own_tensors(module) -> list:
     return list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
-
-
-def upsample(raw: np.ndarray, crop_shape: Sequence[int]) -> np.ndarray:
-    """Trilinear upsampling of raw maps (B, z', y', x') to the crop grid (B, z, y, x), kept ≥ 0."""
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.as_tensor(raw, dtype=torch.float32)[:, None]
-    out = F.interpolate(t, size=tuple(int(s) for s in crop_shape), mode="trilinear", align_corners=False)
-    return out[:, 0].clamp_min_(0.0).numpy()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from napari_gradcamo.audit import results
+from napari_gradcamo.output import results
 
 #: per-model columns carried into the comparison
 COMPARED = ("gradcamo", "predicted_class", "probability")

@@ -1,7 +1,7 @@
 """Per-cell result bookkeeping for a label image, without Qt.
 
 The napari plugin keeps one table per Labels layer in ``labels.features``: one row per label id, the
-columns of :data:`napari_gradcamo.audit.results.SCHEMA` (``prob_<class>`` included), plus
+columns of :data:`napari_gradcamo.output.results.SCHEMA` (``prob_<class>`` included), plus
 
 * ``index`` = the label id (napari looks rows up by this column for its status bar),
 * ``flag_override``: ``""`` (follow the threshold), ``"flagged"`` or ``"not flagged"`` (set by hand).
@@ -18,8 +18,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit import results
 from napari_gradcamo.crops.extract import CellInfo, cell_table, crop_origin
+from napari_gradcamo.output import results
 
 INDEX = "index"
 OVERRIDE = "flag_override"
@@ -277,6 +277,10 @@ class EditOutcome:
     added: list[int] = field(default_factory=list)
     rescored: list[int] = field(default_factory=list)
     moved: list[int] = field(default_factory=list)
+    #: labels that came back (e.g. undo after a delete) with their earlier row (and map, when it still fits)
+    restored: list[int] = field(default_factory=list)
+    #: the rows of the removed labels, as they were (keep them to restore a cell an undo brings back)
+    removed_rows: dict = field(default_factory=dict)
 
 
 def apply_mask_edit(
@@ -285,12 +289,16 @@ def apply_mask_edit(
     touched: Iterable[int],
     cams: Mapping[int, object],
     threshold: "float | FlagRule",
+    deleted: Mapping[int, tuple] | None = None,
 ) -> EditOutcome:
     """Update rows after ``touched`` labels were painted, erased or filled.
 
-    A deleted label loses its row; a new label gets a 'not audited' row; an audited cell whose crop
-    did not move is rescored with its cached CAM (``cams[label]``, an :class:`~napari_gradcamo.audit.run.CellCam`);
-    one whose crop moved is marked 'not audited' and listed in ``moved`` for the caller to recompute.
+    A deleted label loses its row (kept in ``removed_rows``); a new label gets a 'not audited' row, unless
+    ``deleted`` (``{label: (row, CellCam or None)}``, rows an earlier edit removed) holds it: then its row
+    comes back and is rescored with that map like any other edited cell (an undo after a delete gives back
+    the same score). An audited cell whose crop did not move is rescored with its cached CAM
+    (``cams[label]``, an :class:`~napari_gradcamo.audit.run.CellCam`); one whose crop moved is marked
+    'not audited' and listed in ``moved`` for the caller to recompute.
     """
     from napari_gradcamo.audit.run import rescore
 
@@ -305,16 +313,26 @@ def apply_mask_edit(
         info = cell_stats(labels, label)
         if info is None:
             if label in out.index:
+                outcome.removed_rows[label] = out.loc[label].copy()
                 out = out.drop(index=label)
                 outcome.removed.append(label)
             continue
+        kept = None
         if label not in out.index:
-            new_rows.append(info)
-            outcome.added.append(label)
-            continue
+            kept = (deleted or {}).get(label)
+            if kept is None:
+                new_rows.append(info)
+                outcome.added.append(label)
+                continue
+            out = pd.concat([out, ensure_schema(pd.DataFrame([kept[0]]), names).set_index("label", drop=False)])
+            outcome.restored.append(label)
         out.loc[label, ["centroid_z", "centroid_y", "centroid_x"]] = info.centroid
         out.loc[label, "volume_voxels"] = info.volume
-        cam = cams.get(label)
+        cam = cams.get(label) if kept is None else (kept[1] if len(kept) > 1 else None)
+        if kept is not None and cam is None:
+            out.loc[label, "status"] = results.STATUS_NOT_AUDITED
+            out.loc[label, "reason"] = REASON_NEW
+            continue
         if cam is None:
             continue
         if tuple(crop_origin(info.centroid, cam.crop_shape)) == tuple(cam.origin):

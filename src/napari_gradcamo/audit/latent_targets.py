@@ -46,7 +46,7 @@ def _projection_module(encoder_model, directions: np.ndarray):
 def projection_bundle(bundle: ModelBundle, directions: np.ndarray | Sequence[Sequence[float]],
                       names: Sequence[str] | None = None) -> ModelBundle:
     """A bundle whose outputs are the latent means of ``bundle``'s VAE projected on ``directions`` (K, D)."""
-    from napari_gradcamo.profiles.extract import is_vae
+    from napari_gradcamo.models.architectures import is_vae
 
     if not is_vae(bundle.metadata):
         raise ValueError("Latent directions need a VAE checkpoint (architecture 'vae-3d').")

@@ -1,9 +1,10 @@
 """Grad-CAMO at several target layers from one forward and one backward pass, and the layer rule.
 
 :class:`MultiLayerCam` hooks every chosen layer at once: the first layer to run is re-rooted (so the
-backward pass stops there; weights are frozen), one backward pass of the target classes' logits gives
-every layer's gradient, and each layer's Grad-CAM is ``ReLU(Σ_c mean_zyx(∂y/∂A_c) · A_c)`` — the same map
-as :class:`~napari_gradcamo.audit.cam.CamEngine` with ``method="gradcam"``.
+backward pass stops there; weights are frozen), one backward pass of the explained scalar (the head's:
+logit k, or ±z for a sigmoid-binary head, :mod:`napari_gradcamo.models.heads`) gives every layer's
+gradient, and each layer's map is the CAM method's own formula (pytorch-grad-cam's ``get_cam_image``) —
+the same map as :class:`~napari_gradcamo.audit.cam.CamEngine` with that method and layer.
 
 :func:`choose_layer` is the rule ``gradcamo train`` stores the default layer by (docs/interpreting-scores.md):
 on validation crops, hide the top :data:`DELETION_FRACTION` of each crop's voxels ranked by a layer's map
@@ -20,15 +21,15 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit import results
 from napari_gradcamo.audit.batch import ScoredBatch, batch_of
-from napari_gradcamo.audit.cam import get_module, pick_device, upsample
-from napari_gradcamo.audit.layers import list_target_layers
-from napari_gradcamo.audit.occlusion import background_levels
+from napari_gradcamo.audit.cam import cam_class, get_module, pick_device, upsample
+from napari_gradcamo.audit.occlusion import background_levels, occlusion_drops
 from napari_gradcamo.audit.run import AuditSettings, cell_rows, prepare, resolve_target_class
 from napari_gradcamo.audit.scoring import inside_image_mask, score_cam
 from napari_gradcamo.crops.extract import extract_crop
 from napari_gradcamo.models.checkpoint import normalize_crops
+from napari_gradcamo.models.layers import all_module_outputs, check_target_layer, model_spatial_dims
+from napari_gradcamo.output import results
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
 
 #: Share of a crop's voxels hidden per layer by :func:`choose_layer`.
@@ -36,22 +37,46 @@ DELETION_FRACTION = 0.1
 
 
 def candidate_layers(model, crop_shape: Sequence[int], in_channels: int) -> list[str]:
-    """The top-level layers with a 3D feature map of more than one row and column: what a sweep tries by
-    default and what :func:`choose_layer` chooses from."""
-    layers = list_target_layers(model, crop_shape, in_channels)
-    shallowest = min((l.name.count(".") for l in layers), default=0)
-    return [l.name for l in layers if l.name.count(".") == shallowest and min(l.output_shape[2:]) > 1]
+    """What a sweep and the verdict try by default: the top-level layers whose feature map still has more
+    than one row and column; a container (``nn.Sequential``/``ModuleList``/``ModuleDict``) whose own output
+    has none (EfficientNet's ``_blocks``) is replaced by its direct children that do, and so on down."""
+    import torch.nn as nn
+
+    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+    ran = {l.name: l for l in all_module_outputs(model, crop_shape, in_channels)}
+    layers = {n: l for n, l in ran.items() if l.spatial}
+
+    def usable(info) -> bool:
+        grid = info.output_shape[1:]
+        return len(grid) >= 2 and min(grid[-2:]) > 1
+
+    def walk(module, prefix: str) -> list[str]:
+        found = []
+        for child, sub in module.named_children():
+            name = f"{prefix}{child}"
+            info = layers.get(name)
+            if info is not None and usable(info):
+                found.append(name)
+            elif (name not in ran or isinstance(sub, containers)) and any(n.startswith(name + ".") for n in layers):
+                found.extend(walk(sub, name + "."))
+        return found
+
+    return walk(model, "")
 
 
 class MultiLayerCam:
     """Raw Grad-CAM maps at several layers in one pass. A context manager: freezes weights, hooks layers."""
 
-    def __init__(self, model, layers: Sequence[str], device=None):
+    def __init__(self, model, layers: Sequence[str], device=None, head: str = "softmax", method: str = "gradcam"):
         if not layers:
             raise ValueError("Give at least one layer to sweep.")
+        if model_spatial_dims(model) != 3:
+            raise ValueError("The layer sweep runs 3D models; audit a 2D model one layer at a time (--layer).")
         self.model, self.layers, self.device = model, list(layers), pick_device(device)
+        self.head, self.method = head, method
         self._outputs: dict[str, object] = {}
         self._handles, self._flags = [], []
+        self._cam = None
 
     def __enter__(self) -> "MultiLayerCam":
         self.model.to(self.device).eval()
@@ -61,6 +86,9 @@ class MultiLayerCam:
             p.requires_grad_(False)
         for name in self.layers:
             self._handles.append(get_module(self.model, name).register_forward_hook(self._keeper(name)))
+        # pytorch-grad-cam's own map formula for the method; its hooks are released at once (ours feed it)
+        self._cam = cam_class(self.method, 3)(self.model, [get_module(self.model, self.layers[0])])
+        self._cam.activations_and_grads.release()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -80,28 +108,47 @@ class MultiLayerCam:
         return keep
 
     def compute(self, batch: np.ndarray, target_classes: Sequence[int | None] | None = None):
-        """Return (probabilities (B, K), targets (B,), {layer: raw maps (B, z', y', x') ≥ 0})."""
+        """Return (probabilities (B, K), targets (B,), {layer: raw maps (B, z', y', x') ≥ 0}), the
+        probabilities and explained scalar as the model's head means them (:mod:`~napari_gradcamo.models.heads`)."""
         import torch
+
+        from napari_gradcamo.models.heads import chosen_targets, explained, probabilities, targets_for
 
         self._outputs.clear()
         x = torch.as_tensor(batch, dtype=torch.float32, device=self.device)
         with torch.enable_grad():
             logits = self.model(x)
-            probs = torch.softmax(logits.detach().float(), dim=1).cpu().numpy()
-            chosen = list(target_classes) if target_classes is not None else [None] * len(batch)
-            targets = np.array([p if c is None else int(c) for p, c in zip(probs.argmax(1), chosen)])
+            probs = probabilities(self.head, logits)
+            targets = chosen_targets(probs, target_classes)
             missing = [n for n in self.layers if n not in self._outputs]
             if missing:
                 raise ValueError(f"The layers {missing} did not run in the model's forward pass.")
             activations = [self._outputs[n] for n in self.layers]
-            picked = logits.gather(1, torch.as_tensor(targets, device=logits.device).reshape(-1, 1)).sum()
-            grads = torch.autograd.grad(picked, activations)
+            if self._cam.uses_gradients:
+                grads = torch.autograd.grad(explained(self.head, logits, targets).sum(), activations,
+                                            allow_unused=True)
+            else:
+                grads = [None] * len(activations)
         maps = {}
+        wanted = targets_for(self.head, targets)
         for name, a, g in zip(self.layers, activations, grads):
-            weights = g.float().mean(dim=tuple(range(2, g.ndim)), keepdim=True)
-            maps[name] = torch.relu((weights * a.detach().float()).sum(dim=1)).cpu().numpy()
+            acts = a.detach().float().cpu().numpy()
+            grad = (np.zeros_like(acts) if g is None else g.float().cpu().numpy()) if self._cam.uses_gradients else None
+            raw = self._cam.get_cam_image(x, get_module(self.model, name), wanted, acts, grad, False)
+            maps[name] = np.maximum(np.asarray(raw, dtype=np.float32), 0.0)
         self._outputs.clear()
         return probs, targets, maps
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (B, K) of a normalised batch (no maps, no backward pass)."""
+        import torch
+
+        from napari_gradcamo.models.heads import probabilities
+
+        with torch.no_grad():
+            logits = self.model(torch.as_tensor(batch, dtype=torch.float32, device=self.device))
+        self._outputs.clear()
+        return probabilities(self.head, logits)
 
 
 @dataclass
@@ -114,38 +161,69 @@ class SweepBatch:
 
 
 def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None = None,
-               settings: AuditSettings | None = None, cancel: CancelToken | None = None) -> Iterator[SweepBatch]:
-    """Audit every cell at every layer of ``layers`` (default :func:`candidate_layers`), batch by batch."""
+               settings: AuditSettings | None = None, cancel: CancelToken | None = None,
+               only_labels: Sequence[int] | None = None, reference_levels: Sequence[float] | None = None
+               ) -> Iterator[SweepBatch]:
+    """Audit every cell at every layer of ``layers`` (default :func:`candidate_layers`), batch by batch, with
+    ``settings.method`` and the model's head; ``settings.occlusion`` adds the occlusion drops (one pair per
+    cell, the same at every layer: the occlusion does not depend on the layer); ``reference_levels`` (one
+    level per model channel, raw units) adds a second pair, hidden voxels filled with those levels instead
+    of each crop's own background level (columns ``drop_cell_reference``, ``drop_context_reference``)."""
     settings = settings or AuditSettings()
+    settings.validate()
     meta = bundle.metadata
     model_image, _, cells = prepare(image, labels, bundle, settings)
+    if only_labels is not None:
+        wanted = {int(label) for label in only_labels}
+        cells = [c for c in cells if c.label in wanted]
     crop_shape = tuple(meta.crop_shape)
-    layers = list(layers) if layers else candidate_layers(bundle.model, crop_shape, len(meta.channel_names))
+    n_in = len(meta.channel_names)
+    if layers:
+        layers = list(layers)
+        for name in layers:
+            check_target_layer(bundle.model, name, crop_shape, n_in)
+    else:
+        layers = candidate_layers(bundle.model, crop_shape, n_in)
     target = resolve_target_class(settings.target_class, meta.class_names)
     step = max(1, int(settings.batch_size))
-    with MultiLayerCam(bundle.model, layers, settings.device) as cams:
+    with MultiLayerCam(bundle.model, layers, settings.device, head=meta.head, method=settings.method) as cams:
         for start in range(0, len(cells), step):
             check(cancel, "the layer sweep")
             chunk = cells[start: start + step]
             cell_crops = [extract_crop(model_image, labels, c, crop_shape) for c in chunk]
             crops = batch_of(cell_crops)
             probs, targets, maps = cams.compute(normalize_crops(crops.images, meta.normalization), [target] * len(chunk))
+            inside = [inside_image_mask(crop_shape, pad) if pad is not None else None for pad in crops.paddings]
+            drops, reference = None, None
+            normalize = lambda raw: normalize_crops(raw, meta.normalization)  # noqa: E731
+            if settings.occlusion:
+                inside_all = np.stack([np.ones(crop_shape, bool) if i is None else i for i in inside])
+                drops = occlusion_drops(cams.predict, crops.images, crops.cell_masks, crops.other_masks, targets,
+                                        probs, normalize, inside_all)
+            if reference_levels is not None:
+                levels = np.broadcast_to(np.asarray(reference_levels, np.float64)[None], crops.images.shape[:2])
+                reference = occlusion_drops(cams.predict, crops.images, crops.cell_masks, crops.other_masks, targets,
+                                            probs, normalize, levels=levels)
             tables = {}
             for name in layers:
                 grid = upsample(maps[name], crop_shape)
-                scores = [score_cam(m, cell, other, inside_image_mask(m.shape, pad) if pad is not None else None)
-                          for m, cell, other, pad in zip(grid, crops.cell_masks, crops.other_masks, crops.paddings)]
-                scored = ScoredBatch(probs, targets, maps[name], scores)
+                scores = [score_cam(m, cell, other, ins)
+                          for m, cell, other, ins in zip(grid, crops.cell_masks, crops.other_masks, inside)]
+                scored = ScoredBatch(probs, targets, maps[name], scores, drops)
                 tables[name] = cell_rows(cell_crops, chunk, scored, meta, settings, name)
+                if reference is not None:
+                    tables[name] = tables[name].assign(drop_cell_reference=reference[0],
+                                                       drop_context_reference=reference[1])
             yield SweepBatch(tables, start + len(chunk), len(cells))
 
 
 def run_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None = None,
               settings: AuditSettings | None = None, progress: ProgressCallback | None = None,
-              cancel: CancelToken | None = None) -> dict[str, pd.DataFrame]:
-    """:func:`iter_sweep` to the end: one results table per layer."""
+              cancel: CancelToken | None = None, only_labels: Sequence[int] | None = None,
+              reference_levels: Sequence[float] | None = None) -> dict[str, pd.DataFrame]:
+    """:func:`iter_sweep` to the end: one results table per layer (``only_labels``: those cells only)."""
     parts: dict[str, list] = {}
-    for batch in iter_sweep(image, labels, bundle, layers, settings, cancel):
+    for batch in iter_sweep(image, labels, bundle, layers, settings, cancel, only_labels, reference_levels):
         for name, table in batch.tables.items():
             parts.setdefault(name, []).append(table)
         report(progress, batch.done, batch.total, f"{batch.done}/{batch.total} cells")
@@ -154,7 +232,7 @@ def run_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None = 
 
 
 def sweep_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """:func:`~napari_gradcamo.audit.results.summary` per layer: one row each."""
+    """:func:`~napari_gradcamo.output.results.summary` per layer: one row each."""
     return pd.DataFrame([{"layer": name, **results.summary(t)} for name, t in tables.items()])
 
 
@@ -187,14 +265,12 @@ def plot_sweep(tables: dict[str, pd.DataFrame], path, score: str = "normalised",
 
 def deletion_drops(model, images: np.ndarray, masks: np.ndarray, targets: np.ndarray, normalization: dict,
                    layers: Sequence[str], fraction: float = DELETION_FRACTION, batch_size: int = 32,
-                   device=None) -> pd.DataFrame:
+                   device=None, head: str = "softmax") -> pd.DataFrame:
     """Per crop and layer: the drop in the target class's probability when the ``fraction`` of voxels
     its map ranks highest are replaced by the crop's background level (``masks``: 0 background, 1 the
     cell, 2 other cells, as :attr:`~napari_gradcamo.crops.datasets.CropSet.masks`)."""
-    import torch
-
     records = []
-    with MultiLayerCam(model, layers, device) as cams:
+    with MultiLayerCam(model, layers, device, head=head) as cams:
         for start in range(0, len(images), batch_size):
             raw = np.asarray(images[start: start + batch_size], dtype=np.float32)
             code = np.asarray(masks[start: start + batch_size])
@@ -208,9 +284,7 @@ def deletion_drops(model, images: np.ndarray, masks: np.ndarray, targets: np.nda
                 top = np.zeros_like(grid, dtype=bool)
                 np.put_along_axis(top, np.argsort(-grid, axis=1)[:, :k], True, axis=1)
                 hidden = np.where(top.reshape((len(raw), 1) + raw.shape[2:]), fill, raw)
-                with torch.no_grad():
-                    logits = cams.model(torch.as_tensor(normalize_crops(hidden, normalization), device=cams.device))
-                after = torch.softmax(logits.float(), 1).cpu().numpy()
+                after = cams.predict(normalize_crops(hidden, normalization))
                 rows = np.arange(len(raw))
                 for i, drop in enumerate(probs[rows, tgt] - after[rows, tgt]):
                     records.append({"crop": start + i, "layer": name, "deletion_drop": float(drop)})
@@ -218,13 +292,14 @@ def deletion_drops(model, images: np.ndarray, masks: np.ndarray, targets: np.nda
 
 
 def choose_layer(model, images: np.ndarray, masks: np.ndarray, targets: np.ndarray, normalization: dict,
-                 crop_shape: Sequence[int], layers: Sequence[str] | None = None, device=None) -> tuple[str, dict]:
+                 crop_shape: Sequence[int], layers: Sequence[str] | None = None, device=None,
+                 head: str = "softmax") -> tuple[str, dict]:
     """The rule: the candidate layer with the largest mean :func:`deletion_drops` on these (validation)
     crops of their true class. Returns (layer, {layer: mean drop})."""
     layers = list(layers) if layers else candidate_layers(model, crop_shape, images.shape[1])
     if not layers:
         raise ValueError("The model has no layer with a 3D feature map of more than one row and column.")
-    drops = deletion_drops(model, images, masks, targets, normalization, layers, device=device)
+    drops = deletion_drops(model, images, masks, targets, normalization, layers, device=device, head=head)
     means = drops.groupby("layer", sort=False)["deletion_drop"].mean().to_dict()
     best = max(layers, key=lambda n: means[n])
     return best, {n: float(means[n]) for n in layers}

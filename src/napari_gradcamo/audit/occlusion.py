@@ -42,13 +42,16 @@ def occluded_copies(images: np.ndarray, cell_masks: np.ndarray, levels: np.ndarr
 
 def occlusion_drops(predict, images: np.ndarray, cell_masks: np.ndarray, other_masks: np.ndarray,
                     targets: Sequence[int], base_probabilities: np.ndarray, normalize,
-                    inside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    inside: np.ndarray | None = None, levels: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Drops (N,) in the target class's probability with the cell hidden and with its context hidden.
 
     ``predict(batch)`` returns probabilities of a normalised batch; ``normalize(raw)`` normalises raw
     crops as the model was trained; ``base_probabilities`` (N, K) are those of the intact crops.
+    ``levels`` (N, C): what hidden voxels are filled with (default :func:`background_levels`).
     """
-    levels = background_levels(images, cell_masks, other_masks, inside)
+    if levels is None:
+        levels = background_levels(images, cell_masks, other_masks, inside)
     hide_cell, hide_context = occluded_copies(images, cell_masks, levels)
     probs = predict(normalize(np.concatenate([hide_cell, hide_context])))
     n = len(images)

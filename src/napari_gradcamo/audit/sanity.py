@@ -102,20 +102,21 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def _explain(model, crops: BatchCrops, normalization: dict, layer: str, method: str, targets, device):
-    with CamEngine(model, layer, method, device) as engine:
+def _explain(model, crops: BatchCrops, normalization: dict, layer: str, method: str, targets, device,
+             head: str = "softmax"):
+    with CamEngine(model, layer, method, device, head=head) as engine:
         batch = score_batch(engine, crops, normalization, targets)
     return batch, upsample(batch.raw_maps, crops.images.shape[2:])
 
 
 def cascading_randomisation(model, crops: BatchCrops, normalization: dict, layer: str, method: str = "gradcam",
                             targets: Sequence[int] | None = None, seed: int = 0, device=None,
-                            draws: int = DRAWS) -> SanityReport:
+                            draws: int = DRAWS, head: str = "softmax") -> SanityReport:
     """Explain ``crops`` with ``model`` and with ever more of its top layers randomised (on copies), ``draws``
-    independent times."""
+    independent times; ``head`` says how the model's outputs become probabilities and explained scalars."""
     import torch
 
-    trained, grid = _explain(model, crops, normalization, layer, method, targets, device)
+    trained, grid = _explain(model, crops, normalization, layer, method, targets, device, head)
     targets = [int(t) for t in trained.targets]
     base_scores = np.array([s.gradcamo for s in trained.scores])
     report = SanityReport(layer, len(base_scores), _nanmedian(base_scores) if len(base_scores) else np.nan)
@@ -127,7 +128,7 @@ def cascading_randomisation(model, crops: BatchCrops, normalization: dict, layer
         generator = torch.Generator().manual_seed(int(seed) * 1000 + draw)
         for step, name in enumerate(order):
             randomise_(randomised.get_submodule(name), generator)
-            after, after_grid = _explain(randomised, crops, normalization, layer, method, targets, device)
+            after, after_grid = _explain(randomised, crops, normalization, layer, method, targets, device, head)
             rho[draw, step] = [_spearman(a, b) for a, b in zip(grid, after_grid)]
             scores[draw, step] = [s.gradcamo for s in after.scores]
     for step in range(len(order)):
@@ -139,11 +140,12 @@ def cascading_randomisation(model, crops: BatchCrops, normalization: dict, layer
 
 
 def compare_models(model, other, crops: BatchCrops, normalization: dict, layer: str, method: str = "gradcam",
-                   device=None) -> list[float]:
+                   device=None, head: str = "softmax") -> list[float]:
     """Per cell, the Spearman correlation between ``model``'s maps and ``other``'s for ``model``'s predicted
     classes (e.g. ``other`` trained on shuffled labels: maps that reflect learning should differ)."""
-    first, grid = _explain(model, crops, normalization, layer, method, None, device)
-    _, other_grid = _explain(other, crops, normalization, layer, method, [int(t) for t in first.targets], device)
+    first, grid = _explain(model, crops, normalization, layer, method, None, device, head)
+    _, other_grid = _explain(other, crops, normalization, layer, method, [int(t) for t in first.targets], device,
+                             head)
     return [_spearman(a, b) for a, b in zip(grid, other_grid)]
 
 
@@ -173,4 +175,4 @@ def check_image(image, labels: np.ndarray, bundle, settings=None, max_cells: int
     target = resolve_target_class(settings.target_class, meta.class_names)
     targets = None if target is None else [target] * len(cells)
     return cascading_randomisation(bundle.model, crops, meta.normalization, layer, settings.method, targets, seed,
-                                   settings.device)
+                                   settings.device, head=meta.head)

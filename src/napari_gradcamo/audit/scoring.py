@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_gradcamo.output.results import SCORE_KINDS, ZERO_MAP_REASON  # noqa: F401  (defined with the table's columns)
+
 
 @dataclass
 class Score:
@@ -39,14 +41,6 @@ class Score:
                 "outside_share": self.outside_share, "reason": self.reason}
 
 
-#: Scores a flag threshold can be set on: column → what it means.
-SCORE_KINDS = {
-    "gradcamo": "raw Grad-CAMO: share of the attention on the cell (the paper's score; depends on cell size)",
-    "lift": "Grad-CAMO / chance: 1 = as much as a uniform map gives the cell",
-    "normalised": "(Grad-CAMO − chance) / (1 − chance): 0 = uniform map, 1 = all attention on the cell",
-}
-
-
 def chance_lift(gradcamo, chance):
     """Grad-CAMO / chance (NaN where chance is 0 or the score is undefined); works on floats and arrays."""
     g, c = np.asarray(gradcamo, dtype=np.float64), np.asarray(chance, dtype=np.float64)
@@ -73,15 +67,64 @@ def score_cam(
 
     ``inside_image`` marks voxels that lie in the image (False on border padding); everything that is
     neither the cell, a neighbour nor padding is background.
+
+    Parameters
+    ----------
+    cam : numpy.ndarray
+        A non-negative map (z, y, x).
+    cell_mask : numpy.ndarray
+        The cell's voxels (bool, same shape).
+    other_mask : numpy.ndarray, optional
+        Other cells' voxels (the neighbours).
+    inside_image : numpy.ndarray, optional
+        True where the crop lies inside the image.
+
+    Returns
+    -------
+    Score
+        ``gradcamo`` (share of the map on the cell), ``chance`` (the cell's share of the crop),
+        ``neighbour_share``, ``background_share``, ``outside_share``, ``lift``, ``normalised``, and a
+        ``reason`` when the score is undefined (NaN).
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, or the map has negative values.
+
+    Examples
+    --------
+    A map that lies entirely on a cell covering a quarter of the crop:
+
+    >>> import numpy as np, napari_gradcamo as ng
+    >>> cell = np.zeros((1, 4, 4), bool)
+    >>> cell[0, :2, :2] = True
+    >>> score = ng.score_cam(cell.astype(float), cell)
+    >>> score.gradcamo, score.chance, score.lift, score.normalised
+    (1.0, 0.25, 4.0, 1.0)
+
+    A uniform map gives the cell exactly its chance share:
+
+    >>> ng.score_cam(np.ones((1, 4, 4)), cell).normalised
+    0.0
     """
+    arrays = {"cam": cam, "cell_mask": cell_mask, "other_mask": other_mask, "inside_image": inside_image}
+    for name, value in arrays.items():
+        if value is None and name in ("other_mask", "inside_image"):
+            continue
+        kind = np.asarray(value).dtype.kind if not isinstance(value, (str, bytes, dict)) else "O"
+        if kind not in "biuf":
+            raise ValueError(f"{name} must be a real-valued array (got {type(value).__name__}, dtype kind {kind!r}).")
     cam = np.asarray(cam, dtype=np.float64)
-    if cam.shape != cell_mask.shape:
-        raise ValueError(f"CAM shape {cam.shape} differs from mask shape {cell_mask.shape}.")
+    cell_mask = np.asarray(cell_mask)
+    for name in ("cell_mask", "other_mask", "inside_image"):
+        value = arrays[name]
+        if value is not None and np.shape(value) != cam.shape:
+            raise ValueError(f"CAM shape {cam.shape} differs from {name} shape {np.shape(value)}.")
     if np.any(cam < 0):
         raise ValueError("Grad-CAMO needs a non-negative map; apply ReLU to the CAM first.")
     cell_mask = cell_mask.astype(bool)
-    other_mask = np.zeros_like(cell_mask) if other_mask is None else other_mask.astype(bool)
-    outside = np.zeros_like(cell_mask) if inside_image is None else ~inside_image.astype(bool)
+    other_mask = np.zeros_like(cell_mask) if other_mask is None else np.asarray(other_mask).astype(bool)
+    outside = np.zeros_like(cell_mask) if inside_image is None else ~np.asarray(inside_image).astype(bool)
     chance = float(cell_mask.mean())
     total = float(cam.sum())
     nan = float("nan")
@@ -90,7 +133,7 @@ def score_cam(
     if not np.isfinite(total):
         return Score(nan, chance, nan, nan, nan, "the Grad-CAM map is not finite")
     if total <= 0.0:
-        return Score(nan, chance, nan, nan, nan, "the Grad-CAM map is zero everywhere (no positive evidence)")
+        return Score(nan, chance, nan, nan, nan, ZERO_MAP_REASON)
     on_cell = float(cam[cell_mask].sum()) / total
     on_neighbours = float(cam[other_mask & ~cell_mask].sum()) / total
     on_outside = float(cam[outside & ~cell_mask & ~other_mask].sum()) / total

@@ -1,7 +1,8 @@
-"""Command line: ``gradcamo audit | layers | sweep | demo | train | profile | synthetic``.
+"""Command line ``gradcamo``: audit where a single-cell classifier looks (Grad-CAMO), and the tools around it.
 
-Each subcommand lives in its own module with a ``register(subparsers)`` function; the option defaults
-come from the settings dataclasses of the core.
+Each subcommand lives in its own module (listed in ``COMMAND_MODULES``) with a ``register(subparsers)``
+function; the option defaults come from the settings dataclasses of the core. ``gradcamo --help`` lists
+every subcommand with its one-line help; ``gradcamo --version`` prints the installed version.
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ COMMAND_MODULES = ("audit", "demo", "train", "profile", "sweep", "plate", "virtu
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gradcamo", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The ``gradcamo`` parser with every subcommand of ``COMMAND_MODULES`` registered."""
+    from napari_gradcamo import __version__
+
+    what = __doc__.splitlines()[0].split(": ", 1)[1]
+    parser = argparse.ArgumentParser(
+        prog="gradcamo", description=what[0].upper() + what[1:],
+        epilog="Run 'gradcamo COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s (napari-gradcamo) {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"napari_gradcamo.cli.{name}").register(sub)
     return parser

@@ -73,6 +73,9 @@ def add_audit_options(p: argparse.ArgumentParser) -> None:
                         "gradcamo (the paper: --flag-on gradcamo --threshold 0.5)")
     g.add_argument("--occlusion", action="store_true",
                    help="also occlude each cell and its surroundings: drop in the target class probability")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=d("precision"),
+                   help="arithmetic of the model's layers: fp32 (exact), bf16 (faster on CPUs with AMX/AVX512-BF16 "
+                        "and on GPUs) or fp16 (GPUs); scores change slightly (docs/performance.md)")
     g.add_argument("--channel-map", default=None, help="image channel index per model channel, e.g. 0,1,2,3,4")
     g.add_argument("--planes", type=int, default=d("planes"),
                    help="2D model on a z-stack: explain N planes around each cell's centre, plane by plane")
@@ -87,7 +90,7 @@ def audit_settings(args) -> AuditSettings:
     return AuditSettings(method=args.method, target_layer=args.layer, target_class=args.target_class,
                          batch_size=args.batch_size, device=args.device, threshold=args.threshold,
                          channel_map=channel_map, flag_on=args.flag_on, occlusion=args.occlusion,
-                         planes=args.planes)
+                         planes=args.planes, precision=args.precision)
 
 
 # ------------------------------------------------------------------ option types: refuse, never coerce
@@ -104,6 +107,25 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number ≥ 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be greater than 0")
+    return value
+
+
 def finite_float(text: str) -> float:
     """argparse type: a finite number (no nan, no inf)."""
     try:
@@ -112,14 +134,6 @@ def finite_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
-    return value
-
-
-def unit_float(text: str) -> float:
-    """argparse type: a finite number in 0..1."""
-    value = finite_float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} must lie in 0..1")
     return value
 
 

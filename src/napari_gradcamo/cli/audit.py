@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_gradcamo.audit import provenance, results
 from napari_gradcamo.cli._common import (
     add_audit_options,
     add_segmentation_options,
@@ -18,10 +17,12 @@ from napari_gradcamo.cli._common import (
     check_device,
     interrupts_cancel,
     output_stem,
+    positive_int,
     progress_bar,
     segmentation_settings,
 )
 from napari_gradcamo.io.atomic import OutputError
+from napari_gradcamo.output import provenance, results
 
 
 def cmd_audit(args) -> int:
@@ -35,6 +36,9 @@ def cmd_audit(args) -> int:
 
     out = check_writable_folder(args.out)  # before any compute
     check_device(args.device)
+    auto_layer = args.layer == "auto"
+    if auto_layer:
+        args.layer = None
     settings = audit_settings(args)
     names = args.channel_names.split(",") if args.channel_names else None
     lazy = is_zarr(args.image)  # OME-Zarr: each crop reads only its window; TIFF/npy are read and checked whole
@@ -44,6 +48,7 @@ def cmd_audit(args) -> int:
     bundle = load_checkpoint(args.model, trusted_factory=args.trust_factory)
     stem = output_stem(args.image)
     csv, parquet, record_path = results.table_paths(out, f"{stem}_gradcamo")
+    verdict_paths = [out / f"{stem}_verdict.json", out / f"{stem}_verdict_cells.csv", out / f"{stem}_summary.json"]
     masks_out = None if args.masks or own_labels else out / f"{stem}_masks.tif"
     seg = None if args.masks or own_labels else segmentation_settings(args)
     record = provenance.start_record(
@@ -53,7 +58,8 @@ def cmd_audit(args) -> int:
     if args.resume:
         done = _previous_rows(parquet, record)
     else:
-        refuse_existing([csv, parquet, record_path, *([masks_out] if masks_out else [])], args.overwrite)
+        refuse_existing([csv, parquet, record_path, *([masks_out] if masks_out else []),
+                         *(verdict_paths if args.verdict else [])], args.overwrite)
         done = None
     if args.masks or own_labels:
         labels = open_labels(args.image, args.masks)
@@ -61,6 +67,15 @@ def cmd_audit(args) -> int:
         labels = read_labels(masks_out)  # the masks this run wrote before it was interrupted
     else:
         labels = _segment(image, seg, masks_out)
+    verdict = None
+    if args.verdict or auto_layer:
+        verdict = _verdict(args, image, labels, bundle, settings)
+        if auto_layer:
+            if verdict is None or verdict.layer not in verdict.layer_agreement:
+                raise ValueError("--layer auto needs the verdict's layer, and the verdict chose none "
+                                 f"({verdict.notes[0] if verdict and verdict.notes else 'no candidate layer'}); "
+                                 "give --layer NAME (see 'gradcamo layers').")
+            settings.target_layer = verdict.layer
     all_ids = [int(i) for i in np.unique(labels) if i != 0]
     finished = set() if done is None else set(done["label"].astype(int))
     bar, update = progress_bar("Grad-CAMO")
@@ -85,7 +100,14 @@ def cmd_audit(args) -> int:
               "by_class": results.summary_by(table, "target_class").to_dict(orient="records")}
     if args.sanity and complete:
         report["sanity"] = _sanity(args, image, labels, bundle, out / f"{stem}_sanity.json")
-    print(json.dumps(report, indent=2))
+    if verdict is not None:
+        report["verdict"] = _write_verdict(verdict, *verdict_paths[:2])
+        print(f"gradcamo: {verdict.summary_line()}", file=sys.stderr)
+    from napari_gradcamo.io.atomic import write_text
+
+    write_text(verdict_paths[2], json.dumps(report, indent=2, default=float))
+    report["summary"] = str(verdict_paths[2])
+    print(json.dumps(report, indent=2, default=float))
     if not complete:
         print(f"gradcamo: interrupted: {len(table)} of {len(all_ids)} cells written, marked incomplete in "
               f"{record_path.name}; run the same command with --resume to continue.", file=sys.stderr)
@@ -113,7 +135,12 @@ def _previous_rows(parquet: Path, record: dict) -> pd.DataFrame:
     """The finished rows of the interrupted run to continue; refuse when there is none or it differs."""
     if not parquet.exists():
         raise OutputError(f"Nothing to resume: {parquet} does not exist. Run without --resume.")
-    previous = results.read_run_record(parquet)
+    unreadable = (f"Cannot resume: {parquet} is damaged or truncated ({{}}); delete it and rerun without --resume, "
+                  "or start again with --overwrite.")
+    try:
+        previous = results.read_run_record(parquet)
+    except Exception as error:  # pyarrow's ArrowInvalid ("Parquet magic bytes not found"), bad JSON, …
+        raise OutputError(unreadable.format(f"{type(error).__name__}: {error}")) from None
     if previous is None:
         raise OutputError(f"Cannot resume: {parquet.name} has no run record; run again with --overwrite.")
     if previous.get("completed"):
@@ -121,9 +148,37 @@ def _previous_rows(parquet: Path, record: dict) -> pd.DataFrame:
                           "Use --overwrite to audit again.")
     differs = provenance.same_run(previous, record)
     if differs:
-        raise OutputError(f"Cannot resume: the {', '.join(differs)} differ from the interrupted run's; "
-                          "run the same command as before, or start again with --overwrite.")
-    return pd.read_parquet(parquet)
+        details = provenance.setting_differences(json.loads(json.dumps(previous.get("settings"), default=str)),
+                                                 json.loads(json.dumps(record.get("settings"), default=str)))
+        raise OutputError(f"Cannot resume: the {', '.join(differs)} differ from the interrupted run's"
+                          f"{' (' + '; '.join(details) + ')' if details else ''}; run the same command as before, "
+                          "or start again with --overwrite.")
+    try:
+        return pd.read_parquet(parquet)
+    except Exception as error:
+        raise OutputError(unreadable.format(f"{type(error).__name__}: {error}")) from None
+
+
+def _verdict(args, image, labels, bundle, settings):
+    """The model's verdict on up to --verdict-sample cells (audit/verdict.py); None when it cannot run here
+    (said on stderr)."""
+    from napari_gradcamo.audit.verdict import judge
+
+    try:
+        return judge(image, labels, bundle, settings=settings, sample=args.verdict_sample)
+    except ValueError as error:
+        print(f"gradcamo: no verdict: {error}", file=sys.stderr)
+        return None
+
+
+def _write_verdict(verdict, path: Path, cells_path: Path) -> dict:
+    """Write the verdict (JSON) and its per-cell evidence (CSV); return the JSON's content with the paths."""
+    from napari_gradcamo.io.atomic import write_text, write_with
+
+    content = {**verdict.as_dict(), "file": str(path), "cells_file": str(cells_path)}
+    write_text(path, json.dumps(content, indent=2, default=float))
+    write_with(cells_path, lambda temp: verdict.cells.to_csv(temp, index=False))
+    return content
 
 
 def _sanity(args, image, labels, bundle, path: Path) -> dict:
@@ -139,8 +194,8 @@ def _sanity(args, image, labels, bundle, path: Path) -> dict:
 
 
 def cmd_layers(args) -> int:
-    from napari_gradcamo.audit.layers import default_target_layer, layer_tree, list_target_layers
     from napari_gradcamo.models.checkpoint import load_checkpoint
+    from napari_gradcamo.models.layers import default_target_layer, layer_tree, list_target_layers
 
     bundle = load_checkpoint(args.model, trusted_factory=args.trust_factory)
     meta = bundle.metadata
@@ -174,6 +229,11 @@ def register(sub) -> None:
     add_audit_options(p)
     p.add_argument("--sanity", action="store_true",
                    help="also randomise the model's layers from the top (cascading) and report how much the maps change")
+    p.add_argument("--no-verdict", dest="verdict", action="store_false",
+                   help="skip the verdict (does the model look at the cells? occlusion + every candidate layer on a "
+                        "sample of cells; see docs/interpreting-scores.md)")
+    p.add_argument("--verdict-sample", type=positive_int, default=48, metavar="N",
+                   help="cells the verdict samples (default 48); '--layer auto' audits at the verdict's layer")
     p.set_defaults(func=cmd_audit, lock_folder="out")
 
 

@@ -11,9 +11,18 @@ from napari_gradcamo.cli._common import add_trust_option
 
 
 def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from napari_gradcamo.io.atomic import OutputError
     from napari_gradcamo.models.bioimageio import export_package
     from napari_gradcamo.models.checkpoint import load_checkpoint
 
+    folder = Path(args.out).parent
+    if not folder.is_dir():  # checked before loading: the package's temporary file would be named instead
+        raise OutputError(f"--out {args.out}: the folder {folder} does not exist; create it first "
+                          f"(mkdir -p {folder}) or choose another --out.")
+    if Path(args.out).is_dir():
+        raise OutputError(f"--out {args.out} is a folder; give the package's file name, e.g. {Path(args.out) / 'model.zip'}.")
     bundle = load_checkpoint(args.model, args.trust_factory)
     out = export_package(bundle, args.out, name=args.name, overwrite=args.overwrite)
     report = {"package": str(out), "classes": bundle.metadata.class_names,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 def demo_outputs(out: Path) -> list[Path]:
     """Every file ``gradcamo demo --headless`` writes into ``out``."""
-    from napari_gradcamo.audit.results import table_paths
     from napari_gradcamo.models.bundled import FIELD_MODELS
+    from napari_gradcamo.output.results import table_paths
 
     tables = [p for name in FIELD_MODELS for p in table_paths(out, f"demo_{name}_gradcamo")]
     return [out / "demo_field.ome.tif", out / "demo_masks.tif", *tables, out / "demo_summary.json"]

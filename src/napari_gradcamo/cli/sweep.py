@@ -5,19 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from napari_gradcamo.cli._common import add_audit_options, audit_settings, progress_bar
+from napari_gradcamo.cli._common import add_audit_options, add_trust_option, audit_settings, progress_bar
 
 
 def cmd_sweep(args) -> int:
-    from napari_gradcamo.audit import results
     from napari_gradcamo.audit.layer_sweep import plot_sweep, run_sweep, sweep_summary
     from napari_gradcamo.io.images import read_image, read_labels
     from napari_gradcamo.models.checkpoint import load_checkpoint
+    from napari_gradcamo.output import results
 
     names = args.channel_names.split(",") if args.channel_names else None
     image = read_image(args.image, axes=args.axes, channel_names=names, voxel_size=args.voxel_size)
     labels = read_labels(args.masks)
-    bundle = load_checkpoint(args.model)
+    bundle = load_checkpoint(args.model, trusted_factory=args.trust_factory)
     layers = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else None
     out, stem = Path(args.out), Path(args.image).stem
     planned = [out / f"{stem}_{n}_gradcamo.csv" for n in layers or []] + [out / f"{stem}_layers.csv"]
@@ -50,6 +50,7 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="checkpoint (.safetensors, or .pt state dict + .json) or a bioimage.io package (.zip, folder, rdf.yaml)")
     p.add_argument("--masks", required=True, help="label image (TIFF/.npy) with one id per cell")
     p.add_argument("--out", required=True, help="output folder")
+    add_trust_option(p)
     p.add_argument("--layers", default=None,
                    help="comma-separated layers (see 'gradcamo layers'); default: the model's top-level stages")
     p.add_argument("--score", choices=("normalised", "lift", "gradcamo"), default="normalised",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -14,8 +15,8 @@ from napari_gradcamo.io.atomic import write_text
 def cmd_train(args) -> int:
     from napari_gradcamo.crops.cache import check_class_list, check_images_once
     from napari_gradcamo.io.atomic import check_writable_folder, refuse_existing
-    from napari_gradcamo.io.field_list import read_manifest
     from napari_gradcamo.models.architectures import check_layer
+    from napari_gradcamo.segment.field_list import read_manifest
     from napari_gradcamo.train.fit import BEST_FILE, LAST_FILE, RESUME_FILE, TrainConfig, fit
     from napari_gradcamo.train.resume import load_resume
 
@@ -33,6 +34,7 @@ def cmd_train(args) -> int:
     if args.objective != "classifier":
         manifest, cache = load_cache(args, args.manifest, out, args.crop_shape, channels, classes)
         return _train_vae(args, manifest, cache, out)
+    outside_weight = _outside_gradient_weight(args)
     kwargs = _arch_kwargs(args)
     # a factory the user names on this command line (--arch custom --arch-kwargs '{"factory": ...}') is trusted
     trusted = kwargs.get("factory") if args.arch == "custom" else None
@@ -41,7 +43,7 @@ def cmd_train(args) -> int:
         architecture=args.arch, architecture_kwargs=kwargs, target_layer=args.layer, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, patience=args.patience, balance=args.balance, jitter=args.jitter,
-        gradcamo_weight=args.gradcamo_weight, seed=args.seed, device=args.device, amp=not args.no_amp,
+        outside_gradient_weight=outside_weight, context_randomisation=args.context_randomisation, seed=args.seed, device=args.device, amp=not args.no_amp,
         head=args.head, crop_mode=args.crop_mode, padding_value=args.padding_value,
     )
     config.validate()
@@ -54,8 +56,8 @@ def cmd_train(args) -> int:
         text = f"epoch {epoch}: loss {stats['loss']:.3f} acc {stats['accuracy']:.2f}"
         if stats.get("val_loss") is not None:
             text += f", val loss {stats['val_loss']:.3f} acc {stats['val_accuracy']:.2f}"
-        if args.gradcamo_weight > 0:
-            text += f", penalty {stats['penalty']:.3f}"
+        if outside_weight > 0:
+            text += f", outside-gradient penalty {stats['penalty']:.3g}"
         bar.write(text, file=sys.stderr)
 
     extra = {"manifest": str(Path(args.manifest).resolve()), "crop_cache": str(cache.folder)}
@@ -72,10 +74,37 @@ def cmd_train(args) -> int:
         "val_loss": result.history.val_loss[result.best_epoch - 1] if result.history.val_loss else None,
         "test": result.test, "crops": {k: int(len(v)) for k, v in result.split.items()},
         "target_layer": result.metadata.target_layer,
+        "regularizer": result.metadata.training["regularizer"]["kinds"],
     }
     write_text(out / "summary.json", json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _outside_gradient_weight(args) -> float:
+    """λ of the outside-gradient penalty: ``--outside-gradient-weight``, or its deprecated alias
+    ``--gradcamo-weight`` (with a FutureWarning that names the new option)."""
+    import warnings
+
+    old = getattr(args, "gradcamo_weight", None)
+    if old is None:
+        return args.outside_gradient_weight
+    if args.outside_gradient_weight_given:
+        raise ValueError("Give --outside-gradient-weight only: --gradcamo-weight is its deprecated alias.")
+    warnings.warn(
+        "--gradcamo-weight is deprecated: it is now --outside-gradient-weight, and it penalises the squared input "
+        "gradient outside the cell, not the Grad-CAMO share (that penalty raised the score without changing what "
+        "the model used; docs/regularizer.md). Its scale differs: see docs/regularizer.md for the λ to use.",
+        FutureWarning, stacklevel=2)
+    return old
+
+
+class _Given(argparse.Action):
+    """Store the value and remember that the option was given (to refuse it together with its alias)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
 
 
 def _arch_kwargs(args) -> dict:
@@ -157,7 +186,7 @@ def register(sub) -> None:
                    help="value outside the cell for --crop-mode masked, in normalised units (0 = the training mean)")
     p.add_argument("--channels", default=None, help="comma-separated stains to use, in order (default: the first image's)")
     p.add_argument("--classes", default=None, help="comma-separated class order (default: sorted class names)")
-    p.add_argument("--layer", default=None, help="Grad-CAM layer stored in the checkpoint and used by the regulariser")
+    p.add_argument("--layer", default=None, help="Grad-CAM layer stored in the checkpoint (default: chosen on the validation crops)")
     p.add_argument("--epochs", type=positive_int, default=30)
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--lr", type=finite_float, default=2e-3, help="peak learning rate of the one-cycle schedule (AdamW)")
@@ -168,8 +197,15 @@ def register(sub) -> None:
     p.add_argument("--balance", choices=("loss", "sampler", "none"), default="loss",
                    help="class balance: weighted loss, balanced sampling, or none")
     p.add_argument("--jitter", type=finite_float, default=0.1, help="per-channel intensity jitter (s.d. of the gain)")
-    p.add_argument("--gradcamo-weight", type=finite_float, default=0.0, metavar="LAMBDA",
-                   help="weight λ of the Grad-CAMO penalty λ·(1 − Grad-CAMO) (0: plain training)")
+    p.add_argument("--outside-gradient-weight", type=finite_float, default=0.0, metavar="LAMBDA", action=_Given,
+                   help="weight λ of the outside-gradient penalty: λ · the summed squared input gradient of the "
+                        "log-probabilities outside the cell (docs/regularizer.md; 0: off)")
+    p.add_argument("--gradcamo-weight", type=finite_float, default=None, metavar="LAMBDA",
+                   help="deprecated alias of --outside-gradient-weight (warns)")
+    p.add_argument("--context-randomisation", type=finite_float, default=0.0, metavar="P",
+                   help="probability that a training crop keeps its cell and takes the context of a random crop of "
+                        "its batch, so the context cannot carry the class (docs/regularizer.md; 0: off)")
+    p.set_defaults(outside_gradient_weight_given=False)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda[:N] or mps")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from napari_gradcamo.cli._common import progress_bar
+from napari_gradcamo.cli._common import (
+    check_device,
+    device_name,
+    finite_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    progress_bar,
+)
 
 
 def _training_pairs(args, class_names=None):
@@ -47,10 +55,12 @@ def cmd_train(args) -> int:
     from napari_gradcamo.virtual_stain.pipeline import FitSettings, fit_model
 
     out = _new_output(args)
-    pairs, names = _training_pairs(args)
+    check_device(args.device)  # before any data is read
     settings = FitSettings(labelled=not args.unlabelled, steps=args.steps, classifier_steps=args.classifier_steps,
                            crop=args.crop, batch=args.batch_size, lr=args.lr, widths=args.widths, seed=args.seed,
                            device=args.device)
+    settings.validate()
+    pairs, names = _training_pairs(args)
     bar, update = progress_bar("virtual-stain train")
     try:
         model = fit_model(pairs, names, settings, defocus_um=args.defocus or DEFAULT_DEFOCUS_UM, progress=update)
@@ -71,6 +81,7 @@ def cmd_predict(args) -> int:
     from napari_gradcamo.virtual_stain.model import VirtualStainError
 
     out = _new_output(args)
+    check_device(args.device)
     model = load_model(args.model)
     klass = None
     if args.klass is not None:
@@ -103,6 +114,7 @@ def cmd_evaluate(args) -> int:
     from napari_gradcamo.virtual_stain.pipeline import evaluate_model
 
     out = _new_output(args)
+    check_device(args.device)
     model = load_model(args.model)
     pairs, _ = _training_pairs(args, model.class_names)
     if not all(p.labels.any() for p in pairs):
@@ -123,17 +135,17 @@ def cmd_evaluate(args) -> int:
 def _data_options(p, default_synthetic: int) -> None:
     g = p.add_argument_group("data (a manifest of paired TIFFs, or synthetic fields)")
     g.add_argument("--manifest", default=None, help="CSV with brightfield, stains, class (and labels) columns")
-    g.add_argument("--synthetic", type=int, default=default_synthetic, help="number of synthetic fields when no manifest")
-    g.add_argument("--classes", type=int, default=4, help="number of synthetic classes")
-    g.add_argument("--first-well", type=int, default=0, help="first synthetic well (use another for a test set)")
-    g.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic fields (use another for a test set)")
+    g.add_argument("--synthetic", type=non_negative_int, default=default_synthetic, help="number of synthetic fields when no manifest")
+    g.add_argument("--classes", type=positive_int, default=4, help="number of synthetic classes")
+    g.add_argument("--first-well", type=non_negative_int, default=0, help="first synthetic well (use another for a test set)")
+    g.add_argument("--data-seed", type=non_negative_int, default=0, help="seed of the synthetic fields (use another for a test set)")
 
 
 def _sampling_options(p) -> None:
-    p.add_argument("--steps", type=int, default=20, help="sampling steps")
+    p.add_argument("--steps", type=positive_int, default=20, help="sampling steps (at least 1)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU path is untested here)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu or cuda (the GPU path is untested here)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
@@ -143,25 +155,25 @@ def register(sub) -> None:
 
     p = cmds.add_parser("synthetic", help="write paired synthetic brightfield + stains + labels TIFFs and a manifest")
     p.add_argument("out")
-    p.add_argument("--fields", type=int, default=16)
-    p.add_argument("--classes", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--first-well", type=int, default=0)
+    p.add_argument("--fields", type=positive_int, default=16)
+    p.add_argument("--classes", type=positive_int, default=4)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--first-well", type=non_negative_int, default=0)
     p.set_defaults(func=cmd_synthetic)
 
     p = cmds.add_parser("train", help="train a U-Net (AdaGN class embedding unless --unlabelled) and a guidance classifier")
     p.add_argument("--out", required=True, help="checkpoint (.safetensors)")
     _data_options(p, 16)
     p.add_argument("--unlabelled", action="store_true", help="no class embedding (Palette)")
-    p.add_argument("--steps", type=int, default=400, help="U-Net training steps")
-    p.add_argument("--classifier-steps", type=int, default=300, help="guidance classifier steps (0: none)")
-    p.add_argument("--crop", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
-    p.add_argument("--defocus", type=float, nargs="+", default=None, help="µm of each brightfield plane (metadata)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU path is untested here)")
+    p.add_argument("--steps", type=positive_int, default=400, help="U-Net training steps (at least 1)")
+    p.add_argument("--classifier-steps", type=non_negative_int, default=300, help="guidance classifier steps (0: none)")
+    p.add_argument("--crop", type=positive_int, default=32, help="training crop size (a multiple of 2^(widths-1))")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--widths", type=positive_int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--defocus", type=finite_float, nargs="+", default=None, help="µm of each brightfield plane (metadata)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu or cuda (the GPU path is untested here)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -170,7 +182,7 @@ def register(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--class", dest="klass", default=None, help="class name or index (default: no label)")
-    p.add_argument("--guidance-scale", type=float, default=0.0, help="classifier guidance s (needs --class)")
+    p.add_argument("--guidance-scale", type=finite_float, default=0.0, help="classifier guidance s (needs --class)")
     _sampling_options(p)
     p.set_defaults(func=cmd_predict)
 
@@ -178,8 +190,8 @@ def register(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="JSON report")
     _data_options(p, 8)
-    p.add_argument("--crop", type=int, default=32)
-    p.add_argument("--cells-per-image", type=int, default=5)
-    p.add_argument("--guidance-scale", type=float, nargs="+", default=[1.0])
+    p.add_argument("--crop", type=positive_int, default=32)
+    p.add_argument("--cells-per-image", type=positive_int, default=5)
+    p.add_argument("--guidance-scale", type=finite_float, nargs="+", default=[1.0])
     _sampling_options(p)
     p.set_defaults(func=cmd_evaluate)

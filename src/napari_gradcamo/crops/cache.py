@@ -22,10 +22,17 @@ import pandas as pd
 from napari_gradcamo.crops.datasets import CropSet, cell_record, crop_mask_codes
 from napari_gradcamo.crops.extract import cell_table, crop_origin, extract_crop
 from napari_gradcamo.io.atomic import write_text, write_with
-from napari_gradcamo.io.field_list import ManifestError, blank, file_stamp, read_row_image, row_labels, row_settings
 from napari_gradcamo.io.images import ImageError
 from napari_gradcamo.models.metadata import check_crop_shape
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
+from napari_gradcamo.segment.field_list import (
+    ManifestError,
+    blank,
+    file_stamp,
+    read_row_image,
+    row_labels,
+    row_settings,
+)
 
 CACHE_VERSION = 1
 
@@ -134,10 +141,14 @@ def build_cache(
     ``class_names``: the class order (default: the manifest's classes, sorted); classes not in it get -1.
     Images are read one at a time: pass 1 reads the labels and counts the crops, pass 2 writes them.
     """
-    from napari_gradcamo.audit.run import resolve_channels
+    from napari_gradcamo.crops.channels import resolve_channels
 
     folder = Path(folder)
     crop_shape = check_crop_shape(crop_shape)
+    if isinstance(max_padded_fraction, bool) or not isinstance(max_padded_fraction, (int, float)) \
+            or not 0.0 <= max_padded_fraction <= 1.0:
+        raise ValueError(f"max_padded_fraction (--max-padded-fraction) {max_padded_fraction!r} must be a fraction "
+                         "from 0 to 1 (the share of a crop allowed outside the image).")
     check_images_once(manifest)
     classes = list(class_names) if class_names is not None else sorted(set(manifest["class"].astype(str)))
     key = cache_key(manifest, crop_shape, channel_names, classes, max_padded_fraction, segmentation)

@@ -80,7 +80,7 @@ def crops_from_fields(fields, crop_shape: Sequence[int]) -> CropSet:
 
 def cropset_from_image(image, labels: np.ndarray, bundle, channel_map=None) -> CropSet:
     """Every cell of one image as a :class:`CropSet` (crops in the model's channels, masks, per-cell info)."""
-    from napari_gradcamo.audit.run import resolve_channels
+    from napari_gradcamo.crops.channels import resolve_channels
     from napari_gradcamo.io.images import check_labels_match
 
     check_labels_match(image, labels)

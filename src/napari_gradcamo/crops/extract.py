@@ -43,11 +43,6 @@ class CellCrop:
         inside = np.prod([s - a - b for s, (a, b) in zip(self.cell_mask.shape, self.padding)])
         return float(1.0 - inside / self.cell_mask.size)
 
-    @property
-    def truncated(self) -> bool:
-        """True when part of the cell may lie outside the crop (the cell touches the crop's edge)."""
-        m = self.cell_mask
-        return bool(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any() or m[:, :, 0].any() or m[:, :, -1].any())
 
 
 #: Above this id, labels are renumbered internally before locating cells, so memory follows the number of
@@ -61,10 +56,13 @@ def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     top = int(labels.max()) if labels.size else 0
     if top <= _COMPACT_ABOVE:
         return np.arange(top + 1), labels
-    ids, inverse = np.unique(labels, return_inverse=True)
+    ids = np.unique(labels)  # one sorted copy; return_inverse would add an int64 argsort and inverse (8 B/voxel each)
     if ids[0] != 0:
-        ids, inverse = np.concatenate([[0], ids]), inverse + 1
-    return ids, inverse.reshape(labels.shape).astype(np.uint32)
+        ids = np.concatenate([[0], ids])
+    compact = np.empty(labels.shape, np.uint32)
+    for i in range(labels.shape[0]):  # plane by plane: the int64 positions never exist for the whole volume
+        compact[i] = np.searchsorted(ids, labels[i])
+    return ids, compact
 
 
 def cell_table(labels: np.ndarray) -> list[CellInfo]:
@@ -113,7 +111,8 @@ def extract_crop(image: Image, labels: np.ndarray, cell: CellInfo, crop_shape: S
     pixels, padding = window(image.data, origin, shape)
     label_crop, _ = window(labels, origin, shape)
     cell_mask = label_crop == cell.label
-    return CellCrop(cell.label, pixels, cell_mask, (label_crop > 0) & ~cell_mask, origin, padding)
+    # crops are computed in float32 whatever the field's storage type (8/16-bit fields stay integer in memory)
+    return CellCrop(cell.label, pixels.astype(np.float32, copy=False), cell_mask, (label_crop > 0) & ~cell_mask, origin, padding)
 
 
 def iter_crops(

@@ -3,6 +3,11 @@
 Every writer here writes to a temporary file in the target's own folder (same file system), flushes and
 fsyncs it, then renames it over the target with :func:`os.replace`. A failure (disk full, Ctrl-C, an
 exception in the writer) removes the temporary file and leaves the target as it was.
+
+Permissions: :func:`tempfile.mkstemp` creates files with mode 0600 (and :func:`tempfile.mkdtemp` folders with
+0700) whatever the umask, which would leave results unreadable to colleagues on a shared file system. Every
+temporary here is made with :func:`temp_file` / :func:`temp_folder`, which give it the mode an ordinary
+``open()`` / ``mkdir`` would (0666 / 0777 minus the user's umask) before it is renamed into place.
 """
 
 from __future__ import annotations
@@ -10,10 +15,46 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 TEMP_PREFIX = ".gradcamo-tmp-"
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux: ``/proc/self/status``);
+    elsewhere set and restored at once under a lock."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)  # the most restrictive value while it is briefly set
+        os.umask(mask)
+    return mask
+
+
+def temp_file(folder: str | Path, prefix: str = TEMP_PREFIX, suffix: str = "") -> Path:
+    """A new empty file in ``folder`` (as :func:`tempfile.mkstemp`), with the mode 0666 & ~umask that an ordinary
+    new file gets (mkstemp's own 0600 would survive the rename onto the target)."""
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
+    return Path(name)
+
+
+def temp_folder(folder: str | Path, prefix: str = TEMP_PREFIX) -> Path:
+    """A new empty folder in ``folder`` (as :func:`tempfile.mkdtemp`) with the mode 0777 & ~umask."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
+    os.chmod(path, 0o777 & ~current_umask())
+    return path
 
 
 class OutputError(ValueError):
@@ -24,9 +65,7 @@ class OutputError(ValueError):
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it is fsynced and renamed onto ``target``."""
     target = Path(target)
-    fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    temp = Path(name)
+    temp = temp_file(target.parent, suffix=target.suffix)
     try:
         yield temp
         _fsync(temp)
@@ -80,11 +119,10 @@ def write_group(writers: Sequence[tuple[str | Path, Callable[[Path], object]]]) 
     try:
         for target, writer in writers:
             target = Path(target)
-            fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=target.suffix, dir=target.parent)
-            os.close(fd)
-            temps.append((Path(name), target))
-            writer(Path(name))
-            _fsync(Path(name))
+            temp = temp_file(target.parent, suffix=target.suffix)
+            temps.append((temp, target))
+            writer(temp)
+            _fsync(temp)
         for temp, target in temps:
             os.replace(temp, target)
     except BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,14 +17,51 @@ MAX_LABEL_ID = 2**63 - 1
 
 
 class ImageError(ValueError):
-    """An image cannot be used; the message names the problem and the fix."""
+    """An image cannot be used; the message names the problem and the fix.
+
+    Raised by :func:`read_image`, :func:`read_labels` and the audit for wrong axes, mismatched shapes,
+    non-finite values, unreadable files and the like (the CLI turns it into exit code 2). A subclass of
+    ``ValueError``.
+
+    Examples
+    --------
+    >>> import numpy as np, napari_gradcamo as ng
+    >>> np.save("field.npy", np.random.default_rng(0).random((2, 4, 16, 16), np.float32))
+    >>> try:
+    ...     ng.read_image("field.npy", axes="ZYX")      # three letters for four dimensions
+    ... except ng.ImageError as error:
+    ...     print(error)
+    The image has 4 dimensions (2, 4, 16, 16) but axes 'ZYX' name 3; give one letter per dimension (e.g. 'ZCYX' for a 4D stack).
+    """
 
 
 @dataclass
 class Image:
-    """A multi-channel image, always stored as ``CZYX`` (2D images have Z = 1).
+    """A multi-channel image, always stored as ``CZYX`` (2D images have Z = 1): float32, or the file's own
+    8/16-bit integer type (exact in float32; crops are cut as float32).
 
     ``voxel_size`` is (z, y, x) in micrometres; ``channel_names`` has one entry per channel.
+    :func:`read_image` returns one; build one directly from an array already in ``CZYX`` order.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        The voxels, shape (C, Z, Y, X).
+    channel_names : list of str
+        One name per channel (matched to a model's channel names, case-insensitively).
+    voxel_size : tuple of float, optional
+        (z, y, x) in µm; default (1, 1, 1).
+    source : str, optional
+        Where the image came from (a file path), recorded in run records.
+    metadata : dict, optional
+        Anything else read from the file.
+
+    Examples
+    --------
+    >>> import numpy as np, napari_gradcamo as ng
+    >>> image = ng.Image(np.ones((1, 3, 8, 8), np.float32), ["DNA"], voxel_size=(2.0, 0.5, 0.5))
+    >>> image.n_channels, image.spatial_shape, image.anisotropy
+    (1, (3, 8, 8), 4.0)
     """
 
     data: np.ndarray
@@ -133,11 +171,22 @@ def make_image(
     source: str = "",
 ) -> Image:
     """Build a validated :class:`Image` from an array with explicit (or guessed) axes."""
+    if axes is not None and not isinstance(axes, str):
+        raise ImageError(f"axes must be text such as 'ZCYX' (one letter per dimension), not {axes!r}.")
+    if channel_names is not None and (isinstance(channel_names, str) or not isinstance(channel_names, (Sequence, np.ndarray))
+                                      or not all(isinstance(n, str) for n in channel_names)):
+        raise ImageError(f"channel_names must be a list of names (text), one per channel, not {channel_names!r}.")
+    if voxel_size is not None and (isinstance(voxel_size, str) or not isinstance(voxel_size, (Sequence, np.ndarray)) or not all(
+            isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v) for v in voxel_size)):
+        raise ImageError(f"voxel_size must be (z, y, x) or (y, x) finite numbers in µm, not {voxel_size!r}.")
     array = np.asarray(array)
     axes = axes or guess_axes(array.shape)
     data = to_czyx(array, axes)
     validate(data)
-    data = np.ascontiguousarray(data, dtype=np.float32)
+    # 8- and 16-bit integer pixels are exact in float32 and stay in their own type (a 5 × 21 × 1080 × 1080
+    # uint16 field is 245 MB, not 490 MB); crops are cut in float32 (crops.extract). Everything else: float32.
+    keep = data.dtype.kind in "iu" and data.dtype.itemsize <= 2
+    data = np.ascontiguousarray(data, dtype=data.dtype if keep else np.float32)
     names = list(channel_names) if channel_names is not None else [f"ch{i}" for i in range(data.shape[0])]
     if len(names) != data.shape[0]:
         raise ImageError(
@@ -200,7 +249,37 @@ def read_image(
     channel_names: Sequence[str] | None = None,
     voxel_size: Sequence[float] | None = None,
 ) -> Image:
-    """Read a TIFF / OME-TIFF (or ``.npy``) file; axes come from the file unless given."""
+    """Read a TIFF / OME-TIFF (or ``.npy``) file; axes come from the file unless given.
+
+    Parameters
+    ----------
+    path : str or Path
+        The image file: ``.tif``/``.tiff`` (OME or ImageJ metadata is read when present) or ``.npy``.
+    axes : str, optional
+        The file's axes, e.g. ``"ZCYX"`` or ``"CYX"`` (letters C, Z, Y, X); default: from the file.
+    channel_names : sequence of str, optional
+        One name per channel; default: from the file's metadata, else ``ch0``, ``ch1``, …
+    voxel_size : sequence of float, optional
+        (z, y, x) in µm; default: from the file's metadata, else 1 µm.
+
+    Returns
+    -------
+    Image
+        The image as ``CZYX``, validated (finite values, not all channels constant).
+
+    Raises
+    ------
+    ImageError
+        A missing or unreadable file, axes that do not fit the data, non-finite values.
+
+    Examples
+    --------
+    >>> import numpy as np, napari_gradcamo as ng
+    >>> np.save("field.npy", np.random.default_rng(0).random((2, 4, 16, 16), np.float32))
+    >>> image = ng.read_image("field.npy", axes="CZYX", channel_names=["DNA", "ER"])
+    >>> image.data.shape, image.channel_names
+    ((2, 4, 16, 16), ['DNA', 'ER'])
+    """
     import tifffile
 
     path = _existing_file(path, "Image")
@@ -257,6 +336,9 @@ def _refuse_truncated(tif, path: Path) -> None:
 
 
 def _existing_file(path: str | Path, what: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ImageError(f"{what} path must be a file path (str or pathlib.Path), not {type(path).__name__}; "
+                         "an array in memory goes to make_image (images) or straight to run_audit (labels).")
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{what} file {path} does not exist.")
@@ -274,7 +356,33 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def read_labels(path: str | Path) -> np.ndarray:
-    """Read a label image (TIFF or ``.npy``) as a ``ZYX`` integer array."""
+    """Read a label image (TIFF or ``.npy``) as a ``ZYX`` integer array.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``YX`` or ``ZYX`` image of whole-number cell ids (0 = background), as TIFF or ``.npy``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The labels, ``ZYX`` (a 2D file gets Z = 1).
+
+    Raises
+    ------
+    ImageError
+        An unreadable file, a bool mask, negative or non-whole ids, or more than three dimensions.
+
+    Examples
+    --------
+    >>> import numpy as np, napari_gradcamo as ng
+    >>> masks = np.zeros((16, 16), np.uint16)
+    >>> masks[2:6, 2:6], masks[8:12, 8:12] = 1, 2
+    >>> np.save("masks.npy", masks)
+    >>> labels = ng.read_labels("masks.npy")
+    >>> labels.shape, np.unique(labels).tolist()
+    ((1, 16, 16), [0, 1, 2])
+    """
     import tifffile
 
     path = _existing_file(path, "Label")

@@ -1,4 +1,15 @@
-"""bioimage.io model packages (spec 0.5, ``pytorch_state_dict`` weights): audit one, export a checkpoint as one.
+"""bioimage.io model packages (spec 0.5): audit one, export a checkpoint as one.
+
+An exported package carries two weight formats of the same network: ``pytorch_state_dict`` (rebuilt from
+napari-gradcamo's own code, see below) and ``torchscript`` (``torch.jit.trace`` of the network, checked to give the
+same logits), which any bioimage.io consumer with PyTorch runs without napari-gradcamo.
+
+A **TorchScript-only** package can be audited only when the network can be rebuilt as Python modules, because
+Grad-CAM hooks an inner layer and a TorchScript module refuses Python hooks (``register_forward_hook is not
+supported on ScriptModules``). So: a package exported by napari-gradcamo (its ``config.napari_gradcamo.metadata``
+names a built-in or installed architecture) is rebuilt from that metadata and given the TorchScript module's
+parameters (tracing keeps their names; loaded strictly, never run as TorchScript); its target layer is the
+metadata's. Any other TorchScript-only package is refused with that reason.
 
 Reading and writing go through ``bioimageio.spec`` (every field validated by it); the weights are read with
 ``torch.load(weights_only=True)`` (no unpickled code). What decides which code builds the network:
@@ -31,6 +42,7 @@ NETWORK_CALLABLE = "network_from_metadata"
 THIS_MODULE = "napari_gradcamo.models.bioimageio"
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 INPUT_ID, OUTPUT_ID = "crops", "logits"
+TORCHSCRIPT_FILE = "weights_torchscript.pt"
 CITATION = {"text": "Grad-CAMO: learning interpretable single-cell morphological profiles from 3D Cell Painting "
                     "images (Lim et al., 2024)", "doi": "10.1101/2024.05.21.595211"}
 
@@ -174,11 +186,19 @@ def _describe(source):
         raise CheckpointError(f"{source} is not a valid bioimage.io model: {'; '.join(problems)}")
     if not isinstance(descr, v0_5.ModelDescr):
         raise CheckpointError(f"{source} describes a bioimage.io {descr.type}, not a model.")
-    if descr.weights.pytorch_state_dict is None:
+    if descr.weights.pytorch_state_dict is None and descr.weights.torchscript is None:
         formats = [name for name, entry in descr.weights if entry is not None]
-        raise CheckpointError(f"{source} has no pytorch_state_dict weights (it has: {', '.join(formats)}); "
-                              "export the model's PyTorch state dict into the package.")
+        raise CheckpointError(f"{source} has no PyTorch weights (it has: {', '.join(formats)}); export the "
+                              "model's PyTorch state dict (or TorchScript) into the package.")
     return descr
+
+
+def _own_metadata(descr) -> dict | None:
+    """The checkpoint metadata a package exported by napari-gradcamo carries in its config (None otherwise)."""
+    config = getattr(descr, "config", None)
+    config = config.model_dump() if hasattr(config, "model_dump") else dict(config or {})
+    own = config.get("napari_gradcamo")
+    return own.get("metadata") if isinstance(own, dict) and isinstance(own.get("metadata"), dict) else None
 
 
 def _axes(tensor) -> dict[str, Any]:
@@ -240,6 +260,15 @@ def _third_party_metadata(descr, architecture, source) -> ModelMetadata:
 def package_metadata(source: str | Path) -> ModelMetadata:
     """The checkpoint metadata a package maps to (validated; nothing imported or built)."""
     descr = _describe(source)
+    if descr.weights.pytorch_state_dict is None:  # TorchScript weights only
+        own = _own_metadata(descr)
+        if own is None:
+            raise CheckpointError(
+                f"{source} has TorchScript weights only and was not exported by napari-gradcamo: Grad-CAM needs "
+                "the activations and gradients of an inner layer, and a TorchScript module runs as one compiled "
+                "graph that refuses Python hooks. Ask for the package's pytorch_state_dict weights (with the "
+                "network's code as an installed package), or export the model with 'gradcamo export-bioimageio'.")
+        return ModelMetadata.from_dict(own, str(source))
     architecture = descr.weights.pytorch_state_dict.architecture
     if not hasattr(architecture, "import_from"):
         raise CheckpointError(
@@ -262,9 +291,14 @@ def import_package(source: str | Path, trusted_factory: str | None = None) -> Mo
 
     meta = package_metadata(source)
     model = build_model(meta, trusted_factory, Path(str(source)).name)
-    weights = _describe(source).weights.pytorch_state_dict.source
+    descr = _describe(source)
     try:
-        state = torch.load(io.BytesIO(download(weights).read()), map_location="cpu", weights_only=True)
+        if descr.weights.pytorch_state_dict is not None:
+            data = download(descr.weights.pytorch_state_dict.source).read()
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        else:  # only the parameters are taken from the TorchScript module; its code is never run
+            data = download(descr.weights.torchscript.source).read()
+            state = torch.jit.load(io.BytesIO(data), map_location="cpu").state_dict()
         model.load_state_dict(state, strict=True)
     except Exception as error:
         raise CheckpointError(f"{source}: the weights do not load into the network: {error}") from None
@@ -301,7 +335,9 @@ def _documentation(meta: ModelMetadata, name: str) -> str:
             "The output is one logit per class (`head` in `config.napari_gradcamo` says how to turn them into "
             "probabilities). Audit it with `gradcamo audit IMAGE --model this.zip --masks MASKS --out OUT`.\n\n"
             "# Validation\n\nThe test tensors are one synthetic crop and this network's logits for it; "
-            "`bioimageio.core` reproduces them.\n")
+            "`bioimageio.core` reproduces them from either weight format.\n\n"
+            "# Weights\n\n- `pytorch_state_dict`: rebuilt by napari-gradcamo (`pip install napari-gradcamo`).\n"
+            "- `torchscript`: the same network traced with `torch.jit.trace`; runs with PyTorch alone.\n")
 
 
 def _test_input(meta: ModelMetadata, seed: int = 0) -> np.ndarray:
@@ -321,8 +357,8 @@ def export_package(bundle: ModelBundle, out: str | Path, *, name: str | None = N
     import torch
     from bioimageio.spec import InvalidDescr, load_description, save_bioimageio_package
 
-    from napari_gradcamo.audit.layers import crops_as_input, model_spatial_dims
-    from napari_gradcamo.models.checkpoint import normalize_crops
+    from napari_gradcamo.models.layers import crops_as_input, model_spatial_dims
+    from napari_gradcamo.models.metadata import normalize_crops
 
     out = Path(out)
     meta = bundle.metadata
@@ -347,6 +383,8 @@ def export_package(bundle: ModelBundle, out: str | Path, *, name: str | None = N
         np.save(folder / "test_input.npy", raw)
         np.save(folder / "test_output.npy", logits)
         torch.save({k: v.detach().cpu() for k, v in bundle.model.state_dict().items()}, folder / "weights.pt")
+        _save_torchscript(bundle.model, crops_as_input(torch.as_tensor(model_input), dims), logits,
+                          folder / TORCHSCRIPT_FILE)
         (folder / "README.md").write_text(_documentation(meta, name))
         plain = json.loads(meta.model_dump_json())
         sizes = dict(zip(["z", "y", "x"], meta.crop_shape))
@@ -363,7 +401,9 @@ def export_package(bundle: ModelBundle, out: str | Path, *, name: str | None = N
                          "test_tensor": {"source": "test_output.npy"}}],
             "weights": {"pytorch_state_dict": {
                 "source": "weights.pt", "pytorch_version": torch.__version__.split("+")[0],
-                "architecture": {"callable": NETWORK_CALLABLE, "import_from": THIS_MODULE, "kwargs": {"metadata": plain}}}},
+                "architecture": {"callable": NETWORK_CALLABLE, "import_from": THIS_MODULE, "kwargs": {"metadata": plain}}},
+                "torchscript": {"source": TORCHSCRIPT_FILE, "pytorch_version": torch.__version__.split("+")[0],
+                                "parent": "pytorch_state_dict"}},
             "config": {"napari_gradcamo": {"metadata": plain, "source": Path(str(bundle.source or "")).name}},
         }
         _write_yaml(folder / "rdf.yaml", rdf)
@@ -375,6 +415,27 @@ def export_package(bundle: ModelBundle, out: str | Path, *, name: str | None = N
         shutil.move(str(partial), str(out.with_name(f".{out.name}.tmp")))
     out.with_name(f".{out.name}.tmp").replace(out)
     return out
+
+
+def _save_torchscript(model, example, logits: np.ndarray, path: Path) -> None:
+    """``torch.jit.trace`` of ``model`` saved at ``path``, refused unless the traced module gives the eager
+    network's logits for the test crop and for a batch of two other crops (a batch size baked into the trace)."""
+    import torch
+
+    model = model.eval()
+    try:
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example, check_trace=False)
+            other = torch.randn((2, *example.shape[1:]), generator=torch.Generator().manual_seed(1))
+            same = (np.allclose(traced(example).float().numpy(), logits, rtol=1e-4, atol=1e-5)
+                    and torch.allclose(traced(other).float(), model(other).float(), rtol=1e-4, atol=1e-5))
+    except Exception as error:  # tracing raises many kinds of errors (data-dependent control flow, ...)
+        raise CheckpointError(f"The network cannot be traced to TorchScript ({type(error).__name__}: {error}); "
+                              "its forward must not depend on the input's values.") from None
+    if not same:
+        raise CheckpointError("The network traced to TorchScript gives other logits than the network itself "
+                              "(its forward depends on the input's values or batch size); it cannot be exported.")
+    torch.jit.save(traced, str(path))
 
 
 def _write_yaml(path: Path, content: dict) -> None:

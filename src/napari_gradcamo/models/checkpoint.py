@@ -8,22 +8,62 @@ validated data, and a ``custom`` architecture's factory runs only when the user 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from napari_gradcamo.io.atomic import atomic_path
 from napari_gradcamo.models.architectures import build_model, requested_factory
-from napari_gradcamo.models.metadata import CheckpointError, ModelBundle, ModelMetadata
+from napari_gradcamo.models.metadata import (  # noqa: F401  (normalize_crops: callers import it from here too)
+    CheckpointError,
+    ModelBundle,
+    ModelMetadata,
+    normalize_crops,
+)
 
 METADATA_KEY = "napari_gradcamo"
 
 
 def save_checkpoint(path: str | Path, model, metadata: ModelMetadata) -> Path:
-    """Write ``model``'s weights and ``metadata`` to one ``.safetensors`` file."""
+    """Write ``model``'s weights and ``metadata`` to one ``.safetensors`` file.
+
+    The metadata goes into the safetensors header as JSON; nothing is pickled. The file is written to a
+    temporary name and renamed into place.
+
+    Parameters
+    ----------
+    path : str or Path
+        Where to write (its folder is created).
+    model : torch.nn.Module
+        The network; its ``state_dict()`` is saved.
+    metadata : ModelMetadata
+        Architecture, classes, channels, crop shape and the rest that :func:`load_checkpoint` needs.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import napari_gradcamo as ng
+    >>> from napari_gradcamo.models.bundled import bundled_model_path
+    >>> bundle = ng.load_checkpoint(bundled_model_path("honest"))
+    >>> ng.save_checkpoint("copy.safetensors", bundle.model, bundle.metadata).name
+    'copy.safetensors'
+    >>> ng.load_checkpoint("copy.safetensors").metadata == bundle.metadata
+    True
+    """
+    import torch
     from safetensors.torch import save_file
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"path must be a file path (str or pathlib.Path), not {type(path).__name__}.")
+    if not isinstance(model, torch.nn.Module):
+        raise CheckpointError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
+    if isinstance(metadata, dict):
+        metadata = ModelMetadata.from_dict(metadata, "the metadata argument")
+    if not isinstance(metadata, ModelMetadata):
+        raise CheckpointError(f"metadata must be a ModelMetadata (or a dict of its fields), not {type(metadata).__name__}.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -143,14 +183,46 @@ def load_checkpoint(path: str | Path, trusted_factory: str | None = None) -> Mod
     ``trusted_factory``: for a ``custom`` checkpoint, the ``package.module:function`` you trust to build its
     network; without it (or when it differs from the checkpoint's) the checkpoint is refused before anything
     is imported.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.safetensors`` file, a ``.pt``/``.pth`` state dict with a ``.json`` of metadata beside it, or a
+        bioimage.io package.
+    trusted_factory : str, optional
+        ``"package.module:function"``: the only factory a ``custom`` checkpoint may call.
+
+    Returns
+    -------
+    ModelBundle
+        ``model`` (a ``torch.nn.Module`` in eval mode on the CPU), ``metadata`` (:class:`ModelMetadata`) and
+        ``source`` (the path).
+
+    Raises
+    ------
+    CheckpointError
+        A pickled, corrupt or unknown file, invalid metadata, an untrusted factory, weights that do not fit.
+
+    Examples
+    --------
+    >>> import napari_gradcamo as ng
+    >>> from napari_gradcamo.models.bundled import bundled_model_path
+    >>> bundle = ng.load_checkpoint(bundled_model_path("honest"))   # the bundled demo model
+    >>> bundle.metadata.class_names, bundle.metadata.crop_shape
+    (['control', 'treated'], [8, 32, 32])
     """
     from napari_gradcamo.models import bioimageio
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"path must be a checkpoint file path (str or pathlib.Path), not {type(path).__name__}.")
+    if trusted_factory is not None and not isinstance(trusted_factory, str):
+        raise CheckpointError(f"trusted_factory must be 'package.module:function' text or None, not {trusted_factory!r}.")
     path = Path(path)
     if bioimageio.is_package(path):
         return bioimageio.import_package(path, trusted_factory)
     state, metadata = _read_checkpoint(path)
     model = build_model(metadata, trusted_factory, path.name)
+    state = strip_data_parallel_prefix(state, model.state_dict().keys(), path.name)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -162,19 +234,22 @@ def load_checkpoint(path: str | Path, trusted_factory: str | None = None) -> Mod
     return ModelBundle(model, metadata, str(path))
 
 
-def normalize_crops(crops: np.ndarray, normalization: dict[str, Any]) -> np.ndarray:
-    """Normalise a batch of crops (B, C, z, y, x) as the model was trained."""
-    method = normalization.get("method", "none")
-    crops = crops.astype(np.float32, copy=False)
-    if method == "none":
-        return crops
-    if method == "fixed":
-        mean = np.asarray(normalization["mean"], np.float32)[None, :, None, None, None]
-        std = np.asarray(normalization["std"], np.float32)[None, :, None, None, None]
-        return (crops - mean) / np.maximum(std, 1e-6)
-    if method == "percentile":
-        flat = crops.reshape(crops.shape[0], crops.shape[1], -1)
-        low = np.percentile(flat, normalization.get("low", 1.0), axis=-1)[..., None, None, None]
-        high = np.percentile(flat, normalization.get("high", 99.8), axis=-1)[..., None, None, None]
-        return (crops - low) / np.maximum(high - low, 1e-6)
-    raise CheckpointError(f"Unknown normalization method '{method}'; use 'fixed', 'percentile' or 'none'.")
+#: The prefix torch.nn.DataParallel / DistributedDataParallel put on every key of a wrapped model's state dict.
+DATA_PARALLEL_PREFIX = "module."
+
+
+def strip_data_parallel_prefix(state: dict, expected_keys, name: str = "the checkpoint") -> dict:
+    """``state`` without the ``module.`` prefix a ``DataParallel``-wrapped model saves, when every key has it
+    and the network expects none (said with a warning); else ``state`` unchanged."""
+    import warnings
+
+    prefix = DATA_PARALLEL_PREFIX
+    expected = set(expected_keys)
+    if not state or not all(k.startswith(prefix) for k in state) or any(k.startswith(prefix) for k in expected):
+        return state
+    stripped = {k[len(prefix):]: v for k, v in state.items()}
+    if not set(stripped) & expected:
+        return state
+    warnings.warn(f"{name}: its weights were saved from a DataParallel-wrapped model (every key starts with "
+                  f"'{prefix}'); the prefix was removed to load them.", UserWarning, stacklevel=3)
+    return stripped

@@ -59,6 +59,32 @@ class ClassOutput:
         return output[..., self.index]
 
 
+def class_logits(head: str, logits):
+    """(B, K) torch tensor: the scalar each class is explained by, per sample (``[-z, z]`` for a
+    sigmoid-binary head, the logits themselves otherwise)."""
+    import torch
+
+    if head == "sigmoid-binary":
+        z = logits.reshape(len(logits), -1)[:, :1]
+        return torch.cat([-z, z], dim=1)
+    return logits
+
+
+def explained(head: str, logits, targets):
+    """(B,) torch tensor: the scalar Grad-CAM differentiates for each sample's ``targets`` class."""
+    import torch
+
+    index = torch.as_tensor(np.asarray(targets, dtype=np.int64), device=logits.device).reshape(-1, 1)
+    return class_logits(head, logits).gather(1, index)[:, 0]
+
+
+def chosen_targets(probs: np.ndarray, targets: Sequence[int | None] | None) -> np.ndarray:
+    """The class each sample is explained for: ``targets[i]`` where given, else its most probable class."""
+    predicted = np.asarray(probs).argmax(1)
+    chosen = list(targets) if targets is not None else [None] * len(predicted)
+    return np.array([int(p) if c is None else int(c) for p, c in zip(predicted, chosen)], dtype=np.int64)
+
+
 def targets_for(head: str, indices: Sequence[int]) -> list[ClassOutput]:
     return [ClassOutput(head, i) for i in indices]
 

@@ -20,8 +20,6 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from napari_gradcamo.models.architectures import VAE  # noqa: F401  (the architecture name checkpoints carry)
-
 ENCODERS = ("small-cnn", "efficientnet-b0", "efficientnet-b1", "efficientnet-b2")
 
 
@@ -38,9 +36,9 @@ def _pools(crop_shape: Sequence[int]) -> list[tuple[int, int, int]]:
 
 def _small_trunk(in_channels: int, width: int, crop_shape: Sequence[int]) -> nn.Sequential:
     """The small CNN's three stages (same layer names: stage1..stage3) + global pooling."""
-    from napari_gradcamo.models.architectures import _small_cnn
+    from napari_gradcamo.models.backbones import small_cnn
 
-    net = _small_cnn(in_channels, 2, width)
+    net = small_cnn(in_channels, 2, width)
     net.stage2[-1] = nn.MaxPool3d(_pools(crop_shape)[1])
     del net.head
     return net
@@ -62,9 +60,9 @@ class CropVAE(nn.Module):
             self.encoder = _small_trunk(in_channels, width, crop_shape)
             features = 4 * width
         else:
-            from napari_gradcamo.models.architectures import _efficientnet
+            from napari_gradcamo.models.backbones import efficientnet
 
-            self.encoder = _efficientnet(encoder, in_channels, features, crop_shape)
+            self.encoder = efficientnet(encoder, in_channels, features, crop_shape)
         self.to_mu = nn.Linear(features, latent_dim)
         self.to_logvar = nn.Linear(features, latent_dim)
         z, y, x = self.crop_shape

@@ -18,7 +18,7 @@ from typing import Iterator
 from napari_gradcamo.audit.run import AuditSettings, iter_audit
 from napari_gradcamo.io.images import ImageError
 from napari_gradcamo.plate import store
-from napari_gradcamo.plate.sources import FieldTask, discover
+from napari_gradcamo.plate.sources import FieldTask, discover, plate_geometry
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
 
 _MODELS: dict = {}
@@ -54,16 +54,17 @@ def _worker_key() -> str:
     return f"{address}#{threading.get_ident()}"
 
 
-def worker_model(checkpoint: str, digest: str):
+def worker_model(checkpoint: str, digest: str, trusted_factory: str | None = None):
     """The checkpoint's model for this worker thread, loaded on first use (a CamEngine hooks the model, so
-    two threads never share one). Returns (bundle, how many times this thread has loaded a model)."""
+    two threads never share one; ``trusted_factory`` as for ``load_checkpoint``). Returns (bundle, how many
+    times this thread has loaded a model)."""
     from napari_gradcamo.models.checkpoint import load_checkpoint
 
     key = _worker_key()
     with _MODELS_LOCK:
         loads, cached_digest, bundle = _MODELS.get(key, (0, None, None))
         if cached_digest != digest:
-            loads, bundle = loads + 1, load_checkpoint(checkpoint)
+            loads, bundle = loads + 1, load_checkpoint(checkpoint, trusted_factory=trusted_factory)
             _MODELS[key] = (loads, digest, bundle)
     return bundle, loads
 
@@ -74,18 +75,47 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def audit_field(task: FieldTask, masks: str, checkpoint: str, digest: str, settings: AuditSettings,
-                fingerprint: str, run: str, out: str, torch_threads: int) -> dict:
-    """The task a worker runs for one field: lazy image, labels, the audit loop, one atomic result."""
+@dataclass
+class FieldFailure:
+    """What a worker task returns instead of raising: the reason a field failed, in one line (so the
+    scheduler logs no "Compute Failed … Traceback" and the run reports the field by name)."""
+
+    reason: str
+
+
+def _reason(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or "no message"
+    if isinstance(error, OSError) and error.filename:
+        text = f"{error.strerror or text} ({error.filename})"
+    return f"{type(error).__name__}: {text}"
+
+
+def audit_field(task: FieldTask, masks, checkpoint: str, digest: str, settings: AuditSettings,
+                fingerprint: str, run: str, out: str, torch_threads: int,
+                trusted_factory: str | None = None) -> dict | FieldFailure:
+    """The task a worker runs for one field (:func:`_audit_field`); a failure is returned as a
+    :class:`FieldFailure`, never raised."""
+    if isinstance(masks, FieldFailure):  # its segmentation failed
+        return masks
+    try:
+        return _audit_field(task, masks, checkpoint, digest, settings, fingerprint, run, out, torch_threads,
+                            trusted_factory)
+    except Exception as error:  # any field's error: reported by name, the other fields go on
+        return FieldFailure(_reason(error))
+
+
+def _audit_field(task: FieldTask, masks: str, checkpoint: str, digest: str, settings: AuditSettings,
+                 fingerprint: str, run: str, out: str, torch_threads: int, trusted_factory: str | None = None) -> dict:
+    """Lazy image, labels, the audit loop, one atomic result."""
     import pandas as pd
     import torch
 
-    from napari_gradcamo.audit import results
     from napari_gradcamo.io.lazy import open_image, open_labels
+    from napari_gradcamo.output import results
 
     started, cpu_started = time.perf_counter(), time.process_time()
     torch.set_num_threads(max(1, int(torch_threads)))
-    bundle, loads = worker_model(checkpoint, digest)
+    bundle, loads = worker_model(checkpoint, digest, trusted_factory)
     names = [n.strip() for n in task.channel_names.replace(",", ";").split(";") if n.strip()] or None
     image = open_image(task.image, task.axes or None, names)
     labels = open_labels(task.image, masks or task.masks)
@@ -102,9 +132,18 @@ def audit_field(task: FieldTask, masks: str, checkpoint: str, digest: str, setti
             "model_loads": loads, "peak_rss_mb": _peak_rss_mb()}
 
 
-def segment_field(task: FieldTask, segmentation, out: str) -> str:
-    """The cellpose task of a field without masks: the whole field is read (cellpose needs it), the labels
-    are written atomically to ``OUT/masks`` and their path handed to the audit task."""
+def segment_field(task: FieldTask, segmentation, out: str) -> str | FieldFailure:
+    """The cellpose task of a field without masks (:func:`_segment_field`); a failure is returned as a
+    :class:`FieldFailure` for the audit task to hand on."""
+    try:
+        return _segment_field(task, segmentation, out)
+    except Exception as error:
+        return FieldFailure(f"segmentation failed: {_reason(error)}")
+
+
+def _segment_field(task: FieldTask, segmentation, out: str) -> str:
+    """The whole field is read (cellpose needs it), the labels are written atomically to ``OUT/masks`` and
+    their path handed to the audit task."""
     import tifffile
 
     from napari_gradcamo.io.images import make_image
@@ -130,6 +169,26 @@ def _needs_segmentation(task: FieldTask) -> bool:
     return not task.masks and not (is_zarr(task.image) and has_label_image(task.image))
 
 
+def preflight(checkpoint, settings: AuditSettings, workers: int | None = None, torch_threads: int = 1,
+              trusted_factory: str | None = None) -> str:
+    """Everything a worker would refuse, refused here before any cluster starts: the settings, the worker
+    counts, and the checkpoint, loaded once (an untrusted ``custom`` factory, bad metadata or weights are
+    refused with their message instead of one worker traceback per field). Returns the checkpoint's path."""
+    from napari_gradcamo.models.checkpoint import load_checkpoint
+
+    if not isinstance(settings, AuditSettings):
+        raise ValueError(f"settings must be an AuditSettings, not {type(settings).__name__}.")
+    settings.validate()
+    for name, value, lowest in (("workers", workers, 1), ("torch_threads", torch_threads, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < lowest):
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a whole number ≥ {lowest}, got {value!r}.")
+    path = Path(checkpoint).resolve()
+    if not path.is_file():
+        raise ImageError(f"Checkpoint {path} does not exist.")
+    load_checkpoint(path, trusted_factory=trusted_factory)  # the workers load it the same way
+    return str(path)
+
+
 def make_client(workers: int | None = None, scheduler: str | None = None, processes: bool = True):
     """A client of the cluster at ``scheduler``, else of a LocalCluster of ``workers`` single-threaded
     workers (default: one per CPU core). Returns (client, cluster or None)."""
@@ -146,23 +205,24 @@ def make_client(workers: int | None = None, scheduler: str | None = None, proces
 
 def iter_plate(source, checkpoint, out, settings: AuditSettings | None = None, *, layout=None,
                segmentation=None, client=None, workers: int | None = None, scheduler: str | None = None,
-               torch_threads: int = 1, cancel: CancelToken | None = None) -> Iterator[FieldOutcome]:
+               torch_threads: int = 1, cancel: CancelToken | None = None,
+               trusted_factory: str | None = None) -> Iterator[FieldOutcome]:
     """Audit every field of ``source``, yielding a :class:`FieldOutcome` as each finishes (skipped fields
-    first). Uses ``client`` if given, else makes one (:func:`make_client`) and closes it at the end."""
+    first). Uses ``client`` if given, else makes one (:func:`make_client`) and closes it at the end.
+    ``trusted_factory``: the ``package.module:function`` you trust to build a ``custom`` checkpoint's network
+    (as ``load_checkpoint``'s; a checkpoint that asks for another is refused here, before any worker starts)."""
     from distributed import as_completed
 
     settings = settings or AuditSettings()
     out = Path(out)
-    checkpoint = str(Path(checkpoint).resolve())
-    if not Path(checkpoint).is_file():
-        raise ImageError(f"Checkpoint {checkpoint} does not exist.")
+    checkpoint = preflight(checkpoint, settings, workers, torch_threads, trusted_factory)
     tasks = discover(source, layout)
     digest = store.file_digest(checkpoint)
     fingerprint = store.run_fingerprint(digest, settings, segmentation)
     out.mkdir(parents=True, exist_ok=True)
     store.write_run(out, {"fingerprint": fingerprint, "checkpoint": checkpoint, "checkpoint_sha256": digest,
                           "source": str(Path(source).resolve()), "layout": str(layout or ""),
-                          "settings": asdict(settings), "fields": len(tasks),
+                          "settings": asdict(settings), "fields": len(tasks), "plates": plate_geometry(source),
                           "segmentation": asdict(segmentation) if segmentation is not None else None})
     keys = {t.field_id: store.field_fingerprint(fingerprint, t) for t in tasks}
     todo = [t for t in tasks if store.finished_fingerprint(out, t) != keys[t.field_id]]
@@ -186,19 +246,23 @@ def iter_plate(source, checkpoint, out, settings: AuditSettings | None = None, *
                 masks = client.submit(segment_field, task, segmentation, str(out), pure=False,
                                       key=f"segment-{keys[task.field_id][:20]}")
             future = client.submit(audit_field, task, masks, checkpoint, digest, settings, keys[task.field_id],
-                                   fingerprint, str(out), torch_threads, pure=False, key=f"audit-{keys[task.field_id][:20]}")
+                                   fingerprint, str(out), torch_threads, trusted_factory, pure=False,
+                                   key=f"audit-{keys[task.field_id][:20]}")
             futures[future] = task
         for future in as_completed(list(futures)):
             check(cancel, "the plate audit")
             task = futures.pop(future)
             done += 1
-            if future.status == "finished":
-                yield FieldOutcome(task.field_id, "done", done=done, total=total, **future.result())
-            else:
-                error = future.exception()
-                reason = f"{type(error).__name__}: {error}"
-                store.write_failure(out, task, keys[task.field_id], fingerprint, reason)
+            result = future.result() if future.status == "finished" else FieldFailure(_reason(future.exception()))
+            if isinstance(result, FieldFailure):
+                reason = result.reason
+                try:
+                    store.write_failure(out, task, keys[task.field_id], fingerprint, reason)
+                except OSError as error:  # e.g. the disk is full: the field is still reported
+                    reason += f" (its failure record could not be written: {_reason(error)})"
                 yield FieldOutcome(task.field_id, "failed", reason=reason, done=done, total=total)
+            else:
+                yield FieldOutcome(task.field_id, "done", done=done, total=total, **result)
             future.release()  # the result is on disk: a worker lost later must not make the scheduler redo it
     finally:
         client.cancel(list(futures))
@@ -215,5 +279,6 @@ def run_plate(source, checkpoint, out, settings: AuditSettings | None = None, *,
     for outcome in iter_plate(source, checkpoint, out, settings, cancel=cancel, **kwargs):
         outcomes.append(outcome)
         report(progress, outcome.done, outcome.total, f"{outcome.field} {outcome.status}")
-    table, _ = store.collect(Path(out), store.read_run(Path(out))["fingerprint"])
-    return outcomes, store.write_plate_table(Path(out), table)
+    record = store.read_run(Path(out))
+    table, _ = store.collect(Path(out), record["fingerprint"])
+    return outcomes, store.write_plate_table(Path(out), table, record)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from napari_gradcamo.io.field_list import ManifestError, blank, read_manifest
 from napari_gradcamo.io.images import ImageError
 from napari_gradcamo.io.lazy import TIFF_SUFFIXES, is_zarr
+from napari_gradcamo.segment.field_list import ManifestError, blank, read_manifest
 
 _FIELD_NAME = re.compile(r"^(?P<plate>.+?)_(?P<well>[A-Za-z]{1,2}\d{1,3})_s(?P<site>\d+)$")
 _MASK_SUFFIX = "_masks"
@@ -63,6 +63,24 @@ def discover(source: str | Path, layout: str | Path | None = None) -> list[Field
     if duplicates:
         raise ImageError(f"Fields {duplicates[:5]} appear more than once in {source.name}; give each a unique site.")
     return tasks
+
+
+def plate_geometry(source: str | Path) -> dict[str, dict[str, list[str]]]:
+    """``{plate name: {"rows": [...], "columns": [...]}}`` as an OME-Zarr HCS plate declares them (in order);
+    empty for manifests and folders, which declare none."""
+    source = Path(source)
+    if not (source.exists() and is_zarr(source)):
+        return {}
+    from napari_gradcamo.io.ome_zarr import ome_attrs, open_group
+
+    plate = ome_attrs(open_group(source)).get("plate")
+    if not isinstance(plate, dict):
+        return {}
+    names = [[str(e.get("name")) for e in plate.get(key) or [] if isinstance(e, dict) and e.get("name") is not None]
+             for key in ("rows", "columns")]
+    if not all(names):
+        return {}
+    return {str(plate.get("name") or source.name.split(".")[0]): {"rows": names[0], "columns": names[1]}}
 
 
 def _from_manifest(path: Path) -> list[FieldTask]:

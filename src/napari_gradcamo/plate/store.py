@@ -4,14 +4,15 @@ plate table assembled from them.
 Layout of ``OUT``::
 
     run.json                                 checkpoint, settings, source and the run fingerprint
-    fields/<plate>/<well>/s<site>.parquet    the field's cells (schema of audit/results.py + field columns);
+    fields/<plate>/<well>/s<site>.parquet    the field's cells (schema of output/results.py + field columns);
                                              its Parquet metadata holds the field fingerprint and the
                                              SHA-256 of the maps file, so a changed or damaged maps file
                                              makes the field be audited again on rerun
     fields/<plate>/<well>/s<site>.maps.npz   raw Grad-CAM maps: labels, origins (z, y, x), maps
     fields/<plate>/<well>/s<site>.failed.json  why a field failed (removed when it succeeds later)
     plate.parquet/plate=<p>/well=<w>/...     the plate table, partitioned by plate and well
-    plate.h5ad                               the same table as AnnData (when anndata is installed)
+    plate.h5ad                               the same table as AnnData (when anndata is installed): every score
+                                             and measurement in X, identity/flags/text in obs (anndata_parts)
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 import zlib
 from dataclasses import asdict
@@ -39,9 +39,17 @@ PLATE_TABLE = "plate.parquet"
 PLATE_ANNDATA = "plate.h5ad"
 #: Settings that do not change a result (up to float rounding) and so do not invalidate finished fields.
 NOT_IN_FINGERPRINT = ("device", "batch_size")
-#: Numeric per-cell measurements: AnnData's X; everything else goes to obs.
-MEASUREMENTS = ("gradcamo", "chance", "normalised", "neighbour_share", "background_share", "outside_share",
-                "probability", "padded_fraction", "volume_voxels")
+#: AnnData's ``X`` (float32, one column per name, in this order, then one ``prob_<class>`` per class): every
+#: per-cell score and measurement. Nothing numeric about a cell's attention is left in ``obs``.
+X_COLUMNS = ("gradcamo", "chance", "lift", "normalised", "neighbour_share", "background_share", "outside_share",
+             "drop_cell_occluded", "drop_context_occluded", "probability", "padded_fraction", "volume_voxels")
+#: ``var["kind"]`` of each ``X`` column.
+X_KINDS = {"gradcamo": "score", "chance": "score", "lift": "score", "normalised": "score",
+           "neighbour_share": "share", "background_share": "share", "outside_share": "share",
+           "drop_cell_occluded": "occlusion", "drop_context_occluded": "occlusion", "probability": "probability",
+           "padded_fraction": "geometry", "volume_voxels": "geometry"}
+#: AnnData's ``obsm["centroid_zyx"]`` (voxels).
+CENTROID = ("centroid_z", "centroid_y", "centroid_x")
 
 
 def file_digest(path: str | Path) -> str:
@@ -86,9 +94,10 @@ def safe_name(name: str) -> str:
 
 def atomic_write(path: Path, write) -> Path:
     """Call ``write(temp_path)`` for a temporary file in ``path``'s folder, then rename it onto ``path``."""
+    from napari_gradcamo.io.atomic import temp_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    temp = str(temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         write(Path(temp))
         os.replace(temp, path)
@@ -123,8 +132,12 @@ def write_field(out: Path, task: FieldTask, fingerprint: str, run: str, table: p
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
+    import io
+
+    buffer = io.BytesIO()  # built in memory: a full disk fails the plain write below, not numpy's zip writer
+    np.savez(buffer, **arrays)  # (whose half-closed ZipFile printed "Exception ignored … Traceback")
     with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
+        handle.write(buffer.getbuffer())
 
 
 def write_failure(out: Path, task: FieldTask, fingerprint: str, run: str, reason: str) -> Path:
@@ -220,14 +233,17 @@ def collect(out: Path, run: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return with_normalised(table), pd.DataFrame(failures, columns=["field", "plate", "well", "site", "image", "reason"])
 
 
-def write_plate_table(out: Path, table: pd.DataFrame) -> dict[str, str]:
+def write_plate_table(out: Path, table: pd.DataFrame, record: dict | None = None) -> dict[str, str]:
     """The plate table as Parquet partitioned by plate/well (replaced as a whole) and, if anndata is
-    installed, as ``plate.h5ad``; returns what was written (or why not)."""
+    installed, as ``plate.h5ad`` (:func:`anndata_parts`; ``record``: the run's provenance, kept in its ``uns``);
+    returns what was written (or why not)."""
     out = Path(out)
     written = {}
     if table.empty:
         return {"parquet": "no cells: nothing written"}
-    temp = Path(tempfile.mkdtemp(prefix=".plate.", dir=out))
+    from napari_gradcamo.io.atomic import temp_folder
+
+    temp = temp_folder(out, prefix=".plate.")
     try:
         table.to_parquet(temp / "t", partition_cols=["plate", "well"], index=False)
         target = out / PLATE_TABLE
@@ -237,19 +253,46 @@ def write_plate_table(out: Path, table: pd.DataFrame) -> dict[str, str]:
         written["parquet"] = str(target)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    written["anndata"] = _write_anndata(out / PLATE_ANNDATA, table)
+    written["anndata"] = _write_anndata(out / PLATE_ANNDATA, table, record)
     return written
 
 
-def _write_anndata(path: Path, table: pd.DataFrame) -> str:
+def anndata_parts(table: pd.DataFrame, record: dict | None = None) -> dict:
+    """The plate table split the AnnData way (see :data:`X_COLUMNS`): ``X`` (cells × scores, float32), ``var``
+    (score names with their ``kind``), ``obs`` (the cell's identity, flags and text columns, indexed
+    ``<field>/<label>``), ``obsm`` (``centroid_zyx``) and ``uns`` (the run record as JSON and the column meanings).
+
+    Text is held as plain Python strings (object dtype), which anndata writes in its classic ``string-array``
+    encoding: every anndata version (and R's / Julia's readers) can read it, and pandas 3's string dtype needs no
+    opt-in (anndata refuses to write it unless ``allow_write_nullable_strings`` is set)."""
+    from napari_gradcamo.output import results
+
+    columns = [c for c in X_COLUMNS if c in table.columns]
+    columns += sorted(c for c in table.columns if c.startswith(results.PROBABILITY_PREFIX))
+    centroid = [c for c in CENTROID if c in table.columns]
+    obs = table.drop(columns=columns + centroid).reset_index(drop=True)
+    for column in ("plate", "well", "field", "treatment", "dose"):
+        if column in obs:
+            obs[column] = obs[column].astype(str)
+    for column in obs.columns:
+        if not (pd.api.types.is_numeric_dtype(obs[column]) or pd.api.types.is_bool_dtype(obs[column])):
+            obs[column] = pd.Series([str(v) for v in obs[column]], index=obs.index, dtype=object)
+    obs.index = pd.Index([f"{f}/{int(lab)}" for f, lab in zip(obs["field"], obs["label"])], dtype=object)
+    names = pd.Index(columns, dtype=object)
+    var = pd.DataFrame({"kind": pd.Series([X_KINDS.get(c, "probability") for c in columns], index=names, dtype=object)},
+                       index=names)
+    meanings = {c: results.SCHEMA.get(c, "probability of this class") for c in list(table.columns)}
+    uns = {"napari_gradcamo": {"run": json.dumps(record or {}, default=str), "columns": json.dumps(meanings)}}
+    obsm = {"centroid_zyx": table[centroid].to_numpy(np.float64)} if len(centroid) == 3 else {}
+    return {"X": table[columns].to_numpy(np.float32), "obs": obs, "var": var, "obsm": obsm, "uns": uns}
+
+
+def _write_anndata(path: Path, table: pd.DataFrame, record: dict | None = None) -> str:
     try:
         import anndata
     except ImportError:
         return "skipped: anndata is not installed (pip install 'napari-gradcamo[plate]')"
-    measured = [c for c in table.columns if c in MEASUREMENTS or c.startswith("prob_")]
-    obs = table.drop(columns=measured).astype({c: str for c in ("plate", "well", "field", "treatment", "dose")})
-    obs.index = (obs["field"] + "/" + table["label"].astype(str)).values
-    adata = anndata.AnnData(X=table[measured].to_numpy(np.float32), obs=obs,
-                            var=pd.DataFrame(index=measured))
-    atomic_write(path, lambda p: adata.write_h5ad(p))
+    adata = anndata.AnnData(**anndata_parts(table, record))
+    # no categoricals made on write: anndata < 0.12.7 cannot write the pandas-3 string categories it would make
+    atomic_write(path, lambda p: adata.write_h5ad(p, convert_strings_to_categoricals=False))
     return str(path)

@@ -37,7 +37,7 @@ LATENT_MEAN_LAYER = "to_mu"
 
 def default_feature_layer(model, crop_shape: Sequence[int], in_channels: int) -> str:
     """The deepest top-level layer whose feature map is still spatial (what a classifier pools into its head)."""
-    from napari_gradcamo.audit.layers import list_target_layers
+    from napari_gradcamo.models.layers import list_target_layers
 
     every = [l for l in list_target_layers(model, crop_shape, in_channels) if np.prod(l.output_shape[1:]) > 1]
     layers = [l for l in every if "." not in l.name] or every
@@ -71,7 +71,8 @@ def iter_extract_profiles(
     """
     from napari_gradcamo.audit.batch import BatchCrops, score_batch
     from napari_gradcamo.audit.cam import CamEngine, get_module
-    from napari_gradcamo.audit.layers import default_target_layer, list_target_layers
+    from napari_gradcamo.models.architectures import is_vae
+    from napari_gradcamo.models.layers import default_target_layer, list_target_layers
 
     meta = bundle.metadata
     model = bundle.model
@@ -118,15 +119,11 @@ def _spatial_mean(output):
     return output if output.ndim == 2 else output.mean(dim=tuple(range(2, output.ndim)))
 
 
-def is_vae(meta) -> bool:
-    from napari_gradcamo.models.architectures import VAE
-
-    return meta.architecture == VAE
-
-
 def dataset_class_names(meta) -> list[str]:
     """The treatment classes of the crops: a VAE's ``class_names`` name its latent units, so its checkpoint
     keeps the classes of its training crops in ``training.class_names``."""
+    from napari_gradcamo.models.architectures import is_vae
+
     if is_vae(meta):
         names = meta.training.get("class_names") if isinstance(meta.training, dict) else None
         if not isinstance(names, list) or len(names) < 1 or not all(isinstance(n, str) for n in names):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -34,16 +33,13 @@ from typing import Optional
 
 import numpy as np
 
+from napari_gradcamo.io.atomic import temp_file
 from napari_gradcamo.io.images import Image
 from napari_gradcamo.progress import CancelToken, ProgressCallback, Steps, check, drain
+from napari_gradcamo.segment.model_file import GENERALIST_MODEL, SegmentationError, load_state_dict  # noqa: F401
 
 MODES = ("stitch2d", "3d")
-GENERALIST_MODEL = "generalist_cyto"
 DOWNLOAD_TIMEOUT_S = 30
-
-
-class SegmentationError(ValueError):
-    """Segmentation cannot run with these settings or this model; the message says how to fix it."""
 
 
 # --------------------------------------------------------------------------- cellpose version
@@ -96,6 +92,39 @@ class SegmentationSettings:
     be left as None. ``diameter`` is the typical cell diameter in pixels (None: the model's own
     training diameter, i.e. no rescaling). ``anisotropy`` (z step / xy pixel size, "3d" mode only)
     defaults to the image's voxel size.
+
+    Parameters
+    ----------
+    model : str
+        A cellpose model name (``cpsam`` with cellpose 4; ``cyto3``, ``nuclei``, ``generalist_cyto`` … with
+        cellpose 3) or a model file's path. Default: the installed cellpose's default.
+    nucleus_channel, cyto_channel : int, optional
+        Image channel indices of the nuclear and the whole-cell stain.
+    diameter : float, optional
+        Typical cell diameter in pixels.
+    mode : str
+        ``"stitch2d"`` (plane by plane, joined across z; the practical mode on a CPU) or ``"3d"``.
+    stitch_threshold : float
+        Overlap (IoU) above which masks in neighbouring planes are joined (``"stitch2d"``).
+    anisotropy : float, optional
+        z step / xy pixel size (``"3d"``); default: from the image's voxel size.
+    min_size : int
+        Masks smaller than this many voxels are removed (after stitching); -1 keeps all.
+    flow_threshold, cellprob_threshold : float
+        Cellpose's own thresholds.
+    normalize_percentiles : tuple of float
+        Per-channel intensity percentiles mapped to 0 and 1 over the whole stack.
+    gpu : bool, optional
+        Use a GPU (None: when one is available).
+    batch_size : int
+        Planes or tiles per network call.
+
+    Examples
+    --------
+    >>> import napari_gradcamo as ng
+    >>> settings = ng.SegmentationSettings(nucleus_channel=0, cyto_channel=3, diameter=30)
+    >>> settings.mode, settings.stitch_threshold
+    ('stitch2d', 0.3)
     """
 
     model: str = default_model()
@@ -129,26 +158,39 @@ def _check_channel(name: str, index, n_channels: int, image: Image) -> None:
         )
 
 
-def load_state_dict(path: Path, version: int, hint: str, **load_kwargs) -> dict:
-    """A cellpose model file's weights, loaded without unpickling code (``weights_only``); a file that is not
-    a state dict raises :class:`SegmentationError` with ``hint`` (how to get a good one)."""
-    import torch
+def _is_number(value, whole: bool = False) -> bool:
+    """A real number (an int when ``whole``), not a bool and not text: '0.4' is refused, never parsed."""
+    kinds = (int, np.integer) if whole else (int, float, np.integer, np.floating)
+    return isinstance(value, kinds) and not isinstance(value, (bool, np.bool_))
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, **load_kwargs)
-    except Exception as exc:
-        raise SegmentationError(
-            f"{path} is not a loadable cellpose-{version} model file ({type(exc).__name__}: {exc}). {hint}"
-        ) from exc
-    if not isinstance(state, dict):
-        raise SegmentationError(f"{path} does not hold a state dict of network weights.")
-    return state
+
+def _check_types(s: SegmentationSettings) -> None:
+    """Each numeric setting must be a number before its range is checked (text raised TypeError before)."""
+    numbers_ = {"diameter": s.diameter, "stitch_threshold": s.stitch_threshold, "anisotropy": s.anisotropy,
+                "flow_threshold": s.flow_threshold, "cellprob_threshold": s.cellprob_threshold}
+    for name, value in numbers_.items():
+        if value is not None and not _is_number(value) or value is None and name not in ("diameter", "anisotropy"):
+            raise SegmentationError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
+    for name, value in {"min_size": s.min_size, "batch_size": s.batch_size}.items():
+        if not _is_number(value, whole=True):
+            raise SegmentationError(f"{name} must be a whole number, got {value!r} ({type(value).__name__}).")
+    pair = s.normalize_percentiles
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(_is_number(v) for v in pair):
+        raise SegmentationError(f"normalize_percentiles must be two numbers (low, high), e.g. (1.0, 99.0); got {pair!r}.")
+    if not isinstance(s.mode, str):
+        raise SegmentationError(f"mode must be 'stitch2d' or '3d', got {s.mode!r}.")
+    if s.gpu is not None and not isinstance(s.gpu, (bool, np.bool_)):
+        raise SegmentationError(f"gpu must be True, False or None (automatic), got {s.gpu!r}.")
 
 
 def validate_settings(image: Image, settings: SegmentationSettings) -> None:
     """Raise :class:`SegmentationError` naming the first bad parameter."""
     if not isinstance(image, Image) or image.data.ndim != 4:
         raise SegmentationError("segment() needs a napari_gradcamo.io.images.Image (CZYX data).")
+    if not isinstance(settings, SegmentationSettings):
+        raise SegmentationError(f"settings must be a SegmentationSettings, not {type(settings).__name__}; "
+                                "e.g. SegmentationSettings(nucleus_channel=0).")
+    _check_types(settings)
     s = settings
     if s.mode not in MODES:
         raise SegmentationError(f"Unknown mode {s.mode!r}; use 'stitch2d' (2D per slice, stitched) or '3d'.")
@@ -212,9 +254,9 @@ def download_model_file(name: str, target: Path, url: str, hint: str) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".part")
+            tmp = str(temp_file(folder, prefix=f".{target.name}.", suffix=".part"))
             try:
-                with os.fdopen(fd, "wb") as out:
+                with open(tmp, "wb") as out:
                     shutil.copyfileobj(response, out)
                 os.replace(tmp, target)
             finally:
@@ -341,7 +383,43 @@ def segment(
     cancel: CancelToken | None = None,
 ) -> np.ndarray:
     """Segment ``image`` with cellpose; returns ``ZYX`` ``uint32`` labels 1..N (0 = background).
-    :func:`iter_segment` run to its end, its steps handed to ``progress``."""
+    :func:`iter_segment` run to its end, its steps handed to ``progress``.
+
+    Parameters
+    ----------
+    image : Image
+        The stains (``CZYX``).
+    settings : SegmentationSettings, optional
+        Model, channels, diameter, mode; default ``SegmentationSettings()``.
+    progress : callable, optional
+        Called as ``progress(done, total, message)`` after each plane (stitched 2D) or step.
+    cancel : CancelToken, optional
+        Checked between planes; a cancel raises :class:`~napari_gradcamo.progress.Cancelled`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Labels, ``ZYX`` ``uint32``, 0 = background, cells numbered 1..N.
+
+    Raises
+    ------
+    SegmentationError
+        A bad setting, or a model that cannot be found or loaded (the message says what to give instead).
+
+    Examples
+    --------
+    A named cellpose model is downloaded at first use (``generalist_cyto`` from the package index), so this
+    example needs that network access once:
+
+    >>> import napari_gradcamo as ng
+    >>> from napari_gradcamo.synthetic.experiment import demo_field
+    >>> image = demo_field().image                       # 5 stains, 12 × 128 × 128
+    >>> settings = ng.SegmentationSettings(model="generalist_cyto", nucleus_channel=0, cyto_channel=3,
+    ...                                    diameter=20)
+    >>> labels = ng.segment(image, settings)             # doctest: +SKIP
+    >>> labels.shape, labels.dtype                       # doctest: +SKIP
+    ((12, 128, 128), dtype('uint32'))
+    """
     return drain(iter_segment(image, settings, cancel), progress)
 
 

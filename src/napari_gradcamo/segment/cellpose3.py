@@ -23,7 +23,7 @@ def model_names() -> list[str]:
 
 
 def offline_hint(name: str | None = None) -> str:
-    from napari_gradcamo.segment.cellpose import GENERALIST_MODEL
+    from napari_gradcamo.segment.model_file import GENERALIST_MODEL
 
     return (
         "Pass a cellpose-3 model file path as the model instead (for weights that need no website, "
@@ -49,7 +49,7 @@ def check_model_file(path: Path) -> None:
     """
     from cellpose.resnet_torch import CPnet
 
-    from napari_gradcamo.segment.cellpose import SegmentationError, load_state_dict
+    from napari_gradcamo.segment.model_file import SegmentationError, load_state_dict
 
     state = load_state_dict(path, 3, offline_hint())
     if "W2" in state:

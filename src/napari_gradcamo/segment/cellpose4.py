@@ -11,11 +11,20 @@ parameters would otherwise run with random ones.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Mapping, Sequence
 
 MAJOR = 4
 DEFAULT_MODEL = "cpsam"
 _CPSAM_ADDRESS_4_0 = "https://huggingface.co/mouseland/cellpose-sam/resolve/main/"
+#: Parameters only a cellpose 4 (Cellpose-SAM) network has: its SAM ViT encoder, its output layer, W2.
+CP4_KEYS, CP4_PREFIXES = ("W2",), ("encoder.", "out.")
+#: How many names a message lists before "and N more".
+LISTED = 8
+_TORCH_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (?P<name>[\w.]+): copying a param with shape torch\.Size\(\[(?P<found>[\d, ]*)\]\) "
+    r"from checkpoint, the shape in current model is torch\.Size\(\[(?P<expected>[\d, ]*)\]\)")
 
 
 def _dino_available() -> bool:
@@ -55,22 +64,84 @@ def offline_hint(name: str | None = None) -> str:
 
 
 def _load_state(path: Path) -> dict:
-    from napari_gradcamo.segment.cellpose import load_state_dict
+    from napari_gradcamo.segment.model_file import load_state_dict
 
     state = load_state_dict(path, 4, offline_hint(), mmap=True)
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def model_family(keys: Sequence[str]) -> str | None:
+    """``"cellpose4"`` if any parameter is one only cpsam networks have, ``"cellpose3"`` for a CPnet, else None."""
+    if any(k in CP4_KEYS or k.startswith(CP4_PREFIXES) for k in keys):
+        return "cellpose4"
+    if any(k.startswith(("downsample.", "upsample.")) for k in keys):
+        return "cellpose3"
+    return None
+
+
+def _names(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:LISTED])
+    return shown + (f" and {len(items) - LISTED} more" if len(items) > LISTED else "")
+
+
+def mismatch_message(path, found: Mapping[str, tuple], expected: Mapping[str, tuple], network: str = "cpsam"
+                     ) -> str | None:
+    """What is wrong with a model file, by parameter: missing ones, misshapen ones (file vs network shape) and
+    how many unexpected ones; None when the file's parameters fit the network.
+
+    Parameters
+    ----------
+    path : the model file (for the message).
+    found, expected : parameter name → shape, of the file and of the network it must fit.
+    network : the network's name in the message.
+
+    Examples
+    --------
+    >>> mismatch_message("m.pt", {"a": (2,)}, {"a": (3,), "W2": (4, 4)})
+    "m.pt does not fit cellpose 4's cpsam network: 1 missing parameter (W2 (4, 4)); 1 misshapen parameter (a: (2,) in the file, (3,) expected). It is damaged or incomplete, or saved from another network; give a cpsam model file saved by cellpose 4 (e.g. the original cpsam, or your fine-tuned model saved by cellpose's training)."
+    """
+    missing = [k for k in expected if k not in found]
+    wrong = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    extra = [k for k in found if k not in expected]
+    if not (missing or wrong):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing parameter{'s' * (len(missing) > 1)} "
+                     f"({_names([f'{k} {tuple(expected[k])}' for k in missing])})")
+    if wrong:
+        parts.append(f"{len(wrong)} misshapen parameter{'s' * (len(wrong) > 1)} "
+                     f"({_names([f'{k}: {tuple(found[k])} in the file, {tuple(expected[k])} expected' for k in wrong])})")
+    if extra:
+        parts.append(f"{len(extra)} parameter{'s' * (len(extra) > 1)} the network does not have "
+                     f"({_names(extra)})")
+    return (f"{path} does not fit cellpose 4's {network} network: " + "; ".join(parts) + ". It is damaged or "
+            "incomplete, or saved from another network; give a cpsam model file saved by cellpose 4 (e.g. the "
+            "original cpsam, or your fine-tuned model saved by cellpose's training).")
+
+
+def shapes_from_load_error(detail: str) -> tuple[dict, dict]:
+    """(file shapes, network shapes) of the parameters torch's ``load_state_dict`` reported as size mismatches."""
+    found, expected = {}, {}
+    for match in _TORCH_SIZE_MISMATCH.finditer(detail):
+        as_shape = lambda text: tuple(int(v) for v in text.replace(" ", "").split(",") if v)  # noqa: E731
+        found[match["name"]], expected[match["name"]] = as_shape(match["found"]), as_shape(match["expected"])
+    return found, expected
+
+
 def check_model_file(path: Path) -> dict:
-    """The file's state dict, if it is a cellpose 4 network this cellpose can build."""
-    from napari_gradcamo.segment.cellpose import SegmentationError
+    """The file's state dict, if it holds a cellpose 4 network (parameters missing or misshapen are named later,
+    by :func:`build_model`, against the network cellpose builds)."""
+    from napari_gradcamo.segment.model_file import SegmentationError
 
     state = _load_state(path)
-    if "W2" not in state:
-        cp3 = any(k.startswith("downsample.") for k in state)
+    family = model_family(list(state))
+    if family != "cellpose4":
         raise SegmentationError(
             f"{path} is not a cellpose 4 model"
-            + (" (it is a cellpose 3 network)" if cp3 else "")
+            + (" (it is a cellpose 3 network)" if family == "cellpose3" else
+               f" (it has none of cpsam's parameters {', '.join(CP4_KEYS)} or {'*, '.join(CP4_PREFIXES)}*; "
+               f"it holds {_names(list(state)) or 'no parameters'})")
             + ". cellpose 4 is installed and runs cpsam models only; to run cellpose 3 models install "
             "cellpose 3 (pip install 'napari-gradcamo[cellpose3]')."
         )
@@ -86,20 +157,19 @@ def build_model(kind: str, value: str, path: Path, gpu: bool):
     """A ``CellposeModel`` loaded from the checked file at ``path`` (no download)."""
     from cellpose import models as cp_models
 
-    from napari_gradcamo.segment.cellpose import SegmentationError
+    from napari_gradcamo.segment.model_file import SegmentationError
 
     state = check_model_file(path)
     try:
         model = cp_models.CellposeModel(gpu=gpu, pretrained_model=os.fspath(path), use_bfloat16=gpu)
     except (RuntimeError, ValueError) as exc:
         detail = " ".join(str(exc).split())  # torch lists the mismatches on several lines
-        raise SegmentationError(f"cellpose 4 could not load {path}: {detail}") from exc
-    expected = model.net.state_dict()
-    missing = [k for k in expected if k not in state]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or wrong:
-        raise SegmentationError(
-            f"{path} does not fit cellpose 4's {getattr(model, 'backbone', 'cpsam')} network "
-            f"(missing {missing[:3]}, wrong shapes {wrong[:3]}); give a cpsam model file saved by cellpose 4."
-        )
+        found, expected = shapes_from_load_error(detail)
+        message = mismatch_message(path, found, expected) if found else None
+        raise SegmentationError(message or f"cellpose 4 could not load {path}: {detail}") from exc
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    expected = {k: tuple(v.shape) for k, v in model.net.state_dict().items()}
+    message = mismatch_message(path, found, expected, getattr(model, "backbone", "cpsam"))
+    if message:
+        raise SegmentationError(message)
     return model

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from napari_gradcamo.io.field_list import write_manifest
+from napari_gradcamo.segment.field_list import write_manifest
 
 
 def write_synthetic_manifest(

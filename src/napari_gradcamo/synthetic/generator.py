@@ -50,16 +50,16 @@ from typing import Sequence
 import numpy as np
 
 from napari_gradcamo.io.images import Image
-from napari_gradcamo.synthetic.shapes import (
-    NUCLEUS_XY_GAIN,
-    NUCLEUS_Z_GAIN,
-    boundaries,
-    draw_cells,
-    gauss,
-    rasterise,
-    render_segments,
-    smooth_noise,
-    um_to_px,
+from napari_gradcamo.synthetic.shapes import gauss, smooth_noise, um_to_px
+from napari_gradcamo.synthetic.stains import (
+    cell_slab,
+    nucleoli_map,
+    paint_agp,
+    paint_dna,
+    paint_er,
+    paint_mito,
+    paint_rna,
+    place_cells,
 )
 
 STAINS = ("DNA", "ER", "RNA", "AGP", "Mito")
@@ -71,25 +71,7 @@ DEBRIS_CHANNELS = ("DNA", "RNA")
 DEFAULT_SHAPE = (24, 192, 192)
 DEFAULT_VOXEL_SIZE = (1.0, 0.5, 0.5)
 
-# Treatment effect sizes at s = 1 (the highest class).
-DNA_GAIN = 0.6
-MITO_LENGTH_PX = (9.0, 3.0)  # mean tubule length (px along xy) at s = 0 and s = 1
-MITO_GAIN = 0.5
-ER_SCALE_GAIN = 1.2
-ER_GAIN = 0.3
-
-# Base intensities (ADU before the PSF).
-_I_DNA = 3000.0
-_I_ER = 1300.0
-_I_ER_ENVELOPE = 700.0
-_I_RNA_NUCLEOLUS = 2600.0
-_I_RNA_CYTO = 550.0
-_I_RNA_NUCLEOPLASM = 180.0
-_I_AGP_MEMBRANE = 1800.0
-_I_AGP_CORTEX = 500.0
-_I_AGP_FIBRE = 700.0
-_I_AGP_DIFFUSE = 150.0
-_I_MITO = 1400.0
+# Imaging and confounds (ADU); the stains' intensities and treatment effects are in .stains.
 _CAMERA_OFFSET = 100.0
 _AUTOFLUORESCENCE = {"DNA": 40.0, "ER": 90.0, "RNA": 60.0, "AGP": 80.0, "Mito": 50.0}
 _CONFOUND_AMPLITUDE = {"ER": 260.0, "AGP": 260.0}
@@ -150,6 +132,69 @@ def _add_debris(obj, rng, in_cell, voxel_size, density, z0) -> None:
 # public API
 
 
+def _checked_arguments(shape, voxel_size, n_cells, treatment, n_classes, confound, confound_class):
+    """The arguments of :func:`generate_field` validated and normalised: (shape, voxel_size, confound_class)."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 3 or min(shape) < 4:
+        raise ValueError(f"shape must be (z, y, x) with every size >= 4, got {shape}.")
+    voxel_size = tuple(float(v) for v in voxel_size)
+    if len(voxel_size) != 3 or min(voxel_size) <= 0:
+        raise ValueError(f"voxel_size must be three positive numbers (z, y, x) in µm, got {voxel_size}.")
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes}.")
+    if not 0 <= treatment < n_classes:
+        raise ValueError(f"treatment must be in 0..{n_classes - 1}, got {treatment}.")
+    if confound not in CONFOUNDS:
+        raise ValueError(f"confound must be one of {CONFOUNDS}, got {confound!r}.")
+    if confound is None:
+        confound_class = None
+    else:
+        confound_class = treatment if confound_class is None else int(confound_class)
+        if not 0 <= confound_class < n_classes:
+            raise ValueError(f"confound_class must be in 0..{n_classes - 1}, got {confound_class}.")
+    if n_cells < 0:
+        raise ValueError(f"n_cells must be >= 0, got {n_cells}.")
+    return shape, voxel_size, confound_class
+
+
+def _add_stripes(obj, in_cell, confound_class, n_classes, strength, voxel_size) -> None:
+    """Class-coded stripes in the medium (outside every cell) of the ER and AGP channels."""
+    Y, X = in_cell.shape[1:]
+    theta = np.pi * confound_class / n_classes
+    amp = strength * (0.5 + 0.5 * class_strength(confound_class, n_classes))
+    yy = np.arange(Y, dtype=np.float32)[:, None] * voxel_size[1]
+    xx = np.arange(X, dtype=np.float32)[None, :] * voxel_size[2]
+    proj = xx * np.cos(theta) + yy * np.sin(theta)
+    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * proj / _CONFOUND_PERIOD_UM)
+    outside = ~in_cell
+    for name in CONFOUND_CHANNELS:
+        obj[STAINS.index(name)] += outside * (amp * _CONFOUND_AMPLITUDE[name]) * stripes[None]
+
+
+def _imaged(obj, r_batch, r_noise, voxel_size) -> np.ndarray:
+    """What the camera records: blur, autofluorescence, uneven illumination, per-stain gain (the batch
+    effect), shot and read noise, camera offset, 16-bit range."""
+    Y, X = obj.shape[2:]
+    psf = um_to_px((1.0, 0.3, 0.3), voxel_size)
+    yy = (np.arange(Y, dtype=np.float32)[:, None] - (Y - 1) / 2) / (Y / 2)
+    xx = (np.arange(X, dtype=np.float32)[None, :] - (X - 1) / 2) / (X / 2)
+    flat = (1.0 - 0.18 * (yy**2 + xx**2) / 2)[None]
+    gains = r_batch.uniform(0.85, 1.15, len(STAINS))
+    autofl = r_batch.uniform(0.7, 1.3, len(STAINS))
+    data = np.empty_like(obj)
+    for i, name in enumerate(STAINS):
+        blurred = gauss(obj[i], psf)
+        data[i] = (blurred + _AUTOFLUORESCENCE[name] * autofl[i]) * (gains[i] * flat)
+    np.clip(data, 0, None, out=data)
+    noise = r_noise.standard_normal(data.shape, dtype=np.float32)
+    noise *= np.sqrt(data + _READ_NOISE**2)
+    data += noise
+    data += _CAMERA_OFFSET
+    np.clip(data, 0, 65535, out=data)
+    np.rint(data, out=data)
+    return data
+
+
 def generate_field(
     seed: int = 0,
     *,
@@ -172,187 +217,50 @@ def generate_field(
     every cell looks like class 0).  ``confound="background"`` adds a class-coded stripe pattern to
     the ER and AGP channels outside the cells; its class is ``confound_class`` (default
     ``treatment``), scaled by ``confound_strength``.
-    """
-    shape = tuple(int(v) for v in shape)
-    if len(shape) != 3 or min(shape) < 4:
-        raise ValueError(f"shape must be (z, y, x) with every size >= 4, got {shape}.")
-    voxel_size = tuple(float(v) for v in voxel_size)
-    if len(voxel_size) != 3 or min(voxel_size) <= 0:
-        raise ValueError(f"voxel_size must be three positive numbers (z, y, x) in µm, got {voxel_size}.")
-    if n_classes < 1:
-        raise ValueError(f"n_classes must be >= 1, got {n_classes}.")
-    if not 0 <= treatment < n_classes:
-        raise ValueError(f"treatment must be in 0..{n_classes - 1}, got {treatment}.")
-    if confound not in CONFOUNDS:
-        raise ValueError(f"confound must be one of {CONFOUNDS}, got {confound!r}.")
-    if confound is None:
-        confound_class = None
-    else:
-        confound_class = treatment if confound_class is None else int(confound_class)
-        if not 0 <= confound_class < n_classes:
-            raise ValueError(f"confound_class must be in 0..{n_classes - 1}, got {confound_class}.")
-    if n_cells < 0:
-        raise ValueError(f"n_cells must be >= 0, got {n_cells}.")
 
-    Z, Y, X = shape
-    vz, vy, vx = voxel_size
+    The steps: place the cells (:func:`.stains.place_cells`), paint each stain on the slab of planes that holds
+    them (:mod:`.stains`), add the confound
+    (:func:`_add_stripes`, :func:`_add_debris`), image it (:func:`_imaged`). Each step draws from its own
+    random stream, so one step's draws never shift another's.
+
+    Examples
+    --------
+    >>> field = generate_field(0, shape=(8, 48, 48), n_cells=3)
+    >>> field.image.data.shape, field.n_cells
+    ((5, 8, 48, 48), 3)
+    """
+    shape, voxel_size, confound_class = _checked_arguments(shape, voxel_size, n_cells, treatment, n_classes,
+                                                           confound, confound_class)
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(8)]
     r_geo, r_tex, r_mito, r_agp, r_cell, r_batch, r_noise, _ = rngs
     s = class_strength(treatment, n_classes) if cell_signal else 0.0
 
-    # ---- geometry --------------------------------------------------------------------------
-    z0 = Z * r_geo.uniform(0.12, 0.25)  # coverslip plane (voxel index)
-    cells = draw_cells(r_geo, shape, n_cells, voxel_size, z0)
-    rough = smooth_noise(r_geo, shape, um_to_px((1.5, 2.0, 2.0), voxel_size))
-    labels, nuclei, dnuc, dcell, lut = rasterise(cells, shape, z0, rough, s, vx / vy)
-    n = int(labels.max())
-    in_cell = labels > 0
-    in_nuc = nuclei > 0
-    cyto = in_cell & ~in_nuc
-
+    geo = place_cells(r_geo, shape, n_cells, voxel_size, s)
+    n = int(geo.labels.max())
     # per-cell intensity variability (cell cycle, staining), one factor per stain
     cell_fac = np.ones((len(STAINS), n + 1), np.float32)
     cell_fac[:, 1:] = r_cell.lognormal(0.0, 0.15, (len(STAINS), n))
 
-    # textures are computed only on the slab that holds cells
-    zs = slice(max(int(np.floor(z0)) - 1, 0), min(int(np.ceil(z0 + max((c.height for c in cells), default=1))) + 2, Z))
-    slab = (zs, slice(None), slice(None))
-    sshape = labels[slab].shape
-    L = labels[slab]
-    dn = np.where(np.isfinite(dnuc[slab]), dnuc[slab], 0).astype(np.float32)
-    dc = np.where(np.isfinite(dcell[slab]), dcell[slab], 1).astype(np.float32)
-    N = in_nuc[slab]
-    C = cyto[slab]
-    perinuc = np.maximum(dn - 1.0, 0.0)
-
-    fine = smooth_noise(r_tex, sshape, um_to_px((0.5, 0.35, 0.35), voxel_size))
+    slab = cell_slab(geo)
+    fine = smooth_noise(r_tex, slab.shape, um_to_px((0.5, 0.35, 0.35), voxel_size))
+    nucleoli = nucleoli_map(geo.cells, slab, s, voxel_size)
     obj = np.zeros((len(STAINS),) + shape, np.float32)
-    o = {name: obj[i][slab] for i, name in enumerate(STAINS)}  # views into the slab
+    on_slab = {name: obj[i][slab.zs] for i, name in enumerate(STAINS)}  # views into the slab
+    on_slab["DNA"][:] = paint_dna(slab, fine, nucleoli, s, cell_fac[0])
+    on_slab["ER"][:] = paint_er(r_tex, slab, s, voxel_size, cell_fac[1])
+    on_slab["RNA"][:] = paint_rna(slab, fine, nucleoli, cell_fac[2])
+    on_slab["AGP"][:] = paint_agp(r_agp, geo, slab, voxel_size, cell_fac[3])
+    mito = paint_mito(r_mito, slab, s, voxel_size, cell_fac[4])
+    if mito is not None:
+        on_slab["Mito"][:] = mito
 
-    # nucleoli (shared by DNA, dim, and RNA, bright)
-    pts = np.zeros(sshape, np.float32)
-    fx, fz = 1 + NUCLEUS_XY_GAIN * s, 1 + NUCLEUS_Z_GAIN * s
-    for c in cells:
-        for oz, oy, ox in c.nucleoli:
-            iz = int(round(c.nz + oz * c.nc * fz)) - zs.start
-            iy, ix = int(round(c.ny + oy * c.na * fx)), int(round(c.nx + ox * c.nb * fx * vy / vx))
-            if 0 <= iz < sshape[0] and 0 <= iy < Y and 0 <= ix < X:
-                pts[iz, iy, ix] = 1.0
-    nucleoli = gauss(pts, um_to_px((0.6, 0.55, 0.55), voxel_size))
-    peak = nucleoli.max()
-    if peak > 0:
-        nucleoli = np.minimum(nucleoli / (0.6 * peak), 1.0)
-    nucleoli *= N
-
-    # DNA: textured chromatin, heterochromatin rim, dim nucleoli; brighter with the treatment
-    chrom = 1.0 + 0.35 * fine + 0.35 * np.exp(-(((1.0 - dn) / 0.12) ** 2))
-    o["DNA"][:] = N * _I_DNA * (1 + DNA_GAIN * s) * cell_fac[0][L] * np.clip(chrom, 0.1, None) * (1 - 0.55 * nucleoli)
-
-    # ER: reticulum = zero crossings of band-passed noise; coarser and more perinuclear with treatment
-    er_sigma = 0.35 * (1 + ER_SCALE_GAIN * s)
-    white = r_tex.standard_normal(sshape, dtype=np.float32)
-    g1 = gauss(white, um_to_px((er_sigma * 1.6, er_sigma, er_sigma), voxel_size))
-    dog = g1 - gauss(g1, um_to_px((er_sigma * 2.4, er_sigma * 1.5, er_sigma * 1.5), voxel_size))
-    dog /= float(dog.ravel()[::7].std()) or 1.0
-    reticulum = np.exp(-((dog / 0.45) ** 2))
-    lam = 1.1 * (1 - 0.45 * s)
-    er = C * (0.3 + reticulum) * (0.25 + np.exp(-perinuc / lam)) * _I_ER * (1 + ER_GAIN * s)
-    er += (L > 0) * _I_ER_ENVELOPE * np.exp(-(((dn - 1.0) / 0.08) ** 2))
-    o["ER"][:] = er * cell_fac[1][L]
-
-    # RNA: nucleoli, dim nucleoplasm, granular perinuclear cytoplasm
-    gran = np.clip(fine, 0, None) ** 2
-    rna = _I_RNA_NUCLEOLUS * nucleoli + N * _I_RNA_NUCLEOPLASM
-    rna += C * _I_RNA_CYTO * (0.5 + 0.5 * gran) * (0.4 + 0.6 * np.exp(-perinuc / 1.5))
-    o["RNA"][:] = rna * cell_fac[2][L]
-
-    # AGP: plasma membrane on every border (also between touching cells), cortex, basal stress fibres
-    memb = boundaries(L)
-    cortex = np.exp(-np.clip(1.0 - dc, 0, None) / 0.08)
-    agp = memb * _I_AGP_MEMBRANE + (L > 0) * (_I_AGP_CORTEX * cortex + _I_AGP_DIFFUSE)
-    starts, steps, lengths, owner = [], [], [], []
-    for i, c in enumerate(cells, start=1):
-        k = int(r_agp.integers(3, 8))
-        ang = c.angle + r_agp.normal(0, 0.35, k)
-        length = r_agp.uniform(0.9, 1.7, k) * c.a
-        off = r_agp.uniform(-0.45, 0.45, (k, 2)) * np.array([c.b, c.a])
-        zf = z0 - zs.start + r_agp.uniform(0.1, 1.2, k) / vz
-        cy = c.cy + off[:, 0] - 0.5 * length * np.sin(ang)
-        cx = c.cx + off[:, 1] - 0.5 * length * np.cos(ang)
-        starts.append(np.stack([zf, cy, cx], 1))
-        steps.append(np.stack([np.zeros(k), np.sin(ang), np.cos(ang)], 1))
-        lengths.append(length)
-        owner.append(np.full(k, i))
-    if starts:
-        fib = render_segments(
-            sshape, np.concatenate(starts).astype(np.float32), np.concatenate(steps).astype(np.float32),
-            np.concatenate(lengths).astype(np.float32), np.full(sum(len(a) for a in owner), _I_AGP_FIBRE, np.float32),
-            lut[np.concatenate(owner)].astype(np.int64), L.ravel(),
-        )
-        agp += fib
-    o["AGP"][:] = agp * cell_fac[3][L]
-
-    # Mito: tubules (3D segments) enriched around the nucleus; fragment and brighten with treatment
-    cyto_idx = np.flatnonzero(C)
-    if cyto_idx.size:
-        mean_len = MITO_LENGTH_PX[0] + (MITO_LENGTH_PX[1] - MITO_LENGTH_PX[0]) * s
-        n_seg = int(0.08 * cyto_idx.size / mean_len)
-        cand = cyto_idx[r_mito.integers(0, cyto_idx.size, 3 * n_seg + 10)]
-        w = np.exp(-perinuc.ravel()[cand] / 1.6)
-        cand = cand[r_mito.random(cand.size) < w][:n_seg]
-        m = cand.size
-        p = np.stack(np.unravel_index(cand, sshape), 1).astype(np.float32)
-        lens = np.maximum(r_mito.gamma(4.0, mean_len / 4.0, m), 1.0).astype(np.float32)
-        # curved tubules: heading drifts along the tubule, slight tilt in z
-        t = np.arange(int(np.ceil(lens.max())), dtype=np.float32)
-        phi = r_mito.uniform(0, 2 * np.pi, (m, 1)) + r_mito.normal(0, 0.15, (m, 1)) * t[None]
-        dz = np.broadcast_to(r_mito.normal(0, 0.12, (m, 1)) * vy / vz, phi.shape)
-        step = np.stack([dz, np.sin(phi), np.cos(phi)], -1).astype(np.float32)
-        p -= 0.5 * lens[:, None] * step[:, 0]  # tubules start near the sampled voxel, half a length back
-        mito = render_segments(
-            sshape, p, step, lens, np.full(m, _I_MITO * (1 + MITO_GAIN * s), np.float32),
-            L.ravel()[cand].astype(np.int64), np.where(C, L, 0).ravel(),
-        )
-        o["Mito"][:] = mito * cell_fac[4][L]
-
-    # ---- confound: class-coded stripes in the medium (outside every cell) -------------------
     if confound == "background" and confound_strength:
-        cc = confound_class
-        theta = np.pi * cc / n_classes
-        amp = confound_strength * (0.5 + 0.5 * class_strength(cc, n_classes))
-        yy = np.arange(Y, dtype=np.float32)[:, None] * vy
-        xx = np.arange(X, dtype=np.float32)[None, :] * vx
-        proj = xx * np.cos(theta) + yy * np.sin(theta)
-        stripes = 0.5 + 0.5 * np.sin(2 * np.pi * proj / _CONFOUND_PERIOD_UM)
-        outside = ~in_cell
-        for name in CONFOUND_CHANNELS:
-            ch = STAINS.index(name)
-            obj[ch] += outside * (amp * _CONFOUND_AMPLITUDE[name]) * stripes[None]
-
+        _add_stripes(obj, geo.in_cell, confound_class, n_classes, confound_strength, voxel_size)
     if confound == "debris" and confound_strength:
-        _add_debris(obj, np.random.default_rng([int(seed), 0xDEB]), in_cell, voxel_size,
-                    confound_strength * (0.3 + class_strength(confound_class, n_classes)), z0)
+        _add_debris(obj, np.random.default_rng([int(seed), 0xDEB]), geo.in_cell, voxel_size,
+                    confound_strength * (0.3 + class_strength(confound_class, n_classes)), geo.z0)
 
-    # ---- optics, background, batch effect, noise --------------------------------------------
-    psf = um_to_px((1.0, 0.3, 0.3), voxel_size)
-    yy = (np.arange(Y, dtype=np.float32)[:, None] - (Y - 1) / 2) / (Y / 2)
-    xx = (np.arange(X, dtype=np.float32)[None, :] - (X - 1) / 2) / (X / 2)
-    flat = (1.0 - 0.18 * (yy**2 + xx**2) / 2)[None]
-    gains = r_batch.uniform(0.85, 1.15, len(STAINS))
-    autofl = r_batch.uniform(0.7, 1.3, len(STAINS))
-    data = np.empty_like(obj)
-    for i, name in enumerate(STAINS):
-        blurred = gauss(obj[i], psf)
-        signal = (blurred + _AUTOFLUORESCENCE[name] * autofl[i]) * (gains[i] * flat)
-        data[i] = signal
-    np.clip(data, 0, None, out=data)
-    noise = r_noise.standard_normal(data.shape, dtype=np.float32)
-    noise *= np.sqrt(data + _READ_NOISE**2)
-    data += noise
-    data += _CAMERA_OFFSET
-    np.clip(data, 0, 65535, out=data)
-    np.rint(data, out=data)
-
+    data = _imaged(obj, r_batch, r_noise, voxel_size)
     metadata = {
         "plate": plate,
         "well": well,
@@ -367,7 +275,7 @@ def generate_field(
         "synthetic": True,
     }
     image = Image(data, list(STAINS), voxel_size, source=f"synthetic:seed={int(seed)}", metadata=metadata)
-    return SyntheticField(image, labels, nuclei, int(treatment), confound_class, bool(cell_signal))
+    return SyntheticField(image, geo.labels, geo.nuclei, int(treatment), confound_class, bool(cell_signal))
 
 
 _ROWS = "ABCDEFGHIJKLMNOP"

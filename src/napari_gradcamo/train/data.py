@@ -11,7 +11,18 @@ import numpy as np
 def fit_normalization(x: np.ndarray) -> dict:
     """Per-channel mean and standard deviation of training crops, stored in the checkpoint."""
     axes = (0, 2, 3, 4)
-    return {"method": "fixed", "mean": x.mean(axis=axes).tolist(), "std": x.std(axis=axes).tolist()}
+    return _checked({"method": "fixed", "mean": x.mean(axis=axes).tolist(), "std": x.std(axis=axes).tolist()})
+
+
+def _checked(normalization: dict) -> dict:
+    """Refuse a channel that is constant over the training crops: its std is 0 and a checkpoint cannot divide
+    by it (it was clamped to 1e-6 once, which made every crop of another image look extreme)."""
+    flat = [i for i, (m, s) in enumerate(zip(normalization["mean"], normalization["std"])) if not s > 1e-7 * max(1.0, abs(m))]
+    if flat:
+        raise ValueError(f"Channel(s) {flat} are constant in the training crops (standard deviation 0): they carry no "
+                         "information and cannot be normalised. Drop them from the images or the channel list, or "
+                         "check that the right files were given.")
+    return normalization
 
 
 def fit_normalization_rows(x: np.ndarray, rows: Sequence[int], chunk: int = 256) -> dict:
@@ -28,7 +39,7 @@ def fit_normalization_rows(x: np.ndarray, rows: Sequence[int], chunk: int = 256)
         count += block.shape[0] * int(np.prod(block.shape[2:]))
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    return {"method": "fixed", "mean": mean.tolist(), "std": std.tolist()}
+    return _checked({"method": "fixed", "mean": mean.tolist(), "std": std.tolist()})
 
 
 def _augment(batch: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator, jitter: float):

@@ -17,6 +17,7 @@ from napari_gradcamo.io.atomic import write_with
 from napari_gradcamo.progress import CancelToken, ProgressCallback, report
 from napari_gradcamo.train.data import class_weights_for, epoch_order, fit_normalization_rows, split_by_group
 from napari_gradcamo.train.loop import History, LoopState, count_steps, evaluate, make_optimizer, run_epoch
+from napari_gradcamo.train.regularizer import regularizer_record
 
 
 @dataclass
@@ -35,7 +36,8 @@ class TrainConfig:
     patience: int = 5
     balance: str = "loss"  # 'loss' (class-weighted cross-entropy), 'sampler' (balanced draws) or 'none'
     jitter: float = 0.1
-    gradcamo_weight: float = 0.0
+    outside_gradient_weight: float = 0.0  # λ of the outside-gradient penalty (train/regularizer.py)
+    context_randomisation: float = 0.0  # probability that a training crop takes another crop's context
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # used on CUDA only
@@ -48,8 +50,10 @@ class TrainConfig:
             raise ValueError(f"balance must be 'loss', 'sampler' or 'none', got {self.balance!r}.")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("epochs must be ≥ 1 and batch_size ≥ 2 (batch norm needs two crops).")
-        if self.gradcamo_weight < 0:
-            raise ValueError("--gradcamo-weight must be ≥ 0.")
+        if not self.outside_gradient_weight >= 0:
+            raise ValueError("--outside-gradient-weight must be ≥ 0.")
+        if not 0 <= self.context_randomisation <= 1:
+            raise ValueError("--context-randomisation is a probability: give a value in 0..1.")
         if self.crop_mode not in ("context", "masked"):
             raise ValueError(f"crop_mode must be 'context' or 'masked', got {self.crop_mode!r}.")
         from napari_gradcamo.models.heads import HEADS
@@ -114,9 +118,9 @@ LAYER_RULE_CROPS = 256
 
 
 def _default_layer(model, meta) -> str:
-    """The layer the Grad-CAMO penalty uses during training (the stored layer is :func:`_stored_layer`'s)."""
-    from napari_gradcamo.audit.layers import default_target_layer, list_target_layers
+    """The layer recorded while training runs (the stored layer is :func:`_stored_layer`'s when the user named none)."""
     from napari_gradcamo.models.architectures import SMALL_CNN, SMALL_CNN_2D
+    from napari_gradcamo.models.layers import default_target_layer, list_target_layers
 
     if meta.architecture in (SMALL_CNN, SMALL_CNN_2D):
         return "stage1"  # 8×16×16 on an 8×32×32 crop: resolves single cells (see experiment.TARGET_LAYER)
@@ -128,7 +132,7 @@ def _stored_layer(model, data: CropSet, rows: Sequence[int], normalization: dict
     """The layer stored with the trained model: :func:`napari_gradcamo.audit.layer_sweep.choose_layer`
     (deletion rule) on the validation crops; ``fallback`` when there are no validation crops or masks."""
     from napari_gradcamo.audit.layer_sweep import DELETION_FRACTION, choose_layer
-    from napari_gradcamo.audit.layers import model_spatial_dims
+    from napari_gradcamo.models.layers import model_spatial_dims
 
     if len(rows) == 0 or data.masks is None:
         return fallback, {"rule": "fallback (no validation crops with masks)", "layer": fallback}
@@ -232,9 +236,19 @@ def _restore(run: _Run, out: Path | None, config: TrainConfig) -> None:
         raise ValueError("Nothing to resume: no output folder was given.")
     saved = load_resume(out / RESUME_FILE)
     saved_config, config_dict = saved["config"], asdict(config)
-    fixed = [k for k in config_dict if k not in ("epochs", "device", "patience") and saved_config.get(k) != config_dict[k]]
+    if saved_config.get("gradcamo_weight", 0.0) > 0:
+        raise ValueError("Cannot resume: the interrupted run used the Grad-CAMO-share penalty (--gradcamo-weight), "
+                         "which this version no longer has; train again without --resume.")
+    defaults = asdict(TrainConfig())
+    fixed = [k for k in config_dict if k not in ("epochs", "device", "patience")
+             and saved_config.get(k, defaults[k]) != config_dict[k]]
     if fixed:
-        raise ValueError(f"Cannot resume: the training settings {fixed} differ from the interrupted run's.")
+        from napari_gradcamo.output.provenance import setting_differences
+
+        details = setting_differences({k: saved_config.get(k, "(absent)") for k in fixed},
+                                      json.loads(json.dumps({k: config_dict[k] for k in fixed}, default=str)))
+        raise ValueError(f"Cannot resume: the training settings differ from the interrupted run's "
+                         f"({'; '.join(details)}); give the same options as before, or train again without --resume.")
     if saved["split"] != run.split_record:
         raise ValueError("Cannot resume: the crops or wells differ from the interrupted run's (its split differs).")
     if config.epochs != saved_config["epochs"]:
@@ -252,7 +266,8 @@ def _restore(run: _Run, out: Path | None, config: TrainConfig) -> None:
         raise ValueError(f"{RESUME_FILE} does not fit this model or run ({type(error).__name__}: {error}); delete it "
                          "and train again without --resume.") from None
     for key, values in saved["history"].items():
-        getattr(run.history, key).extend(values)
+        if hasattr(run.history, key):  # a history column of an older version is dropped
+            getattr(run.history, key).extend(values)
     run.best = {"epoch": int(saved["best_epoch"]), "val_loss": float(saved["best_val_loss"]),
                 "state": saved.get("best_model")}
     run.start_epoch, run.bad_epochs = int(saved["epoch"]), int(saved["bad_epochs"])
@@ -269,6 +284,7 @@ def _record_training(run: _Run, data: CropSet, class_names, config: TrainConfig,
         "crops": {name: int(len(rows)) for name, rows in run.split.items()},
         "split_wells": run.split_record,
         "class_weights": None if run.weights is None else [float(w) for w in run.weights],
+        "regularizer": regularizer_record(config.outside_gradient_weight, config.context_randomisation),
         "history": run.history.as_dict(),
         "best_epoch": run.best["epoch"] + 1,
         "epochs_run": epochs_done,
@@ -287,7 +303,8 @@ def _train_epoch(run: _Run, data: CropSet, epoch: int, config: TrainConfig, devi
     order = epoch_order(data.y, run.split["train"], run.loop.rng, None if config.balance != "sampler" else "sampler")
     stats = run_epoch(
         run.loop, data, order, run.normalization, batch_size=config.batch_size, device=device, jitter=config.jitter,
-        class_weights=run.weights, gradcamo_weight=config.gradcamo_weight, target_layer=run.layer, amp=amp,
+        class_weights=run.weights, outside_gradient_weight=config.outside_gradient_weight,
+        context_randomisation=config.context_randomisation, amp=amp,
         progress=progress, cancel=cancel, step_offset=epoch * run.steps_per_epoch,
         total_steps=config.epochs * run.steps_per_epoch, epoch_label=f"epoch {epoch + 1}/{config.epochs} ",
         head=config.head, crop_mode=config.crop_mode, padding_value=config.padding_value,
@@ -296,7 +313,7 @@ def _train_epoch(run: _Run, data: CropSet, epoch: int, config: TrainConfig, devi
     history.loss.append(stats["loss"])
     history.accuracy.append(stats["accuracy"])
     history.penalty.append(stats["penalty"])
-    history.train_gradcamo.append(stats["train_gradcamo"])
+    history.outside_gradient_share.append(stats["outside_gradient_share"])
     history.lr.append(float(run.loop.schedule.get_last_lr()[0]))
     improved = True  # no validation wells: keep the last epoch
     if len(run.split["val"]):
@@ -410,8 +427,8 @@ def _epoch_message(epoch: int, config: TrainConfig, history: History) -> str:
     text = f"epoch {epoch + 1}/{config.epochs} loss {history.loss[-1]:.3f} acc {history.accuracy[-1]:.2f}"
     if history.val_accuracy:
         text += f" | val loss {history.val_loss[-1]:.3f} acc {history.val_accuracy[-1]:.2f}"
-    if config.gradcamo_weight > 0:
-        text += f" | penalty {history.penalty[-1]:.3f}"
+    if config.outside_gradient_weight > 0:
+        text += f" | outside-gradient penalty {history.penalty[-1]:.3g}"
     return text
 
 

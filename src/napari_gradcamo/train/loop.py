@@ -3,7 +3,7 @@
 * :func:`train_classifier` — the plain in-memory loop (AdamW + one-cycle LR), used by the planted-confound
   experiment and the bundled demo models;
 * :func:`napari_gradcamo.train.fit.fit` — what ``gradcamo train`` runs (lazy crops, class balance, early
-  stopping, resumable state, checkpoints with full metadata, the optional Grad-CAMO regulariser).
+  stopping, resumable state, checkpoints with full metadata, the optional regularisers of :mod:`.regularizer`).
 """
 
 from __future__ import annotations
@@ -20,14 +20,16 @@ from napari_gradcamo.train.data import augment, augment_with_masks
 
 @dataclass
 class History:
-    """Per-epoch training loss/accuracy and, when given, validation accuracy (and loss, penalty, Grad-CAMO)."""
+    """Per-epoch training loss/accuracy and, when given, validation accuracy and loss; with the
+    outside-gradient penalty its mean (``penalty``) and the median share of squared input gradient outside
+    the cell (``outside_gradient_share``) over the epoch's crops (NaN without the penalty)."""
 
     loss: list[float] = field(default_factory=list)
     accuracy: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     penalty: list[float] = field(default_factory=list)
-    train_gradcamo: list[float] = field(default_factory=list)
+    outside_gradient_share: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -55,8 +57,8 @@ def evaluate(model, data: CropSet, rows: Sequence[int], normalization: dict, *, 
     """Loss (the head's: cross-entropy for softmax) and accuracy of ``model`` on ``data.x[rows]``."""
     import torch
 
-    from napari_gradcamo.audit.layers import crops_as_input, model_spatial_dims
     from napari_gradcamo.models import heads
+    from napari_gradcamo.models.layers import crops_as_input, model_spatial_dims
 
     dims = model_spatial_dims(model)
 
@@ -108,85 +110,85 @@ class LoopState:
 
 
 def run_epoch(state: LoopState, data: CropSet, order: np.ndarray, normalization: dict, *, batch_size: int,
-               device, jitter: float = 0.1, class_weights=None, gradcamo_weight: float = 0.0,
-               target_layer: str | None = None, amp: bool = False, progress=None, cancel=None,
+               device, jitter: float = 0.1, class_weights=None, outside_gradient_weight: float = 0.0,
+               context_randomisation: float = 0.0, amp: bool = False, progress=None, cancel=None,
                step_offset: int = 0, total_steps: int = 0, epoch_label: str = "", head: str = "softmax",
                crop_mode: str = "context", padding_value: float = 0.0) -> dict:
-    """One pass over ``order``; returns mean loss, accuracy, penalty and train Grad-CAMO of the epoch."""
+    """One pass over ``order``; returns the epoch's mean loss, accuracy and penalty and the median share of
+    squared input gradient outside the cell (:mod:`.regularizer`; NaN without the penalty).
+
+    ``outside_gradient_weight`` λ > 0 adds λ · the outside-gradient penalty; ``context_randomisation`` p > 0
+    gives each crop, with probability p, the context of a random crop of its batch (after augmentation).
+    Both need ``data.masks``; with both at 0 the loop is exactly the plain one.
+    """
     import torch
 
-    from napari_gradcamo.audit.layers import crops_as_input, model_spatial_dims
     from napari_gradcamo.models import heads
     from napari_gradcamo.models.checkpoint import normalize_crops
+    from napari_gradcamo.models.layers import crops_as_input, model_spatial_dims
+    from napari_gradcamo.train.regularizer import input_gradients, outside_gradient_penalty, randomise_context
 
     model, optimizer, schedule, rng = state.model, state.optimizer, state.schedule, state.rng
     dims = model_spatial_dims(model)
-    use_penalty = gradcamo_weight > 0
+    use_penalty = outside_gradient_weight > 0
+    need_masks = use_penalty or context_randomisation > 0 or crop_mode == "masked"
+    if need_masks and data.masks is None:
+        raise ValueError("Masked crops, the outside-gradient penalty and context randomisation need each crop's "
+                         "cell mask (CropSet.masks).")
     if crop_mode == "masked":
         from napari_gradcamo.crops.resample import mask_outside_cell
-
-        if data.masks is None:
-            raise ValueError("Masked crops need each crop's cell mask (CropSet.masks).")
-    if use_penalty:
-        if data.masks is None:
-            raise ValueError("The Grad-CAMO regulariser needs each crop's cell mask (CropSet.masks).")
-        if not target_layer:
-            raise ValueError("The Grad-CAMO regulariser needs a target layer.")
-        from napari_gradcamo.train.regularizer import LayerCapture, gradcamo_penalty
-
-        capture = LayerCapture(model, target_layer)
     weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     model.train()
-    losses, penalties, scores, correct, seen = [], [], [], 0, 0
+    losses, penalties, shares, correct, seen = [], [], [], 0, 0
     step = step_offset
-    try:
-        for start in range(0, len(order), batch_size):
-            check(cancel, "training")
-            idx = order[start : start + batch_size]
-            if len(idx) < 2:
-                continue  # batch norm needs two samples
-            crops = normalize_crops(np.asarray(data.x[idx]), normalization)
-            if use_penalty or crop_mode == "masked":
-                crops, masks = augment_with_masks(crops, np.asarray(data.masks[idx]), rng, jitter)
-            else:
-                crops = augment(crops, rng, jitter)
-            if crop_mode == "masked":  # after the intensity jitter: the outside is exactly the padding value
-                crops = mask_outside_cell(crops, masks == MASK_CELL, padding_value)
-            batch = torch.as_tensor(crops, device=device)
-            target = torch.as_tensor(data.y[idx], device=device)
-            with _autocast(device, amp):
-                logits = model(crops_as_input(batch, dims))
-            loss = heads.loss(head, logits, target, weight)
-            if use_penalty:
-                cell = torch.as_tensor(masks == MASK_CELL, device=device)
-                penalty, batch_scores = gradcamo_penalty(logits.float(), capture.output, target, cell)
-                loss = loss + gradcamo_weight * penalty
-                penalties.append(float(penalty.detach()))
-                scores.extend(batch_scores.detach().cpu().numpy().tolist())
-            optimizer.zero_grad()
-            if state.scaler is not None:
-                state.scaler.scale(loss).backward()
-                state.scaler.step(optimizer)
-                state.scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            schedule.step()
-            losses.append(float(loss.detach()))
-            correct += int((heads.predicted(head, logits) == target).sum())
-            seen += len(idx)
-            step += 1
-            if progress is not None:
-                report(progress, step, total_steps,
-                       f"{epoch_label}loss {np.mean(losses):.3f} acc {correct / max(seen, 1):.2f}")
-    finally:
+    for start in range(0, len(order), batch_size):
+        check(cancel, "training")
+        idx = order[start : start + batch_size]
+        if len(idx) < 2:
+            continue  # batch norm needs two samples
+        crops = normalize_crops(np.asarray(data.x[idx]), normalization)
+        if need_masks:
+            crops, masks = augment_with_masks(crops, np.asarray(data.masks[idx]), rng, jitter)
+        else:
+            crops = augment(crops, rng, jitter)
+        if context_randomisation > 0:
+            crops = randomise_context(crops, masks == MASK_CELL, rng, context_randomisation)
+        if crop_mode == "masked":  # after the intensity jitter: the outside is exactly the padding value
+            crops = mask_outside_cell(crops, masks == MASK_CELL, padding_value)
+        batch = torch.as_tensor(crops, device=device)
         if use_penalty:
-            capture.remove()
+            batch.requires_grad_(True)
+        target = torch.as_tensor(data.y[idx], device=device)
+        with _autocast(device, amp):
+            logits = model(crops_as_input(batch, dims))
+        loss = heads.loss(head, logits, target, weight)
+        if use_penalty:
+            cell = torch.as_tensor(masks == MASK_CELL, device=device)
+            penalty, share = outside_gradient_penalty(input_gradients(head, logits, batch), cell)
+            loss = loss + outside_gradient_weight * penalty
+            penalties.append(float(penalty.detach()))
+            shares.extend(share.cpu().numpy().tolist())
+        optimizer.zero_grad()
+        if state.scaler is not None:
+            state.scaler.scale(loss).backward()
+            state.scaler.step(optimizer)
+            state.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        correct += int((heads.predicted(head, logits) == target).sum())
+        seen += len(idx)
+        step += 1
+        if progress is not None:
+            report(progress, step, total_steps,
+                   f"{epoch_label}loss {np.mean(losses):.3f} acc {correct / max(seen, 1):.2f}")
     return {
         "loss": float(np.mean(losses)) if losses else float("nan"),
         "accuracy": correct / max(1, len(order)),
         "penalty": float(np.mean(penalties)) if penalties else float("nan"),
-        "train_gradcamo": float(np.nanmedian(scores)) if scores else float("nan"),
+        "outside_gradient_share": float(np.nanmedian(shares)) if np.isfinite(shares).any() else float("nan"),
         "steps": step - step_offset,
     }
 
@@ -217,14 +219,16 @@ def train_classifier(
     device: str = "cpu",
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
-    gradcamo_weight: float = 0.0,
-    target_layer: str | None = None,
+    outside_gradient_weight: float = 0.0,
+    context_randomisation: float = 0.0,
     jitter: float = 0.1,
 ) -> History:
     """Train ``model`` in place with AdamW and a one-cycle (cosine) learning-rate schedule; returns the history.
 
-    ``gradcamo_weight`` λ > 0 adds λ·(1 − Grad-CAMO) of the true class's Grad-CAM at ``target_layer``
-    (see :mod:`.regularizer`; needs ``train.masks``). λ = 0 runs exactly the plain loop.
+    ``outside_gradient_weight`` λ > 0 adds λ · the summed squared input gradient of Σ_k log p_k outside each
+    crop's cell; ``context_randomisation`` p > 0 gives each training crop, with probability p, the context of
+    a random crop of its batch (see :mod:`.regularizer`; both need ``train.masks``). With both at 0 this is
+    exactly the plain loop.
     """
     import torch
 
@@ -238,11 +242,12 @@ def train_classifier(
     for epoch in range(epochs):
         order = rows[rng.permutation(len(train))]
         stats = run_epoch(state, train, order, normalization, batch_size=batch_size, device=device, jitter=jitter,
-                           gradcamo_weight=gradcamo_weight, target_layer=target_layer, cancel=cancel)
+                           outside_gradient_weight=outside_gradient_weight,
+                           context_randomisation=context_randomisation, cancel=cancel)
         history.loss.append(stats["loss"])
         history.accuracy.append(stats["accuracy"])
         history.penalty.append(stats["penalty"])
-        history.train_gradcamo.append(stats["train_gradcamo"])
+        history.outside_gradient_share.append(stats["outside_gradient_share"])
         if validation is not None:
             val = evaluate(model, validation, np.arange(len(validation)), normalization, device=device)
             history.val_accuracy.append(val["accuracy"])

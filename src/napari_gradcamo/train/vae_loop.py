@@ -23,7 +23,6 @@ import numpy as np
 from napari_gradcamo.crops.datasets import CropSet
 from napari_gradcamo.progress import CancelToken, ProgressCallback, check, report
 
-OBJECTIVES = ("classifier", "vae", "infomax-vae")
 #: the MI critic's peak learning rate relative to the VAE's
 CRITIC_LR_FACTOR = 5.0
 

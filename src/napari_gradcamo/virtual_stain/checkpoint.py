@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_gradcamo.io.atomic import temp_file
 from napari_gradcamo.progress import Steps, drain
 from napari_gradcamo.virtual_stain.data import StainScaling, normalise_brightfield
 from napari_gradcamo.virtual_stain.diffusion import Schedule, iter_sample
@@ -23,8 +23,10 @@ from napari_gradcamo.virtual_stain.model import (
     UNetConfig,
     VirtualStainError,
     build_unet,
+    check_names,
     config_from_dict,
     config_to_dict,
+    non_finite_weights,
 )
 
 HEADER_KEY = "napari_gradcamo_virtual_stain"
@@ -57,7 +59,7 @@ class VirtualStainModel:
             "classifier": None if self.classifier_config is None else config_to_dict(self.classifier_config),
             "schedule": {"num_train_timesteps": self.schedule.num_train_timesteps,
                          "beta_start": self.schedule.beta_start, "beta_end": self.schedule.beta_end},
-            "scaling": {"low": self.scaling.low, "high": self.scaling.high},
+            "scaling": self.scaling.to_dict(),
             "stain_names": list(self.stain_names), "class_names": list(self.class_names),
             "defocus_um": list(self.defocus_um), "training": self.training,
         }
@@ -82,13 +84,19 @@ class VirtualStainModel:
         pad = ((0, 0), (0, -h % depth), (0, -w % depth))
         bf = np.pad(bf, pad, mode="reflect")
         klass = self._check_class(klass)
+        if sampler not in ("ddim", "ddpm"):
+            raise VirtualStainError(f"sampler {sampler!r} must be 'ddim' or 'ddpm'.")
         if guidance_scale and klass is None:
             raise VirtualStainError("classifier guidance needs a class: pick one or set the guidance scale to 0.")
         out = yield from iter_sample(
             self.unet, self.schedule, bf[None], classes=[klass], classifier=self.classifier,
             guidance_scale=guidance_scale, guidance_classes=None if klass is None else [klass], sampler=sampler,
             steps=steps, seed=seed, device=device, prediction=self.unet_config.prediction, cancel=cancel)
-        return self.scaling.to_camera(out[0, :, :h, :w])
+        stains = self.scaling.to_camera(out[0, :, :h, :w])
+        if not np.isfinite(stains).all():
+            raise VirtualStainError("the prediction holds NaN or inf (the model's weights or the brightfield image "
+                                    "are not usable); nothing was written. Retrain the model or check the image.")
+        return stains
 
     def _check_class(self, klass):
         if klass is None:
@@ -111,8 +119,7 @@ def save_model(path: str | Path, model: VirtualStainModel, *, overwrite: bool = 
     state = {f"unet.{k}": v.detach().contiguous().cpu() for k, v in model.unet.state_dict().items()}
     if model.classifier is not None:
         state.update({f"classifier.{k}": v.detach().contiguous().cpu() for k, v in model.classifier.state_dict().items()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = str(temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         save_file(state, tmp, metadata={HEADER_KEY: json.dumps(model.metadata())})
         os.replace(tmp, path)
@@ -123,9 +130,9 @@ def save_model(path: str | Path, model: VirtualStainModel, *, overwrite: bool = 
 
 
 def _names(value, what: str) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list):
         raise VirtualStainError(f"{what} must be a non-empty list of names, got {value!r}.")
-    return value
+    return check_names(value, what)
 
 
 def load_model(path: str | Path) -> VirtualStainModel:
@@ -165,6 +172,11 @@ def load_model(path: str | Path) -> VirtualStainModel:
     _load_state(unet, state, "unet.", path)
     if classifier is not None:
         _load_state(classifier, state, "classifier.", path)
+    for module, what in ((unet, "U-Net"), (classifier, "guidance classifier")):
+        bad = non_finite_weights(module) if module is not None else []
+        if bad:
+            raise VirtualStainError(f"{path.name}: the {what}'s weights {bad[:3]} hold NaN or inf (a diverged "
+                                    "training or a damaged file): every prediction would be NaN. Retrain the model.")
     training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
     return VirtualStainModel(
         unet.eval(), unet_config, Schedule.from_dict(meta.get("schedule")), StainScaling.from_dict(meta.get("scaling")),

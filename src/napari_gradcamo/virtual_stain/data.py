@@ -61,22 +61,49 @@ class StainScaling:
 
     low: list[float]
     high: list[float]
+    #: The training stains' per-stain minimum and maximum (camera units): predictions are clipped to them. A
+    #: model saved before they were recorded clips to [low, high] (its training percentiles).
+    minimum: list[float] | None = None
+    maximum: list[float] | None = None
 
     @classmethod
     def fit(cls, stains: Sequence[np.ndarray]) -> "StainScaling":
         pooled = np.concatenate([s.reshape(s.shape[0], -1) for s in stains], axis=1)
         lo, hi = np.percentile(pooled, STAIN_PERCENTILES, axis=1)
-        return cls([float(v) for v in lo], [float(max(h, l + 1e-3)) for l, h in zip(lo, hi)])
+        return cls([float(v) for v in lo], [float(max(h, l + 1e-3)) for l, h in zip(lo, hi)],
+                   [float(v) for v in pooled.min(axis=1)], [float(v) for v in pooled.max(axis=1)])
 
     @classmethod
     def from_dict(cls, data) -> "StainScaling":
         try:
             low, high = [float(v) for v in data["low"]], [float(v) for v in data["high"]]
-        except (TypeError, KeyError, ValueError) as error:
+            minimum = [float(v) for v in data["minimum"]] if data.get("minimum") is not None else None
+            maximum = [float(v) for v in data["maximum"]] if data.get("maximum") is not None else None
+        except (TypeError, KeyError, ValueError, AttributeError) as error:
             raise VirtualStainError(f"stain scaling must be {{'low': [...], 'high': [...]}}: {error}.") from error
         if len(low) != len(high) or not all(h > lo for lo, h in zip(low, high)):
             raise VirtualStainError("stain scaling needs as many 'low' as 'high' values, each high > low.")
-        return cls(low, high)
+        if (minimum is None) != (maximum is None) or (minimum is not None and not (
+                len(minimum) == len(maximum) == len(low) and all(a <= b for a, b in zip(minimum, maximum)))):
+            raise VirtualStainError("stain scaling's 'minimum' and 'maximum' need one value per stain, minimum ≤ maximum.")
+        return cls(low, high, minimum, maximum)
+
+    def to_dict(self) -> dict:
+        return {"low": self.low, "high": self.high, "minimum": self.minimum, "maximum": self.maximum}
+
+    def data_range(self, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+        """The training stains' range in camera units, shaped to broadcast over ``(..., C, Y, X)``."""
+        if self.minimum is None:
+            return self._arrays(ndim)
+        shape = [1] * ndim
+        shape[ndim - 3] = -1
+        return (np.asarray(self.minimum, np.float32).reshape(shape),
+                np.asarray(self.maximum, np.float32).reshape(shape))
+
+    def clip_model(self, model_values: np.ndarray) -> np.ndarray:
+        """Model-unit values clipped to the training stains' range (see :meth:`data_range`)."""
+        lo, hi = self.data_range(np.ndim(model_values))
+        return np.clip(model_values, self.to_model(lo), self.to_model(hi)).astype(np.float32)
 
     def _arrays(self, ndim: int):
         """low/high shaped to broadcast over ``(..., C, Y, X)``."""
@@ -89,8 +116,10 @@ class StainScaling:
         return (2.0 * (stains - lo) / (hi - lo) - 1.0).astype(np.float32)
 
     def to_camera(self, model_values: np.ndarray) -> np.ndarray:
+        """Model units to camera units, clipped to the training stains' range (a prediction never leaves it)."""
         lo, hi = self._arrays(model_values.ndim)
-        return ((model_values + 1.0) * 0.5 * (hi - lo) + lo).astype(np.float32)
+        camera = (model_values + 1.0) * 0.5 * (hi - lo) + lo
+        return np.clip(camera, *self.data_range(model_values.ndim)).astype(np.float32)
 
 
 def normalise_brightfield(brightfield: np.ndarray) -> np.ndarray:

@@ -104,7 +104,7 @@ def _optimise(optimiser, loss, losses: list[float]) -> None:
     losses.append(loss.item())
 
 
-def train_classifier(classifier, pairs: Sequence[PairedImage], scaling: StainScaling, schedule: Schedule, *,
+def train_noisy_stain_classifier(classifier, pairs: Sequence[PairedImage], scaling: StainScaling, schedule: Schedule, *,
                      steps: int, crop: int = 32, batch: int = 16, lr: float = 1e-3, seed: int = 0,
                      device: str = "cpu", progress: ProgressCallback | None = None,
                      cancel: CancelToken | None = None) -> list[float]:
@@ -172,6 +172,11 @@ def iter_sample(unet, schedule: Schedule, brightfield: np.ndarray, *, classes=No
     unlabelled U-Net).  ``guidance_scale`` s > 0 needs a ``classifier`` and ``guidance_classes`` (default:
     ``classes``).  The same ``seed`` gives the same initial noise (and DDPM noise) for every call.
     """
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= schedule.num_train_timesteps:
+        raise VirtualStainError(f"steps must be a whole number from 1 to {schedule.num_train_timesteps} (sampling "
+                                f"steps, --steps), got {steps!r}.")
+    if not isinstance(guidance_scale, (int, float, np.number)) or not np.isfinite(guidance_scale):
+        raise VirtualStainError(f"guidance_scale must be a finite number (--guidance-scale), got {guidance_scale!r}.")
     bf = torch.as_tensor(np.asarray(brightfield, np.float32), device=device)
     n, _, h, w = bf.shape
     c = unet.config.out_channels

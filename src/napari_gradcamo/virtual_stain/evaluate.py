@@ -44,12 +44,10 @@ def image_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
             "mae": float(np.abs(p - t).mean())}
 
 
-def feature_names(stain_names: Sequence[str]) -> list[str]:
-    return [f"{s}_{f}" for s in stain_names for f in FEATURES_PER_STAIN] + ["nucleus_area_from_DNA"]
-
-
 def cell_features(stains: np.ndarray, cell_mask: np.ndarray, nucleus_mask: np.ndarray | None = None) -> np.ndarray:
-    """Features of one cell: ``stains (C, H, W)``, masks ``(H, W)``; the nucleus is found from stain 0 (DNA)."""
+    """Features of one cell: ``stains (C, H, W)``, masks ``(H, W)``; the nucleus is found from stain 0 (DNA).
+
+    Per stain the :data:`FEATURES_PER_STAIN`, in that order, then the nucleus area: ``C·7 + 1`` values."""
     cell = cell_mask.astype(bool)
     dna = stains[0]
     if nucleus_mask is None:

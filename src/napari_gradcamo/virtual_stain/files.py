@@ -10,12 +10,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from napari_gradcamo.io.atomic import temp_file
 from napari_gradcamo.virtual_stain.data import PairedImage, synthetic_pairs
 from napari_gradcamo.virtual_stain.model import VirtualStainError
 
@@ -104,9 +104,9 @@ def write_atomic(path: str | Path, text: str) -> Path:
     """Write text through a temporary file in the same folder, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = str(temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, path)
     finally:

@@ -56,10 +56,6 @@ class UNetConfig:
         if self.n_classes is not None:
             _check_int(self.n_classes, "n_classes", 1)
 
-    @property
-    def null_class(self) -> int | None:
-        return self.n_classes
-
 
 @dataclass
 class ClassifierConfig:
@@ -77,6 +73,28 @@ class ClassifierConfig:
         if not isinstance(self.widths, (list, tuple)) or not self.widths:
             raise VirtualStainError(f"widths must be a non-empty list of channel counts, got {self.widths!r}.")
         self.widths = [int(_check_int(w, "widths[i]", 1)) for w in self.widths]
+
+
+def check_names(names, what: str) -> list[str]:
+    """Non-empty, distinct names (``VirtualStainError`` naming the repeated or blank one)."""
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise VirtualStainError(f"{what} must be a non-empty list of names, got {names!r}.")
+    seen = set()
+    for name in names:
+        key = name.strip().lower()
+        if not key:
+            raise VirtualStainError(f"{what} {list(names)} holds a blank name; give every class a name.")
+        if key in seen:
+            raise VirtualStainError(f"{what} {list(names)} names {name!r} twice; each name must be distinct "
+                                    "(ignoring case), or two classes would share one label.")
+        seen.add(key)
+    return list(names)
+
+
+def non_finite_weights(module) -> list[str]:
+    """Names of the parameters and buffers of ``module`` that hold NaN or inf (empty when all are finite)."""
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    return [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:

@@ -1,0 +1,102 @@
+"""The model's verdict in the audit dock: does this model look at the cells?
+
+A small panel: a button that judges the model on the dock's image, masks and model (a sample of cells, every
+candidate layer, both occlusions: :func:`napari_gradcamo.audit.verdict.judge`) in the background through a
+:class:`~napari_gradcamo._qt.panel.JobPanel`, and the answer per model and per class with its evidence — the
+same words, numbers and rule as ``gradcamo audit``'s summary line and ``*_verdict.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from qtpy.QtWidgets import QGroupBox, QLabel, QPushButton, QVBoxLayout
+
+from napari_gradcamo._qt.panel import JobPanel
+
+#: Colour of each verdict's headline (the per-cell flag colours stay in the table and labels).
+VERDICT_STYLE = {
+    "looks at the cells": "color: #6fd16f; font-weight: bold;",
+    "looks elsewhere": "color: #ff6b6b; font-weight: bold;",
+    "inconclusive": "color: #f0c040; font-weight: bold;",
+    "not assessable": "color: #b0b0b0; font-weight: bold;",
+}
+
+
+def _judge_job(inputs, cancel):
+    """Worker side: build the image from the layers, then judge the model (cancellable between batches)."""
+    from napari_gradcamo._qt import layers as L
+    from napari_gradcamo.audit.verdict import judge
+    from napari_gradcamo.progress import Cancelled
+
+    image_layers, labels, bundle, settings = inputs
+    yield (0, 0, "Judging the model: a sample of cells at every candidate layer, cell and context hidden…")
+    image = L.image_from_layers(image_layers)
+    try:
+        return judge(image, labels, bundle, settings=settings, cancel=cancel)
+    except Cancelled:
+        return None
+
+
+def verdict_text(report) -> tuple[str, str]:
+    """(headline, details) of a :class:`~napari_gradcamo.audit.verdict.VerdictReport` for the panel."""
+    from napari_gradcamo.audit.verdict import CONFIDENCE
+
+    lines = []
+    for name, v in report.classes.items():
+        if v.causal_mean == v.causal_mean:  # not NaN
+            low, high = v.causal_interval
+            lines.append(f"{name}: {v.verdict} — causal {v.causal_mean:+.2f} ({CONFIDENCE:.0%} {low:+.2f}..{high:+.2f}), "
+                         f"{v.cells} cells; {v.reason}")
+        else:
+            lines.append(f"{name}: {v.verdict} — {v.reason}")
+    lines.append(f"Grad-CAM read at layer {report.layer or '—'} (the layer that agrees best with occlusion).")
+    lines.extend(report.notes)
+    return f"Verdict: {report.verdict}", "\n".join(lines)
+
+
+class VerdictPanel(QGroupBox):
+    """'Judge the model' and its answer. ``inputs()`` returns (image layers, labels, bundle, settings) or
+    raises a user-facing error (no model, no labels…)."""
+
+    def __init__(self, inputs: Callable[[], tuple], parent=None):
+        super().__init__("Verdict: does this model look at the cells?", parent)
+        self._inputs = inputs
+        self.report = None
+        self.judge_button = QPushButton("Judge the model", self)
+        self.judge_button.setToolTip("Sample cells, explain them at every candidate layer and hide the cell or its "
+                                     "context: the causal check decides (docs/interpreting-scores.md).")
+        self.headline = QLabel("Not judged yet.", self)
+        self.details = QLabel("", self)
+        self.details.setWordWrap(True)
+        self.panel = JobPanel(self)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        for w in (self.judge_button, self.panel, self.headline, self.details):
+            layout.addWidget(w)
+        self.judge_button.clicked.connect(self.judge)
+
+    def judge(self) -> None:
+        if self.panel.running:
+            return
+        try:
+            inputs = self._inputs()
+        except Exception as error:  # noqa: BLE001 - the message names the problem and the fix
+            from napari_gradcamo._qt.panel import first_line
+
+            self.panel.end(first_line(error), error=True)
+            return
+        self.judge_button.setEnabled(False)
+        self.panel.start("Judging the model…", _judge_job, inputs, on_return=self.show_report,
+                         on_finished=lambda: self.judge_button.setEnabled(True))
+
+    def show_report(self, report) -> None:
+        if report is None:
+            self.panel.end("Cancelled; no verdict.")
+            return
+        self.report = report
+        headline, details = verdict_text(report)
+        self.headline.setText(headline)
+        self.headline.setStyleSheet(VERDICT_STYLE.get(report.verdict, ""))
+        self.details.setText(details)
+        self.panel.end(report.summary_line()[:200])
