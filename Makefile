@@ -51,7 +51,7 @@ screenshots: setup
 
 ## cellpose 4 (cpsam, random weights built locally) in its own environment .venv-cp4.
 test-cellpose4: setup-cellpose4
-	$(CP4_VENV)/bin/python -m pytest tests/segment/test_settings.py tests/segment/test_cellpose4.py
+	$(CP4_VENV)/bin/python -m pytest tests/segment/test_settings.py tests/segment/test_cellpose4.py tests/io/test_ome_zarr_models.py
 
 ## The documentation site (mkdocs.yml, Material theme, API reference from the docstrings).
 .PHONY: docs docs-check

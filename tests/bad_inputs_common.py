@@ -1,4 +1,4 @@
-"""Helpers of the bad-input suite (tests/test_bad_inputs.py, tests/test_bad_outputs.py): run the CLI, snapshot
+"""Helpers of the bad-input suite (tests/cli/test_bad_inputs.py, tests/cli/test_bad_outputs.py): run the CLI, snapshot
 a folder, write a checkpoint with raw (unvalidated) metadata, synthetic fields on disk."""
 
 from __future__ import annotations
@@ -88,3 +88,13 @@ def custom_checkpoint(tmp_path: Path, factory: str) -> Path:
 
     meta = ModelMetadata("custom", ["on", "off"], ["a", "b"], [2, 8, 8], architecture_kwargs={"factory": factory})
     return save_checkpoint(tmp_path / "custom.safetensors", channel_mean_classifier(2, 2), meta)
+
+
+def raising_factory(in_channels, num_classes):
+    """A model factory that fails (tests/cli/test_bad_inputs.py: trusted by name, importable from tests/)."""
+    raise RuntimeError("factory refuses")
+
+
+def not_a_module_factory(in_channels, num_classes):
+    """A model factory that returns something other than a network."""
+    return "a string"

@@ -100,17 +100,9 @@ def test_file_kwargs_reach_builtins_only_when_documented_and_typed(tmp_path, cap
     assert_refused(code, err, phrase)
 
 
-def raising_factory(in_channels, num_classes):
-    raise RuntimeError("factory refuses")
-
-
-def not_a_module_factory(in_channels, num_classes):
-    return "a string"
-
-
 @pytest.mark.parametrize("factory, phrase", [
-    ("test_bad_inputs:raising_factory", "failed (RuntimeError: factory refuses"),
-    ("test_bad_inputs:not_a_module_factory", "not a torch.nn.Module"),
+    ("bad_inputs_common:raising_factory", "failed (RuntimeError: factory refuses"),
+    ("bad_inputs_common:not_a_module_factory", "not a torch.nn.Module"),
     ("analytic_models:no_such_function", "Cannot import model factory"),
 ])
 def test_a_trusted_factory_that_fails_is_a_checkpoint_error(tmp_path, factory, phrase):

@@ -1,10 +1,8 @@
 """The NGFF 0.5 this package writes, validated by ome-zarr-models (a pydantic model of the spec).
 
 ome-zarr-models >= 1.0 needs pydantic >= 2.11.5, which the main environment cannot have (bioimageio pins
-pydantic < 2.11, see pyproject.toml), so this test runs only where ome-zarr-models is installed, e.g.::
-
-    python -m venv /tmp/ngff && /tmp/ngff/bin/pip install "ome-zarr-models==1.7" numpy tifffile dask pandas pyarrow
-    PYTHONPATH=src /tmp/ngff/bin/python -m pytest tests/io/test_ome_zarr_models.py -p no:cacheprovider
+pydantic < 2.11, see pyproject.toml), so it runs in the second test environment, ``.venv-cp4`` (no napari, no
+bioimageio; ``[test-cellpose4]`` installs ome-zarr-models): ``make test-cellpose4``, part of ``make test``.
 """
 
 from __future__ import annotations

@@ -35,8 +35,10 @@ from napari_gradcamo._qt.model_panel import ModelPanel
 from napari_gradcamo._qt.panel import JobPanel, PanelJobs
 from napari_gradcamo._qt.pickers import ImageLayersPicker, LabelsLayerPicker, guarded
 from napari_gradcamo._qt.results_panel import ResultsPanel, legend_html  # noqa: F401  (legend_html: public API)
+from napari_gradcamo._qt.verdict_panel import VerdictPanel
 from napari_gradcamo._results_io import FLAG_RULE_KEY
 from napari_gradcamo.audit import labels_features
+from napari_gradcamo.io.images import ImageError
 
 
 class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
@@ -109,11 +111,13 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         run_layout.addLayout(buttons)
         run_layout.addWidget(self.panel)
         self.results = ResultsPanel(self)
+        self.verdict = VerdictPanel(self._verdict_inputs, self.panel, self)
 
         lower = QWidget(self)
         lower_layout = QVBoxLayout(lower)
         lower_layout.setContentsMargins(0, 0, 0, 0)
         lower_layout.addWidget(run_box)
+        lower_layout.addWidget(self.verdict)
         lower_layout.addWidget(self.results, 1)
         splitter = QSplitter(Qt.Orientation.Vertical, self)
         splitter.addWidget(scroll)
@@ -171,6 +175,21 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         if watched is self._watched_window() and event.type() == QEvent.Type.Close:
             self.autosave()
         return False
+
+    def _verdict_inputs(self) -> tuple:
+        """(image layers, labels, model, settings) for :class:`VerdictPanel`, or an ImageError saying what is
+        missing. The verdict samples cells and picks its own layer; the flag rule stays the table's."""
+        if self.busy:
+            raise ImageError("An audit is running; judge the model when it has finished.")
+        if self.bundle is None:
+            raise ImageError("Load a model first (Checkpoint → a demo model or Open…).")
+        layer = self.labels_layer
+        if layer is None or layer not in self.viewer.layers:
+            raise ImageError("Choose the Labels layer with the cell masks (or run 'Segment cells').")
+        image_layers = self.picker.layers()
+        if not image_layers:
+            raise ImageError("No image layer is selected; tick the layers that hold the stains.")
+        return image_layers, L.labels_volume(layer), self.bundle, self.model_panel.audit_settings(self.results.flag_rule())
 
     @property
     def mapping_combos(self) -> list:

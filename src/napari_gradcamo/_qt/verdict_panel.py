@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from qtpy.QtWidgets import QGroupBox, QLabel, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from napari_gradcamo._qt.panel import JobPanel
 
@@ -25,12 +25,15 @@ VERDICT_STYLE = {
 
 def _judge_job(inputs, cancel):
     """Worker side: build the image from the layers, then judge the model (cancellable between batches)."""
+    import numpy as np
+
     from napari_gradcamo._qt import layers as L
     from napari_gradcamo.audit.verdict import judge
     from napari_gradcamo.progress import Cancelled
 
     image_layers, labels, bundle, settings = inputs
     yield (0, 0, "Judging the model: a sample of cells at every candidate layer, cell and context hidden…")
+    labels = np.array(labels)  # a copy: the masks may be painted while the job runs
     image = L.image_from_layers(image_layers)
     try:
         return judge(image, labels, bundle, settings=settings, cancel=cancel)
@@ -57,9 +60,10 @@ def verdict_text(report) -> tuple[str, str]:
 
 class VerdictPanel(QGroupBox):
     """'Judge the model' and its answer. ``inputs()`` returns (image layers, labels, bundle, settings) or
-    raises a user-facing error (no model, no labels…)."""
+    raises a user-facing error (no model, no labels…); ``panel``: the dock's job strip, shared with the audit
+    run so that only one of them runs at a time (a panel of its own when None)."""
 
-    def __init__(self, inputs: Callable[[], tuple], parent=None):
+    def __init__(self, inputs: Callable[[], tuple], panel: JobPanel | None = None, parent=None):
         super().__init__("Verdict: does this model look at the cells?", parent)
         self._inputs = inputs
         self.report = None
@@ -69,15 +73,22 @@ class VerdictPanel(QGroupBox):
         self.headline = QLabel("Not judged yet.", self)
         self.details = QLabel("", self)
         self.details.setWordWrap(True)
-        self.panel = JobPanel(self)
+        own = panel is None
+        self.panel = JobPanel(self) if own else panel
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
-        for w in (self.judge_button, self.panel, self.headline, self.details):
-            layout.addWidget(w)
+        row = QHBoxLayout()
+        row.addWidget(self.judge_button)
+        row.addWidget(self.headline, 1)
+        layout.addLayout(row)
+        if own:
+            layout.addWidget(self.panel)
+        layout.addWidget(self.details)
         self.judge_button.clicked.connect(self.judge)
 
     def judge(self) -> None:
         if self.panel.running:
+            self.panel.say("A job is running in this dock; wait for it or Cancel it first.", error=True)
             return
         try:
             inputs = self._inputs()

@@ -137,6 +137,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def unit_float(text: str) -> float:
+    """argparse type: a finite number in 0..1."""
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must lie in 0..1")
+    return value
+
+
 def device_name(text: str) -> str:
     """argparse type: auto, cpu, cuda, cuda:N or mps (whether it exists is checked by :func:`check_device`)."""
     name = text.strip().lower()

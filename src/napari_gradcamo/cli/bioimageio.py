@@ -1,4 +1,5 @@
-"""``gradcamo export-bioimageio``: a checkpoint as a bioimage.io model package (.zip).
+"""``gradcamo export-bioimageio``: a checkpoint as a bioimage.io model package (.zip), with the state dict and
+TorchScript weights (the latter runs in any bioimage.io consumer with PyTorch, without napari-gradcamo).
 
 Importing needs no command: ``--model`` of every command takes a package (.zip, its folder or rdf.yaml).
 """
@@ -26,7 +27,8 @@ def cmd_export(args) -> int:
     bundle = load_checkpoint(args.model, args.trust_factory)
     out = export_package(bundle, args.out, name=args.name, overwrite=args.overwrite)
     report = {"package": str(out), "classes": bundle.metadata.class_names,
-              "channels": bundle.metadata.channel_names, "crop_shape": bundle.metadata.crop_shape}
+              "channels": bundle.metadata.channel_names, "crop_shape": bundle.metadata.crop_shape,
+              "weights": ["pytorch_state_dict", "torchscript"]}
     if args.check:
         from bioimageio.core import test_model
 
@@ -41,7 +43,8 @@ def cmd_export(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export-bioimageio", help="write a checkpoint as a bioimage.io model package (.zip)")
+    p = sub.add_parser("export-bioimageio", help="write a checkpoint as a bioimage.io model package (.zip) with "
+                       "state-dict and TorchScript weights")
     p.add_argument("model", help="checkpoint (.safetensors, or .pt state dict + .json) or a bioimage.io package (.zip, folder, rdf.yaml)")
     p.add_argument("--out", required=True, help="the package to write, NAME.zip")
     p.add_argument("--name", default=None, help="the model's name in the package (default: architecture and classes)")

@@ -277,7 +277,9 @@ def anndata_parts(table: pd.DataFrame, record: dict | None = None) -> dict:
     for column in obs.columns:
         if not (pd.api.types.is_numeric_dtype(obs[column]) or pd.api.types.is_bool_dtype(obs[column])):
             obs[column] = pd.Series([str(v) for v in obs[column]], index=obs.index, dtype=object)
-    obs.index = pd.Index([f"{f}/{int(lab)}" for f, lab in zip(obs["field"], obs["label"])], dtype=object)
+    names = ([f"{f}/{int(lab)}" for f, lab in zip(obs["field"], obs["label"])] if {"field", "label"} <= set(obs)
+             else [str(i) for i in range(len(obs))])
+    obs.index = pd.Index(names, dtype=object)
     names = pd.Index(columns, dtype=object)
     var = pd.DataFrame({"kind": pd.Series([X_KINDS.get(c, "probability") for c in columns], index=names, dtype=object)},
                        index=names)
