@@ -175,3 +175,12 @@ def test_an_image_declaring_a_trillion_chunks_is_refused_at_once(tmp_path):
     with pytest.raises(ImageError, match=r"declares 8,796,093,022,208 chunks"):
         open_image(field)
     assert time.perf_counter() - start < 5
+
+
+def test_an_empty_dimension_beside_a_huge_one_is_refused(tmp_path):
+    field = _field(tmp_path)
+    meta = json.loads((field / "0" / "zarr.json").read_text())
+    meta["shape"] = [2**62, 2**40, 10**30, 0]  # no chunk in all, yet dask listed 2**62 along the first axis
+    (field / "0" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(ImageError, match=r"it is empty \(a dimension of size 0\)"):
+        open_image(field)  # was MemoryError (found by the property tests)

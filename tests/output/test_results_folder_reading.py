@@ -158,3 +158,13 @@ def test_bad_voxel_size_and_run_record_are_typed_errors(tmp_path):
     (folder / "run.json").write_text('"a string"')
     with pytest.raises(ResultsFolderError, match="one run record"):
         read_results_folder(folder)
+
+
+def test_a_cams_archive_with_a_corrupt_compressed_member_is_a_typed_error(tmp_path):
+    folder, _ = saved_audit(tmp_path)
+    data = bytearray((folder / "cams.npz").read_bytes())
+    start = data.index(b"raw_3.npy") + len("raw_3.npy") + 20  # inside the member's deflated bytes
+    data[start:start + 6] = b"\xff\x00\xff\x00\xff\x00"
+    (folder / "cams.npz").write_bytes(bytes(data))
+    with pytest.raises(ResultsFolderError, match="cams.npz"):
+        read_results_folder(folder)  # was zlib.error (found by an exploratory property run)

@@ -66,3 +66,24 @@ def test_absurd_depth_and_nested_json_are_refused(tmp_path, saved):
         load_model(_rewrite(tmp_path, saved, deep))
     with pytest.raises(VirtualStainError, match="nests its JSON more than"):
         load_model(_rewrite(tmp_path, saved, lambda meta: "[" * 50_000 + "]" * 50_000))  # was RecursionError
+
+
+def test_mutated_metadata_gives_a_model_or_a_virtual_stain_error(saved, tmp_path_factory):
+    """Property: any one field of the metadata replaced by random JSON (or removed) loads or is refused with
+    VirtualStainError, never another exception (derandomized; 30 cases)."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    from property_helpers import mutated, outcome
+
+    folder = tmp_path_factory.mktemp("mutated")
+
+    @settings(max_examples=30, deadline=None, derandomize=True, database=None, phases=(Phase.explicit, Phase.generate),
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(meta=mutated(saved[1]))
+    def check(meta):
+        path = _rewrite(folder, saved, lambda _: json.dumps(meta))
+        got = outcome(lambda: load_model(path), VirtualStainError)
+        if not isinstance(got, Exception):
+            assert got.unet_config.stain_channels == len(got.stain_names)
+
+    check()

@@ -7,8 +7,9 @@ see the same ``CZYX`` array. bioio would add a plugin layer and xarray on top of
 ome-zarr-py reads NGFF through the same zarr calls; neither adds what the audit needs (a window read).
 
 The array keeps the file's dtype (no float32 copy of the whole field); crops are cast when normalised.
-Unlike :func:`napari_gradcamo.io.images.read_image` the pixels are not scanned for NaN or constant channels
-(that would read the whole field): a NaN inside a crop shows up as that cell's NaN score.
+Unlike :func:`napari_gradcamo.io.images.read_image` TIFF pixels are not scanned for NaN or constant channels
+(that would read the whole field): a NaN inside a crop shows up as that cell's NaN score. Float OME-Zarr
+fields are scanned once, chunk by chunk, when opened (:meth:`napari_gradcamo.io.ome_zarr.ZarrImage.dask`).
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ def folder_lock(folder: str | Path, what: str = "--out") -> Iterator[Path]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"{what} {folder} cannot be created ({error.strerror or error}); "
+        raise OutputError(f"{what} {folder} is not writable: it cannot be created ({error.strerror or error}); "
                           "choose a folder you can write to.") from None
     key = folder.resolve()
     with _held_guard:
@@ -162,7 +162,9 @@ def folder_lock(folder: str | Path, what: str = "--out") -> Iterator[Path]:
     if not nested:
         try:
             _acquire(folder, what)
-        except PermissionError as error:
+        except FolderInUseError:
+            raise
+        except OSError as error:  # read-only, no space, permissions
             raise OutputError(f"{what} {folder} is not writable ({error.strerror or error}); "
                               "choose a folder you can write to.") from None
         with _held_guard:

@@ -201,7 +201,10 @@ def _check_chunking(array, where: str) -> None:
     shape, chunks = tuple(int(s) for s in array.shape), tuple(int(c) for c in array.chunks)
     if len(chunks) != len(shape) or min(chunks, default=1) < 1:
         raise ImageError(f"{where}: chunks {chunks} do not fit shape {shape}; the metadata is damaged.")
-    count = math.prod(-(-s // c) for s, c in zip(shape, chunks))
+    if min(shape, default=0) < 1:
+        raise ImageError(f"{where} has shape {shape}: it is empty (a dimension of size 0); give the field's image.")
+    per_axis = [-(-s // c) for s, c in zip(shape, chunks)]
+    count = math.prod(per_axis)  # each axis is bounded by the product, so dask's per-axis tuples are too
     if count > MAX_CHUNKS:
         raise ImageError(f"{where} (shape {shape}) declares {count:,} chunks of {chunks} (at most {MAX_CHUNKS:,}); "
                          "the metadata is damaged, or rechunk the array into larger chunks.")

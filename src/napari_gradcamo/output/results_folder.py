@@ -207,6 +207,7 @@ def _npz_member(data, name: str, path: Path):
 
 def _read_cams(path: Path, labels: np.ndarray | None = None) -> dict:
     import zipfile
+    import zlib
 
     from napari_gradcamo.crops.maps import CellCam
 
@@ -233,7 +234,7 @@ def _read_cams(path: Path, labels: np.ndarray | None = None) -> dict:
                     raise ResultsFolderError(f"{path.name}: the map of cell {label} is malformed.")
                 cams[int(label)] = CellCam(int(label), raw, tuple(int(v) for v in origin),
                                            tuple(int(v) for v in crop))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError) as error:
         if isinstance(error, ResultsFolderError):
             raise
         raise ResultsFolderError(f"{path.name} is unreadable ({type(error).__name__}: {error}); the file is "

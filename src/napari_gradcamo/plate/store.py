@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import zipfile
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -180,7 +181,7 @@ def read_field_maps(out: Path, task: FieldTask) -> dict:
         with np.load(path, allow_pickle=False) as data:
             shape = tuple(int(s) for s in data["crop_shape"])
             labels, origins, maps = data["labels"], data["origins"], data["maps"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise ImageError(f"{path} is unreadable ({type(error).__name__}: {error}); run 'gradcamo plate run' on "
                          "the same --out again: the field is audited again.") from None
     if (len(shape) != 3 or labels.ndim != 1 or origins.shape != (len(labels), 3) or maps.ndim != 4
