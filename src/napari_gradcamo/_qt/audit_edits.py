@@ -310,13 +310,16 @@ class AuditEditsMixin:
         try:
             if layer is None:
                 raise ImageError("Choose the Labels layer first.")
-            image = self.picker.image()
+            image_layers = self.picker.layers()
+            if not image_layers:
+                raise ImageError("No image layer is selected; tick the layers that hold the stains.")
         except ImageError as error:
             self.panel.end(str(error), error=True)
             return False
         table = self.features(layer)
         crop_shape = self.bundle.metadata.crop_shape if self.bundle is not None else None
-        args = (folder, image, np.array(L.labels_volume(layer)), table, dict(self.cams(layer)), crop_shape, overwrite,
+        # the stains are stacked and the masks copied in the worker (seconds on a real-sized field)
+        args = (folder, image_layers, L.labels_volume(layer), table, dict(self.cams(layer)), crop_shape, overwrite,
                 layer.metadata.get(RUN_RECORD_KEY), self.results.flag_rule())
         self._refresh_buttons(running=True)
         self.panel.start(
@@ -371,9 +374,11 @@ def ask_overwrite(parent, error) -> bool:
     return answer == QMessageBox.StandardButton.Yes
 
 
-def _export_job(folder, image, labels, table, cams, crop_shape, overwrite, run_record, rule, cancel):
+def _export_job(folder, image_layers, labels, table, cams, crop_shape, overwrite, run_record, rule, cancel):
     from napari_gradcamo.io.export import iter_export_flagged
 
+    image = L.image_from_layers(image_layers)
+    labels = np.array(labels, copy=True)
     return (yield from iter_export_flagged(folder, image, labels, table, cams, crop_shape, overwrite=overwrite,
                                            run_record=run_record, flag_rule=rule, cancel=cancel))
 
