@@ -13,6 +13,8 @@ prints the longest stall and how many passed 100 ms (and the action's seconds en
 
     xvfb-run -a -s "-screen 0 1920x1200x24" python benchmarks/gui_stall.py           # 3 runs × 2 windows
     xvfb-run -a -s "-screen 0 1920x1200x24" python benchmarks/gui_stall.py --quick   # 540², 90 cells, 1 run
+    xvfb-run -a python benchmarks/gui_stall.py --size 540 --cells 90 --ndisplay 3 --where 5   # 3D view; and
+                                             # what the main thread ran in each action's 5 longest stalls
 
 Not timed here: segmentation (cellpose weights and minutes of CPU) and the Profiles dock.
 It drives the docks' public API, so the same file measures an older checkout (``PYTHONPATH=<old>/src``).
@@ -191,6 +193,7 @@ class Heart:
         self.beats.append(time.perf_counter())
         numbers = phase_numbers(sorted(self.beats))
         numbers["action_s"] = round(took, 2)
+        self.last_beats = sorted(self.beats)
         return numbers
 
 
@@ -210,9 +213,19 @@ def one_run(args, window: tuple[int, int], stains, labels, workdir: str) -> dict
     for name, data in zip(STAINS, stains):
         viewer.add_image(data, name=name, blending="additive", metadata={"gradcamo_channel": name})
     masks = viewer.add_labels(labels, name="masks")
+    viewer.dims.ndisplay = args.ndisplay
     heart.spin(1.0)
     out: dict = {}
     state: dict = {}
+    beats_of: dict = {}
+    real_measure = heart.measure
+
+    def measure(action, settle: float = 0.5):
+        numbers = real_measure(action, settle)
+        beats_of[action.__name__] = heart.last_beats
+        return numbers
+
+    heart.measure = measure
 
     def idle(widget):
         return lambda: not widget.busy
@@ -300,6 +313,7 @@ def one_run(args, window: tuple[int, int], stains, labels, workdir: str) -> dict
     out["compare"] = heart.measure(compare, 1.0)
     heart.timer.stop()
     viewer.close()
+    out["_beats"] = beats_of
     return out
 
 
@@ -317,6 +331,10 @@ def main(argv=None) -> int:
     parser.add_argument("--think", type=float, default=2.0, help="seconds after loading the model")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up waiting for an action after this")
     parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument("--ndisplay", type=int, default=2, choices=(2, 3), help="2D slice view or 3D rendering")
+    parser.add_argument("--where", type=int, default=0, metavar="N",
+                        help="sample the main thread's stack every 2 ms and print what it ran in the N longest "
+                             "stalls of each action")
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.cells, args.runs = 540, 90, 1
@@ -329,7 +347,14 @@ def main(argv=None) -> int:
         for window in windows:
             for run in range(args.runs):
                 load = os.getloadavg()
+                sampler = StackSampler() if args.where else None
                 numbers = one_run(args, window, stains, labels.copy(), workdir)
+                beats_of = numbers.pop("_beats")
+                if sampler is not None:
+                    sampler.stop()
+                    for name, beats in beats_of.items():
+                        print(f"\n===== {name}")
+                        sampler.print_stalls(beats, args.where)
                 results.append({"window": f"{window[0]}x{window[1]}", "run": run + 1,
                                 "loadavg": [round(v, 2) for v in load], "actions": numbers})
                 print(f"\n== window {window[0]}×{window[1]}, run {run + 1}, load average {load[0]:.2f} "

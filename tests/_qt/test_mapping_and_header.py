@@ -17,7 +17,7 @@ def test_two_model_channels_on_one_image_channel_are_named():
     assert "image channel 0: DNA is used for two model channels (DNA and ER)" in text
     assert "the image has" not in text  # the same channels: the two lists would read the same
     text = mapping_problem(STAINS, ["a", "b", "c", "d", "e"], [None, 1, 2, 3, 4])
-    assert "no image channel chosen for DNA" in text and "the image has a, b, c, d, e" in text
+    assert "Choose an image channel for DNA" in text and "the image has a, b, c, d, e" in text
     assert mapping_problem(STAINS, STAINS, [0, 1, 2, 3, 4]) == ""
 
 
@@ -39,7 +39,7 @@ def test_mapping_boxes_and_full_column_titles_at_1366x768(make_napari_viewer, pl
         _settle()
     assert widget.load_model(plugin_checkpoint)
     _settle()
-    assert "no image channel chosen for DNA" in widget.mapping_message.text()
+    assert "Choose an image channel for DNA" in widget.mapping_message.text()
     for w in (widget.mapping_message, widget.mapping_combos[0]):
         assert not w.visibleRegion().isEmpty(), w
     widget.set_channel_map([0, 0, 2, 3, 4])

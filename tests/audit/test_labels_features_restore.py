@@ -53,3 +53,17 @@ def test_a_new_label_without_a_kept_row_is_not_audited():
     out = labels_features.apply_mask_edit(table, labels, [2], {}, rule, {})
     assert out.added == [2] and out.restored == []
     assert out.table.set_index("label").loc[2, "status"] == results.STATUS_NOT_AUDITED
+
+
+def test_a_new_cell_painted_with_a_deleted_id_is_not_restored():
+    labels = _field()
+    rule = labels_features.FlagRule(0.0, "normalised")
+    table = labels_features.init_features(labels, None, [], rule)
+    erased = labels.copy()
+    erased[erased == 2] = 0
+    gone = labels_features.apply_mask_edit(table, erased, [2], {}, rule)
+    repainted = erased.copy()
+    repainted[0, 0:2, 0:2] = 2  # another cell, same id
+    out = labels_features.apply_mask_edit(gone.table, repainted, [2], {}, rule, {2: (gone.removed_rows[2], None)})
+    assert out.restored == [] and out.added == [2]
+    assert out.table.set_index("label").loc[2, "reason"] == labels_features.REASON_NEW

@@ -150,22 +150,12 @@ class AuditEditsMixin:
     def _apply_edit(self, layer, touched) -> None:
         if layer is None or layer is not self.labels_layer or not touched:
             return
-        cams = self.cams(layer)
-        deleted = self._deleted.setdefault(layer, {})  # rows (and maps) of deleted cells: an undo restores them
-        outcome = labels_features.apply_mask_edit(self.features(layer), L.labels_volume(layer), touched, cams,
-                                                  self.results.flag_rule(), deleted)
-        for label, row in outcome.removed_rows.items():
-            deleted[label] = (row, cams.get(label))
-        for label in outcome.removed + outcome.moved:
-            cams.pop(label, None)
-        for label in outcome.restored:
-            cam = deleted.pop(label, (None, None))[1]
-            if cam is not None and label not in outcome.moved:
-                cams[label] = cam
-        if outcome.removed or outcome.moved or outcome.restored:
-            self._composites.pop(layer, None)
-            if self.all_cells_layer() is not None:
-                self._show_composite(layer)
+        session = self.session(layer)
+        session.rule = self.results.flag_rule()
+        outcome = session.apply_edit(self.features(layer), L.labels_volume(layer), touched)
+        session.pending.clear()  # the dock recomputes moved crops itself (below, or after a run)
+        if (outcome.removed or outcome.moved or outcome.restored) and self.all_cells_layer() is not None:
+            self._show_composite(layer)
         self._set_features(layer, outcome.table)
         self.unsaved = self.unsaved or bool(self.cams(layer))  # edits to an audited layer are unsaved work
         notes = []
@@ -212,9 +202,7 @@ class AuditEditsMixin:
     def _on_data_replaced(self, layer) -> None:
         if layer is not self.labels_layer:
             return
-        self.cams(layer).clear()
-        self._deleted.pop(layer, None)
-        self._composites.pop(layer, None)
+        self.session(layer).reset()
         self.cam_layers.hide()
         names = self.bundle.metadata.class_names if self.bundle is not None else []
         self._set_features(layer, labels_features.init_features(L.labels_volume(layer), None, names,
@@ -323,13 +311,16 @@ class AuditEditsMixin:
         try:
             if layer is None:
                 raise ImageError("Choose the Labels layer first.")
-            image = self.picker.image()
+            image_layers = self.picker.layers()
+            if not image_layers:
+                raise ImageError("No image layer is selected; tick the layers that hold the stains.")
         except ImageError as error:
             self.panel.end(str(error), error=True)
             return False
         table = self.features(layer)
         crop_shape = self.bundle.metadata.crop_shape if self.bundle is not None else None
-        args = (folder, image, np.array(L.labels_volume(layer)), table, dict(self.cams(layer)), crop_shape, overwrite,
+        # the stains are stacked and the masks copied in the worker (seconds on a real-sized field)
+        args = (folder, image_layers, L.labels_volume(layer), table, dict(self.cams(layer)), crop_shape, overwrite,
                 layer.metadata.get(RUN_RECORD_KEY), self.results.flag_rule())
         self._refresh_buttons(running=True)
         self.panel.start(
@@ -384,9 +375,11 @@ def ask_overwrite(parent, error) -> bool:
     return answer == QMessageBox.StandardButton.Yes
 
 
-def _export_job(folder, image, labels, table, cams, crop_shape, overwrite, run_record, rule, cancel):
+def _export_job(folder, image_layers, labels, table, cams, crop_shape, overwrite, run_record, rule, cancel):
     from napari_gradcamo.output.export import iter_export_flagged
 
+    image = L.image_from_layers(image_layers)
+    labels = np.array(labels, copy=True)
     return (yield from iter_export_flagged(folder, image, labels, table, cams, crop_shape, overwrite=overwrite,
                                            run_record=run_record, flag_rule=rule, cancel=cancel))
 

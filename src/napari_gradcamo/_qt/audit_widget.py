@@ -38,6 +38,7 @@ from napari_gradcamo._qt.results_panel import ResultsPanel, legend_html  # noqa:
 from napari_gradcamo._qt.verdict_panel import VerdictPanel
 from napari_gradcamo._results_io import FLAG_RULE_KEY
 from napari_gradcamo.audit import labels_features
+from napari_gradcamo.audit.session import AuditSession
 from napari_gradcamo.io.images import ImageError
 
 
@@ -50,9 +51,8 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self.viewer = napari_viewer
         self.labels_layer = None
         self.run_state: AuditRun | None = None
-        self._cams: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # labels layer -> {label: CellCam}
-        self._composites: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-        self._deleted: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # layer -> {label: (row, cam)}
+        # labels layer -> its Qt-free AuditSession (maps, all-cells map, deleted rows kept for undo)
+        self._sessions: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
         # labels layer -> (napari's features object, the same table brought to the schema): see features()
         self._schema_tables: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
         self._setting: tuple | None = None  # (layer, table) while _set_features hands a table to napari
@@ -276,12 +276,19 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         layer = layer or self.labels_layer
         if layer is None:
             return {}
-        return self._cams.setdefault(layer, {})
+        return self.session(layer).cams
+
+    def session(self, layer=None) -> AuditSession:
+        """The Qt-free :class:`~napari_gradcamo.audit.session.AuditSession` of a labels layer."""
+        layer = layer or self.labels_layer
+        found = self._sessions.get(layer)
+        if found is None:
+            found = self._sessions[layer] = AuditSession()
+        return found
 
     def add_maps(self, layer, maps: dict) -> None:
         """Give the dock stored Grad-CAM maps of ``layer``'s cells (``{label: CellCam}``, e.g. a plate field's)."""
-        self.cams(layer).update(maps)
-        self._composites.pop(layer, None)
+        self.session(layer).add_maps(maps)
         if layer is self.labels_layer and maps:
             self._show_composite(layer)
             self.panel.say(f"{len(maps)} stored Grad-CAM map(s) of '{layer.name}' loaded.")
@@ -363,12 +370,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         return text
 
     def _composite(self, layer) -> np.ndarray:
-        shape = L.labels_volume(layer).shape
-        comp = self._composites.get(layer)
-        if comp is None or comp.shape != shape:
-            comp = labels_features.composite_cam(shape, self.cams(layer).values())
-            self._composites[layer] = comp
-        return comp
+        return self.session(layer).composite(L.labels_volume(layer).shape)
 
     def _show_composite(self, layer) -> None:
         if self.show_all.isChecked() and layer in self.viewer.layers:

@@ -126,8 +126,8 @@ def camera(viewer):
 
 
 #: A selected cell's surroundings (``CELL_VIEW_DIAMETERS`` cell diameters) fill this share of the canvas
-CELL_VIEW_SHARE = 0.6
-CELL_VIEW_DIAMETERS = 3.0
+CELL_VIEW_SHARE = 0.5
+CELL_VIEW_DIAMETERS = 4.0
 
 
 def cell_diameter(volume_voxels: float, ndim: int = 3) -> float:

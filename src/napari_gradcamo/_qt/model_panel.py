@@ -279,18 +279,18 @@ def mapping_problem(model_names, image_names, chosen) -> str:
     problems = []
     missing = [m for m, v in zip(model_names, chosen) if v is None]
     if missing:
-        problems.append(f"no image channel chosen for {', '.join(missing)}")
+        problems.append(f"Choose an image channel for {', '.join(missing)}")
     for v in sorted({v for v in chosen if v is not None and chosen.count(v) > 1}):
         users = [m for m, c in zip(model_names, chosen) if c == v]
         count = {2: "two", 3: "three"}.get(len(users), str(len(users)))
         problems.append(f"image channel {v}: {image_names[v]} is used for {count} model channels "
-                        f"({' and '.join(users)})")
+                        f"({' and '.join(users)}); choose one image channel for each")
     if not problems:
         return ""
     same = sorted(n.lower() for n in model_names) == sorted(n.lower() for n in image_names)
     lists = "" if same else (f" (the model needs {', '.join(model_names)}; the image has "
                              f"{', '.join(image_names)})")
-    return f"Channel mismatch: {'; '.join(problems)}{lists}. Choose one image channel for each model channel."
+    return f"Channel mismatch{lists}: {'; '.join(problems)}."
 
 
 def _voxels(size) -> str:

@@ -283,6 +283,15 @@ class EditOutcome:
     removed_rows: dict = field(default_factory=dict)
 
 
+def _same_cell(row, info: CellInfo) -> bool:
+    """True when ``info`` (a label now in the masks) has the voxel count and centroid of the deleted ``row``."""
+    try:
+        return int(row["volume_voxels"]) == int(info.volume) and bool(np.allclose(
+            [float(row["centroid_z"]), float(row["centroid_y"]), float(row["centroid_x"])], info.centroid))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def apply_mask_edit(
     table: pd.DataFrame,
     labels: np.ndarray,
@@ -294,8 +303,8 @@ def apply_mask_edit(
     """Update rows after ``touched`` labels were painted, erased or filled.
 
     A deleted label loses its row (kept in ``removed_rows``); a new label gets a 'not audited' row, unless
-    ``deleted`` (``{label: (row, CellCam or None)}``, rows an earlier edit removed) holds it: then its row
-    comes back and is rescored with that map like any other edited cell (an undo after a delete gives back
+    ``deleted`` (``{label: (row, CellCam or None)}``, rows an earlier edit removed) holds it with the same
+    voxel count and centroid (an undo, not a new cell painted with a freed id): then its row comes back and is rescored with that map like any other edited cell (an undo after a delete gives back
     the same score). An audited cell whose crop did not move is rescored with its cached CAM
     (``cams[label]``, an :class:`~napari_gradcamo.audit.run.CellCam`); one whose crop moved is marked
     'not audited' and listed in ``moved`` for the caller to recompute.
@@ -320,6 +329,8 @@ def apply_mask_edit(
         kept = None
         if label not in out.index:
             kept = (deleted or {}).get(label)
+            if kept is not None and not _same_cell(kept[0], info):
+                kept = None  # a new cell painted with a deleted cell's id: not the cell that was deleted
             if kept is None:
                 new_rows.append(info)
                 outcome.added.append(label)
