@@ -58,7 +58,10 @@ def plate_verdict(out, bundle, *, sample: int | None = None, seed: int = 0, canc
     known = {f.name for f in dataclass_fields(AuditSettings)}
     settings = AuditSettings(**{k: v for k, v in (run.get("settings") or {}).items() if k in known})
     tasks = discover(run["source"], run.get("layout") or None)
-    usable = [(t, m) for t in tasks if (m := _field_masks(out, t, run)) is not None]
+    # only fields this run finished (a failed field is not judged: its failure is in the report)
+    finished = [t for t in tasks
+                if store.finished_fingerprint(out, t) == store.field_fingerprint(run["fingerprint"], t)]
+    usable = [(t, m) for t in finished if (m := _field_masks(out, t, run)) is not None]
     if not usable:
         return None
     rng = np.random.default_rng(seed)
