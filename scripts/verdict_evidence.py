@@ -15,8 +15,8 @@ appended to ``--json``: both models' verdicts per class, their held-out accuracy
 ``--table`` rewrites the markdown table between the markers in docs/interpreting-scores.md.
 
 Usage (CPU, ≈ 1 h on one loaded core for the CNN rows):
-    nice -n 10 env OMP_NUM_THREADS=1 python scripts/verdict_evidence.py --work /tmp/verdict_work \
-        --seeds 0 1 2 --archs small-cnn-3d monai-resnet-3d --json docs/verdict_runs.jsonl --table
+    nice -n 10 env OMP_NUM_THREADS=1 python scripts/verdict_evidence.py --work WORK \
+        --seeds 0 1 2 --archs small-cnn-3d monai-resnet-3d --json docs/results/verdict_runs.jsonl --table
 Models are cached in ``--work`` (rerun to continue); the verdict rows are recomputed from them.
 """
 
@@ -184,11 +184,12 @@ def write_table(rows: list[dict], command: str, real: list[dict] | None = None) 
     text = doc.read_text()
     lines = [f"- **{r['real']}**, {r['model']}: {r['summary']}; predicted classes {r['predicted']}"
              + (f"; {r['notes'][0]}" if r["notes"] else "") for r in real or []]
-    run = ("nice -n 10 env OMP_NUM_THREADS=1 python scripts/verdict_evidence.py --work /tmp/verdict_work "
-           "--seeds 0 1 2 --json docs/verdict_runs.jsonl")
+    run = ("nice -n 10 env OMP_NUM_THREADS=1 python scripts/verdict_evidence.py --work WORK "
+           "--seeds 0 1 2 --json docs/results/verdict_runs.jsonl")
     body = (f"{BEGIN}\n\nReproduce: `{run}` (trains the models into --work, then judges them; rerun to "
-            f"continue), `{run.replace('--seeds 0 1 2 ', '')} --stage real`, then `{command}`. "
-            f"Rows: docs/verdict_runs.jsonl.\n\n{table(rows)}\n\n" + "\n".join(lines) + f"\n\n{END}")
+            f"continue; WORK: a folder outside the repository), `{run.replace('--seeds 0 1 2 ', '')} --stage real`, "
+            "then `python scripts/verdict_evidence.py --work WORK --json docs/results/verdict_runs.jsonl --stage table`. "
+            f"Rows: docs/results/verdict_runs.jsonl.\n\n{table(rows)}\n\n" + "\n".join(lines) + f"\n\n{END}")
     if BEGIN in text:
         text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: body, text, flags=re.S)
     else:
@@ -209,7 +210,8 @@ def main(argv=None) -> int:
     p.add_argument("--stage", choices=("train", "verdict", "all", "table", "real"), default="all",
                    help="table: rewrite the docs table from the rows already in --json (nothing recomputed); "
                         "real: the verdict on the real cells3d nuclei")
-    p.add_argument("--json", default=None, help="JSON lines to append the verdict rows to")
+    p.add_argument("--json", default=str(ROOT / "docs" / "results" / "verdict_runs.jsonl"),
+                   help="JSON lines to append the verdict rows to (default docs/results/verdict_runs.jsonl)")
     p.add_argument("--table", action="store_true", help="rewrite the table in docs/interpreting-scores.md")
     args = p.parse_args(argv)
     import torch

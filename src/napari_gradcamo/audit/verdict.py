@@ -88,6 +88,32 @@ class VerdictReport:
     ``drop_cell_occluded`` (the cell hidden), ``drop_context_occluded`` (here: the medium hidden, neighbouring
     cells kept), ``causal``, ``normalised@<layer>`` for every layer,
     ``score`` (normalised Grad-CAMO at :attr:`layer`) and ``flagged`` (score below 0, i.e. below chance).
+
+    Attributes
+    ----------
+    verdict : str
+        One of :data:`VERDICTS` for the model.
+    classes : dict of str to ClassVerdict
+        Each class's verdict, reason and evidence.
+    layer : str
+        The layer the Grad-CAM evidence is read at.
+    layer_agreement : dict of str to float
+        Each candidate layer's Spearman correlation with the causal score.
+    informative : bool
+        False when the predictions carry no information (then nothing is judged).
+    notes : list of str
+    cells : DataFrame
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from napari_gradcamo.audit.verdict import judge_table
+    >>> cells = pd.DataFrame({"label": range(1, 11), "target_class": "b", "predicted_class": "b",
+    ...                       "probability": 0.9, "drop_cell_occluded": 0.8, "drop_context_occluded": 0.0,
+    ...                       "normalised@stage1": np.linspace(-0.2, 0.6, 10)})
+    >>> report = judge_table(cells, ["stage1"], ["a", "b"])
+    >>> report.verdict, report.classes["b"].verdict
+    ('looks at the cells', 'looks at the cells')
     """
 
     verdict: str
@@ -263,10 +289,44 @@ def judge_fields(bundle, fields: Iterable[tuple], *, true_classes: Sequence[Sequ
     ``true_classes``: per field, the true class name of each of its cells in label order (or one name per
     field repeated), used only to tell a model at chance.
 
+    Parameters
+    ----------
+    bundle : ModelBundle
+        The model and its metadata (``load_checkpoint``).
+    fields : iterable of (Image, ndarray)
+        Images and their label images.
+    true_classes : list of list of str, optional
+        Per field, the true class of each cell in label order (or one name for the whole field).
+    sample : int
+        Cells drawn at random (seeded) over all fields.
+    seed : int
+        Seed of the sample and of the bootstrap.
+    settings : AuditSettings, optional
+        Method, batch size, device, channel map (the layer is chosen by the rule; occlusion always runs).
+    layers : list of str, optional
+        Candidate layers (default :func:`~napari_gradcamo.audit.layer_sweep.candidate_layers`).
+    cancel : CancelToken, optional
+        Stops between batches.
+
+    Returns
+    -------
+    VerdictReport
+
     Examples
     --------
-    >>> report = judge_fields(bundle, [(image, labels)])  # doctest: +SKIP
-    >>> print(report.summary_line())  # doctest: +SKIP
+    >>> import numpy as np, torch
+    >>> from napari_gradcamo import Image, judge, judge_fields
+    >>> from napari_gradcamo.audit.verdict import VERDICTS
+    >>> from napari_gradcamo.models.metadata import ModelBundle, ModelMetadata
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten())
+    >>> meta = ModelMetadata("custom", ["a", "b"], ["c0"], [2, 16, 16], normalization={"method": "none"},
+    ...                      architecture_kwargs={"factory": "my_lab.nets:build"})
+    >>> labels = np.zeros((2, 32, 32), np.uint32); labels[:, 4:12, 4:12] = 1; labels[:, 18:26, 18:26] = 2
+    >>> image = Image(np.random.default_rng(0).random((1, 2, 32, 32), dtype=np.float32), ["c0"], (1.0, 1.0, 1.0))
+    >>> report = judge_fields(ModelBundle(net, meta), [(image, labels)])
+    >>> report.verdict in VERDICTS, len(report.cells)
+    (True, 2)
     """
     from napari_gradcamo.audit.layer_sweep import candidate_layers, run_sweep
     from napari_gradcamo.audit.run import AuditSettings
@@ -337,7 +397,39 @@ def pooled_background(bundle, fields, chosen, settings) -> np.ndarray:
 
 
 def judge(image, labels, bundle, **kwargs) -> VerdictReport:
-    """:func:`judge_fields` on one image and its label image."""
+    """:func:`judge_fields` on one image and its label image.
+
+    Parameters
+    ----------
+    image : Image
+        The image (channels named as the model's, or mapped with ``settings.channel_map``).
+    labels : ndarray
+        Its label image, one id per cell.
+    bundle : ModelBundle
+        The model and its metadata.
+    **kwargs
+        As :func:`judge_fields` (``sample``, ``seed``, ``settings``, ``layers``, ``true_classes``, ``cancel``).
+
+    Returns
+    -------
+    VerdictReport
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from napari_gradcamo import Image, judge, judge_fields
+    >>> from napari_gradcamo.audit.verdict import VERDICTS
+    >>> from napari_gradcamo.models.metadata import ModelBundle, ModelMetadata
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten())
+    >>> meta = ModelMetadata("custom", ["a", "b"], ["c0"], [2, 16, 16], normalization={"method": "none"},
+    ...                      architecture_kwargs={"factory": "my_lab.nets:build"})
+    >>> labels = np.zeros((2, 32, 32), np.uint32); labels[:, 4:12, 4:12] = 1; labels[:, 18:26, 18:26] = 2
+    >>> image = Image(np.random.default_rng(0).random((1, 2, 32, 32), dtype=np.float32), ["c0"], (1.0, 1.0, 1.0))
+    >>> report = judge(image, labels, ModelBundle(net, meta))
+    >>> report.verdict in VERDICTS, len(report.cells)
+    (True, 2)
+    """
     return judge_fields(bundle, [(image, labels)], **kwargs)
 
 
