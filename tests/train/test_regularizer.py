@@ -213,3 +213,39 @@ def test_cli_refuses_a_context_randomisation_outside_0_1(tmp_path, capsys):
                                         sites_per_well=1)
     assert main(["train", str(manifest), "--out", str(tmp_path / "run"), "--context-randomisation", "2"]) == 2
     assert "0..1" in capsys.readouterr().err
+
+
+def test_a_run_of_the_removed_gradcamo_penalty_is_not_resumed_silently(tmp_path):
+    """A resume.pt written before the rename (config key gradcamo_weight, history column train_gradcamo):
+    with the old penalty on, resuming is refused with the fix; with it off, the run resumes."""
+    import json as _json
+
+    from napari_gradcamo.progress import Cancelled, CancelToken
+    from napari_gradcamo.train.fit import RESUME_FILE, TrainConfig, fit
+    from napari_gradcamo.train.resume import load_resume, save_resume
+
+    data = no_signal_crops(32)
+    config = TrainConfig(architecture_kwargs={"width": 4}, epochs=2, batch_size=8, val_fraction=0.25, patience=0,
+                         device="cpu")
+
+    token = CancelToken()
+    with pytest.raises(Cancelled):  # stopped after its first epoch: resume.pt holds one epoch
+        fit(data, ["a", "b"], ["c0", "c1"], list(CROP), config, tmp_path, cancel=token,
+            epoch_end=lambda epoch, stats: token.cancel())
+    path = tmp_path / RESUME_FILE
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    old_config = {k: v for k, v in _json.loads(state["config"]).items()
+                  if k not in ("outside_gradient_weight", "context_randomisation")}
+    history = _json.loads(state["history"])
+    assert len(history["loss"]) == 1
+    history["train_gradcamo"] = history.pop("outside_gradient_share")
+    for weight, refused in ((0.5, True), (0.0, False)):
+        save_resume(path, {**state, "config": _json.dumps({**old_config, "gradcamo_weight": weight}),
+                           "history": _json.dumps(history)})
+        load_resume(path)
+        if refused:
+            with pytest.raises(ValueError, match="--gradcamo-weight"):
+                fit(data, ["a", "b"], ["c0", "c1"], list(CROP), config, tmp_path, resume=True)
+        else:
+            result = fit(data, ["a", "b"], ["c0", "c1"], list(CROP), config, tmp_path, resume=True)
+            assert len(result.history.loss) == 2
