@@ -2,7 +2,7 @@
 Gaussian data of known mutual information, 8 + 8 dimensions as in the profile metrics (each dimension of z is
 rho x + sqrt(1 - rho^2) noise; I = -4 log(1 - rho^2) nats), every seed reported. One JSON line per run.
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 nice -n 10 python scripts/mine_min_n.py --jsonl docs/mine_min_n.jsonl
+    PYTHONPATH=src OMP_NUM_THREADS=1 nice -n 10 python scripts/mine_min_n.py --jsonl docs/results/mine_min_n.jsonl
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ profiles (a noisy linear map of 8 reference dimensions), k = 10. One JSON line p
 trustworthiness, continuity, LCMC, seconds and the process's peak RSS so far (MB).
 
     PYTHONPATH=src OMP_NUM_THREADS=1 nice -n 10 python scripts/profile_metrics_scale.py --cells 6000 \\
-        --methods exact,brute,approximate --seeds 0,1,2 --jsonl docs/profile_metrics_scale.jsonl
+        --methods exact,brute,approximate --seeds 0,1,2 --jsonl docs/results/profile_metrics_scale.jsonl
     PYTHONPATH=src OMP_NUM_THREADS=1 nice -n 10 python scripts/profile_metrics_scale.py --cells 100000 \\
-        --methods approximate --seeds 0 --jsonl docs/profile_metrics_scale.jsonl
+        --methods approximate --seeds 0 --jsonl docs/results/profile_metrics_scale.jsonl
 """
 
 from __future__ import annotations
