@@ -15,8 +15,8 @@ def test_judge_shows_the_verdict_of_judge_on_the_same_inputs(field_dock):
     direct = judge(L.image_from_layers(images), L.labels_volume(labels), widget.bundle,
                    settings=widget.model_panel.audit_settings(widget.results.flag_rule()))
     assert direct.verdict == report.verdict and direct.layer == report.layer
-    headline, details = verdict_text(direct)
-    assert widget.verdict.details.text() == details
+    headline, details, evidence = verdict_text(direct)
+    assert widget.verdict.details.text() == details and widget.verdict.details.toolTip() == evidence
     for name, v in direct.classes.items():
         assert f"{name}: {v.verdict}" in widget.verdict.details.text()
     assert widget.verdict.panel is widget.panel  # one job strip: the run and the verdict never overlap

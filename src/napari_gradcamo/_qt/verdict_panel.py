@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from napari_gradcamo._qt.panel import JobPanel
 
@@ -41,36 +41,42 @@ def _judge_job(inputs, cancel):
         return None
 
 
-def verdict_text(report) -> tuple[str, str]:
-    """(headline, details) of a :class:`~napari_gradcamo.audit.verdict.VerdictReport` for the panel."""
+def verdict_text(report) -> tuple[str, str, str]:
+    """(headline, one line per class, the full evidence) of a
+    :class:`~napari_gradcamo.audit.verdict.VerdictReport`: the panel shows the first two (short enough for a
+    1366×768 screen) and the third as their tooltip."""
     from napari_gradcamo.audit.verdict import CONFIDENCE
 
-    lines = []
+    short, full = [], []
     for name, v in report.classes.items():
         if v.causal_mean == v.causal_mean:  # not NaN
             low, high = v.causal_interval
-            lines.append(f"{name}: {v.verdict} — causal {v.causal_mean:+.2f} ({CONFIDENCE:.0%} {low:+.2f}..{high:+.2f}), "
-                         f"{v.cells} cells; {v.reason}")
+            evidence = f"causal {v.causal_mean:+.2f} ({CONFIDENCE:.0%} {low:+.2f}..{high:+.2f}), {v.cells} cells"
+            short.append(f"{name}: {v.verdict}, {evidence}")
+            full.append(f"{name}: {v.verdict} — {evidence}; {v.reason}")
         else:
-            lines.append(f"{name}: {v.verdict} — {v.reason}")
-    lines.append(f"Grad-CAM read at layer {report.layer or '—'} (the layer that agrees best with occlusion).")
-    lines.extend(report.notes)
-    return f"Verdict: {report.verdict}", "\n".join(lines)
+            short.append(f"{name}: {v.verdict}")
+            full.append(f"{name}: {v.verdict} — {v.reason}")
+    full.append(f"Grad-CAM read at layer {report.layer or '—'} (the layer that agrees best with occlusion).")
+    full.extend(report.notes)
+    return f"Verdict: {report.verdict}", "\n".join(short), "\n".join(full)
 
 
-class VerdictPanel(QGroupBox):
+class VerdictPanel(QFrame):
     """'Judge the model' and its answer. ``inputs()`` returns (image layers, labels, bundle, settings) or
     raises a user-facing error (no model, no labels…); ``panel``: the dock's job strip, shared with the audit
     run so that only one of them runs at a time (a panel of its own when None)."""
 
     def __init__(self, inputs: Callable[[], tuple], panel: JobPanel | None = None, parent=None):
-        super().__init__("Verdict: does this model look at the cells?", parent)
+        super().__init__(parent)
+        self.setFrameShape(QFrame.Shape.StyledPanel)  # no title row: the table below keeps its height at 1366×768
         self._inputs = inputs
         self.report = None
         self.judge_button = QPushButton("Judge the model", self)
-        self.judge_button.setToolTip("Sample cells, explain them at every candidate layer and hide the cell or its "
-                                     "context: the causal check decides (docs/interpreting-scores.md).")
-        self.headline = QLabel("Not judged yet.", self)
+        self.judge_button.setToolTip("Does this model look at the cells? Sample cells, explain them at every "
+                                     "candidate layer and hide the cell or its context: the causal check decides "
+                                     "(docs/interpreting-scores.md).")
+        self.headline = QLabel("Verdict: not judged yet.", self)
         self.details = QLabel("", self)
         self.details.setWordWrap(True)
         own = panel is None
@@ -106,8 +112,11 @@ class VerdictPanel(QGroupBox):
             self.panel.end("Cancelled; no verdict.")
             return
         self.report = report
-        headline, details = verdict_text(report)
+        self.panel.step(1, 1)
+        headline, details, evidence = verdict_text(report)
         self.headline.setText(headline)
         self.headline.setStyleSheet(VERDICT_STYLE.get(report.verdict, ""))
         self.details.setText(details)
-        self.panel.end(report.summary_line()[:200])
+        for label in (self.headline, self.details):
+            label.setToolTip(evidence)
+        self.panel.end(f"{headline} (evidence: hover the Verdict box; docs/interpreting-scores.md).")
