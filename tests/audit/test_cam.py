@@ -49,7 +49,8 @@ def test_class_with_negative_evidence_has_undefined_score():
     labels[2:6, 9:15, 9:15] = 1
     result = run_audit(make_image(data, "CZYX", ["a", "b"]), labels, _analytic_bundle(), AuditSettings(target_class="off"))
     row = result.table.iloc[0]
-    assert np.isnan(row["gradcamo"]) and "zero" in row["reason"] and row["flagged"]
+    # undefined is not a verdict (issue 21): no method finds positive evidence, so the cell is not flagged
+    assert np.isnan(row["gradcamo"]) and "zero" in row["reason"] and not row["flagged"]
 
 
 def _small_cnn(seed=0):
@@ -99,7 +100,8 @@ def test_engine_freezes_then_restores_weights_and_predicts_by_default():
 def test_target_layers_list_shapes_and_default_keeps_z():
     model, meta = _small_cnn()
     layers = list_target_layers(model, [8, 32, 32], 2)
-    assert [l.name for l in layers if "." not in l.name] == ["stage1", "stage2", "stage3", "pool"]
+    # the global pool (1×1×1: a constant map, Grad-CAMO = chance) is no candidate (issue 21)
+    assert [l.name for l in layers if "." not in l.name] == ["stage1", "stage2", "stage3"]
     assert {l.name: l.output_shape for l in layers}["stage2"] == (32, 4, 8, 8)
     assert default_target_layer(layers) == "stage3"
     effnet = build_model(ModelMetadata("efficientnet-b0", ["a", "b"], list("12345"), [21, 128, 128]))
