@@ -64,6 +64,7 @@ class SegmentWidget(PanelJobs, QWidget):
         self.model = QComboBox(self)
         self.model.setEditable(True)
         self.model.addItems(available_models())  # those of the installed cellpose (3 or 4)
+        self.model.setCurrentText(_DEFAULTS.model)  # the engine's and the CLI's default (SegmentationSettings)
         self.model.setToolTip(
             f"A cellpose model name, or a model file (Browse…). '{GENERALIST_MODEL}' is MouseLand's generalist\n"
             "network fetched once from the package index (works where the cellpose website cannot be reached)."
@@ -83,7 +84,7 @@ class SegmentWidget(PanelJobs, QWidget):
         self.stitch = QDoubleSpinBox(self)
         self.stitch.setRange(0.0, 1.0)
         self.stitch.setSingleStep(0.05)
-        self.stitch.setValue(0.3)
+        self.stitch.setValue(_DEFAULTS.stitch_threshold)
         self.stitch.setToolTip("IoU needed to join masks on neighbouring slices (stitched 2D).")
         self.anisotropy = QDoubleSpinBox(self)
         self.anisotropy.setRange(0.0, 100.0)
@@ -92,7 +93,7 @@ class SegmentWidget(PanelJobs, QWidget):
         self.anisotropy.setToolTip("z step / xy pixel size, taken from the layer scale (3D mode).")
         self.min_size = QSpinBox(self)
         self.min_size.setRange(-1, 1_000_000)
-        self.min_size.setValue(15)
+        self.min_size.setValue(_DEFAULTS.min_size)
         self.min_size.setToolTip("Masks smaller than this many voxels are removed (-1 keeps all).")
         self.run_button = QPushButton("Segment", self)
         self.panel = JobPanel(self)
