@@ -96,10 +96,9 @@ def test_public_docstring_examples_run(name, tmp_path, monkeypatch):
     assert result.failed == 0, f"{name}: {result.failed} of {result.attempted} example lines failed (output above)"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: once the subpackage napari_gradcamo.segment is imported (e.g. by "
-                   "ng.SegmentationSettings), Python's import system sets the package attribute 'segment' to that "
-                   "subpackage, so ng.segment is a module, not the function; the lazy __getattr__ is never asked")
 def test_ng_segment_is_the_function_whatever_was_imported_first():
+    """Once ``napari_gradcamo.segment`` (the subpackage) is imported, the package attribute is that module; it is
+    callable and runs the function, so ``ng.segment(image, settings)`` works whatever was imported first."""
     import subprocess
     import sys
 

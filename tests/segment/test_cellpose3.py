@@ -215,7 +215,7 @@ def test_wrong_model_file_is_refused(small_image, tmp_path):
         segment(small_image, SegmentationSettings(model=str(bogus), nucleus_channel=0))
     not_torch = tmp_path / "notes.pth"
     not_torch.write_text("hello")
-    with pytest.raises(SegmentationError, match="not a loadable cellpose-3 model file"):
+    with pytest.raises(SegmentationError, match="is not a cellpose-3 model file: it is not a PyTorch weights file"):
         segment(small_image, SegmentationSettings(model=str(not_torch), nucleus_channel=0))
 
 

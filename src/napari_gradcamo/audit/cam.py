@@ -119,6 +119,7 @@ class CamEngine:
         self.device = pick_device(device)
         self.autocast_dtype = autocast_dtype(precision, self.device)
         self._cam = None
+        self._kept = None  # the target layer's output of the last forward pass (a leaf: backward stops there)
         self._handles = []
         self._grad_flags: list[bool] = []
         self._layout: _SplitLayout | None = None
@@ -162,7 +163,11 @@ class CamEngine:
         if self._layout is not None:
             out = out.contiguous()  # the layers after the target layer run in the default layout
             self._layout.after_target = True
-        return out.requires_grad_(True)
+        # a copy of the leaf goes on: an in-place op after the layer (DenseNet's ReLU(inplace=True)) cannot run on
+        # a leaf, and the CAM's hooks see the layer's own output (hooks registered before an in-place change
+        # receive the gradient with respect to the value before it)
+        self._kept = out.requires_grad_(True)
+        return self._kept.clone()
 
     def compute(self, batch: np.ndarray, target_classes: Sequence[int | None] | None = None):
         """Return (probabilities (B, K), targets (B,), raw non-negative maps (B, z', y', x')).
@@ -199,7 +204,9 @@ class CamEngine:
                 loss = sum(t(o) for t, o in zip(targets, logits))
                 loss.backward()
             # float(): no copy for float32; lets the engine run under autocast (bf16/fp16 activations)
-            activations = cam.activations_and_grads.activations[0].float().numpy()
+            # the layer's own output: pytorch-grad-cam keeps a view of the tensor passed on, which an in-place op
+            # after the layer (ReLU(inplace=True)) would have changed
+            activations = self._kept.detach().float().cpu().numpy()
             grads = cam.activations_and_grads.gradients[0].float().numpy() if cam.uses_gradients else None
             layer = cam.target_layers[0]
             raw = cam.get_cam_image(x, layer, targets, activations, grads, False)

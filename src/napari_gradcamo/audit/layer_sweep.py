@@ -106,7 +106,9 @@ class MultiLayerCam:
             if not output.requires_grad:  # the first hooked layer to run: the backward pass stops here
                 output = output.detach().requires_grad_(True)
             self._outputs[name] = output
-            return output
+            # the layers after see a copy: an in-place op there (DenseNet's ReLU(inplace=True)) would otherwise
+            # change the kept activations, or fail on the leaf ("a leaf Variable … used in an in-place operation")
+            return output.clone()
         return keep
 
     def compute(self, batch: np.ndarray, target_classes: Sequence[int | None] | None = None):

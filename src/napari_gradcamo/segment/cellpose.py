@@ -63,9 +63,9 @@ def _backend():
     """The module that knows the installed cellpose: :mod:`.cellpose3` or :mod:`.cellpose4`."""
     major = cellpose_major()
     if major == 3:
-        from napari_gradcamo.segment import cellpose3 as backend
+        import napari_gradcamo.segment.cellpose3 as backend
     elif major == 4:
-        from napari_gradcamo.segment import cellpose4 as backend
+        import napari_gradcamo.segment.cellpose4 as backend
     else:
         raise SegmentationError(
             f"cellpose {major} is installed; this tool runs cellpose 3 or 4 "
