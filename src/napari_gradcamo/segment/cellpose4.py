@@ -153,6 +153,21 @@ def check_model_file(path: Path) -> dict:
     return state
 
 
+def _cpsam_shapes() -> dict:
+    """Parameter name → shape of cellpose 4's cpsam network, built on torch's meta device (nothing allocated,
+    no weights read); empty if this cellpose cannot build it."""
+    import torch
+
+    try:
+        from cellpose import vit
+
+        with torch.device("meta"):
+            net = vit.CPSAM()
+    except Exception:  # noqa: BLE001 - only the message's detail depends on it
+        return {}
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
 def build_model(kind: str, value: str, path: Path, gpu: bool):
     """A ``CellposeModel`` loaded from the checked file at ``path`` (no download)."""
     from cellpose import models as cp_models
@@ -166,6 +181,8 @@ def build_model(kind: str, value: str, path: Path, gpu: bool):
         detail = " ".join(str(exc).split())  # torch lists the mismatches on several lines
         found, expected = shapes_from_load_error(detail)
         message = mismatch_message(path, found, expected) if found else None
+        if message is None:  # cellpose refused the file before loading it (e.g. "not a CP4 model" without W2)
+            message = mismatch_message(path, {k: tuple(v.shape) for k, v in state.items()}, _cpsam_shapes())
         raise SegmentationError(message or f"cellpose 4 could not load {path}: {detail}") from exc
     found = {k: tuple(v.shape) for k, v in state.items()}
     expected = {k: tuple(v.shape) for k, v in model.net.state_dict().items()}
