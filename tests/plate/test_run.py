@@ -1,6 +1,7 @@
 """Whole plates: an OME-Zarr HCS plate end to end on dask.distributed, resume, failures, a killed worker."""
 
 import json
+import logging
 import os
 import signal
 
@@ -119,11 +120,24 @@ def test_folder_of_tiff_fields_records_a_failed_field_with_its_reason(tmp_path):
     assert "Labels shape (3, 10, 10)" in write_report(tmp_path / "out").read_text()
 
 
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 def test_a_worker_killed_mid_run_costs_no_cell_and_no_duplicate(tmp_path):
     """Two worker processes; one is killed (SIGKILL) while it audits a field: the run completes, and every cell
-    of every field is in the plate table exactly once."""
+    of every field is in the plate table exactly once. When the cluster closes, no worker is killed for
+    taking too long to exit (before PromptExit both were, after every run: "still alive after 4.0 seconds")."""
     source, layout = write_synthetic_plate(tmp_path / "plate", 8, sites_per_well=2)
     client, cluster = make_client(2, processes=True)
+    nanny = logging.getLogger("distributed.nanny")
+    records = _Records()
+    nanny.addHandler(records)
     killed = None
     try:
         outcomes = []
@@ -139,7 +153,9 @@ def test_a_worker_killed_mid_run_costs_no_cell_and_no_duplicate(tmp_path):
     finally:
         client.close()
         cluster.close()
+        nanny.removeHandler(records)
     assert killed is not None
+    assert not [m for m in records.messages if "still alive" in m], records.messages
     assert sorted(o.status for o in outcomes) == ["done"] * 8 and failures.empty
     keys = list(zip(table["field"], table["label"]))
     assert len(keys) == len(set(keys)) == len(_expected_cells(discover(source, layout)))

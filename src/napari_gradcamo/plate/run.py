@@ -191,7 +191,8 @@ def preflight(checkpoint, settings: AuditSettings, workers: int | None = None, t
 
 def make_client(workers: int | None = None, scheduler: str | None = None, processes: bool = True):
     """A client of the cluster at ``scheduler``, else of a LocalCluster of ``workers`` single-threaded
-    workers (default: one per CPU core). Returns (client, cluster or None)."""
+    workers (default: one per CPU core; worker processes get :class:`~napari_gradcamo.plate.worker_exit.PromptExit`
+    so the cluster closes without killing them). Returns (client, cluster or None)."""
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -200,7 +201,12 @@ def make_client(workers: int | None = None, scheduler: str | None = None, proces
     if n < 1:
         raise ValueError(f"--workers must be at least 1, got {n}.")
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None)
-    return Client(cluster), cluster
+    client = Client(cluster)
+    if processes:  # our own worker processes: let them exit promptly when the cluster closes
+        from napari_gradcamo.plate.worker_exit import PromptExit
+
+        client.register_plugin(PromptExit())
+    return client, cluster
 
 
 def iter_plate(source, checkpoint, out, settings: AuditSettings | None = None, *, layout=None,
