@@ -1,4 +1,4 @@
-"""Supervised CNN vs VAE vs InfoMax VAE vs hand-crafted features: profile quality and Grad-CAMO, synthetic data.
+"""Supervised CNN vs VAE vs SC-VAE vs InfoMax VAE vs hand-crafted features: profile quality and Grad-CAMO, synthetic data.
 
 Data (per seed): synthetic 3D Cell Painting fields (12×64×64, 5 stains) with 5 graded dose levels
 (s = 0, ¼, ½, ¾, 1: the cell morphology changes continuously with s, see synthetic/generator.py) and the
@@ -7,8 +7,9 @@ dose. Test wells (another seed, other wells): the confound is drawn at random pe
 dose, so profiles that encode the background no longer order cells by dose.
 
 Models, trained on the same crops (8×32×32) with the same seed: the small 3D CNN classifier (the dose as 5
-classes; profiles = its pooled ``stage3`` features), a VAE and an InfoMax VAE (same small-CNN trunk as encoder,
-latent 16, β = 1; profiles = latent means), and hand-crafted scikit-image features of the cell (no training).
+classes; profiles = its pooled ``stage3`` features), a VAE, a skip-connection VAE (SC-VAE) and an InfoMax VAE
+(same small-CNN trunk as encoder, latent 16, β = 1; profiles = latent means), and hand-crafted scikit-image
+features of the cell (no training). ``--models`` picks which (default: all but the SC-VAE, as first run).
 Every metric of :mod:`napari_gradcamo.profiles.metrics` on the test cells (profiles z-scored per feature), and
 the Grad-CAMO of each learned model at ``stage1``: the classifier's predicted class; for the VAEs the latent
 mean projected on the control → highest-dose direction (fitted on the training cells, +d side), and the
@@ -17,6 +18,7 @@ latent unit with the largest mean (the raw checkpoint in the audit).
 Usage (one seed per process; each writes a JSON line; --write makes the Markdown table):
     python scripts/self_supervised_experiment.py --seed 0 --jsonl docs/results/self_supervised_runs.jsonl
     python scripts/self_supervised_experiment.py --write docs/self_supervised_table.md --jsonl docs/results/self_supervised_runs.jsonl
+    python scripts/self_supervised_experiment.py --seed 0 --models vae,sc-vae --jsonl docs/results/sc_vae_runs.jsonl
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ from napari_gradcamo.train.loop import train_classifier
 from napari_gradcamo.train.vae_loop import VaeConfig, fit_vae
 
 DOSES = ["dose0", "dose1", "dose2", "dose3", "dose4"]
+#: --models names → the table's names (the VAE objectives are those of ``gradcamo train --objective``)
+MODELS = {"supervised": "supervised CNN", "vae": "VAE", "sc-vae": "SC-VAE", "infomax-vae": "InfoMax VAE",
+          "hand-crafted": "hand-crafted"}
+DEFAULT_MODELS = "supervised,vae,infomax-vae,hand-crafted"
 METRICS = ["trustworthiness", "continuity", "lcmc", "knn_accuracy", "linear_accuracy", "backbone_spearman",
            "backbone_straightness", "replicate_map", "activity_map", "mine_nats", "gradcamo", "gradcamo_unit"]
 
@@ -111,11 +117,14 @@ def run_seed(seed: int, args) -> dict:
         record["models"][name] = metrics
         print(seed, name, json.dumps({k: metrics.get(k) for k in METRICS + ["seconds_per_epoch"]}), file=sys.stderr)
 
-    bundle, seconds = train_supervised(train, seed, args.epochs_supervised)
-    table = extract_profiles(bundle, test, layer="stage3", cam_layer=TARGET_LAYER, device="cpu")
-    evaluate("supervised CNN", table[feature_columns(table)].to_numpy(), table["gradcamo"].to_numpy(), None, seconds)
+    if "supervised" in args.models:
+        bundle, seconds = train_supervised(train, seed, args.epochs_supervised)
+        table = extract_profiles(bundle, test, layer="stage3", cam_layer=TARGET_LAYER, device="cpu")
+        evaluate("supervised CNN", table[feature_columns(table)].to_numpy(), table["gradcamo"].to_numpy(), None,
+                 seconds)
 
-    for name, objective in (("VAE", "vae"), ("InfoMax VAE", "infomax-vae")):
+    for objective in (m for m in ("vae", "sc-vae", "infomax-vae") if m in args.models):
+        name = MODELS[objective]
         config = VaeConfig(objective=objective, latent_dim=16, beta=1.0, epochs=args.epochs_vae, seed=seed,
                            mi_weight=args.mi_weight if objective == "infomax-vae" else 0.0, val_fraction=0.2,
                            batch_size=args.batch_size_vae, device="cpu")
@@ -130,11 +139,20 @@ def run_seed(seed: int, args) -> dict:
         record["models"][name]["final_mutual_information"] = result.history.mutual_information[-1]
         record["models"][name]["best_epoch"] = result.best_epoch
 
-    started = time.perf_counter()
-    hand = handcrafted_profiles(test, STAINS)
-    evaluate("hand-crafted", hand.to_numpy())
-    record["models"]["hand-crafted"]["seconds_total"] = time.perf_counter() - started
+    if "hand-crafted" in args.models:
+        started = time.perf_counter()
+        hand = handcrafted_profiles(test, STAINS)
+        evaluate("hand-crafted", hand.to_numpy())
+        record["models"]["hand-crafted"]["seconds_total"] = time.perf_counter() - started
     return record
+
+
+def model_list(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown model(s) {unknown or text!r}; choose from {', '.join(MODELS)}")
+    return names
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -174,6 +192,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size-vae", type=int, default=8)
     p.add_argument("--mine", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--models", type=model_list, default=model_list(DEFAULT_MODELS),
+                   help=f"comma-separated, from {', '.join(MODELS)} (default {DEFAULT_MODELS})")
     args = p.parse_args(argv)
     if args.seed is not None:
         record = run_seed(args.seed, args)

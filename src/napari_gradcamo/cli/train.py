@@ -32,8 +32,9 @@ def cmd_train(args) -> int:
     check_images_once(manifest)
     classes = check_class_list(manifest, args.classes.split(",") if args.classes else None)
     if args.objective != "classifier":
+        config = _vae_config(args)  # a wrong combination of options: refused before the cache is built
         manifest, cache = load_cache(args, args.manifest, out, args.crop_shape, channels, classes)
-        return _train_vae(args, manifest, cache, out)
+        return _train_vae(args, config, manifest, cache, out)
     outside_weight = _outside_gradient_weight(args)
     kwargs = _arch_kwargs(args)
     # a factory the user names on this command line (--arch custom --arch-kwargs '{"factory": ...}') is trusted
@@ -119,15 +120,23 @@ def _arch_kwargs(args) -> dict:
     return kwargs
 
 
-def _train_vae(args, manifest, cache, out: Path) -> int:
-    """``--objective vae | infomax-vae``: an (InfoMax) VAE whose latent means become the profiles."""
-    from napari_gradcamo.train.vae_loop import VaeConfig, fit_vae
+def _vae_config(args):
+    """The checked :class:`~napari_gradcamo.train.vae_loop.VaeConfig` of ``--objective vae | sc-vae | infomax-vae``."""
+    from napari_gradcamo.train.vae_loop import VaeConfig
 
     encoder = "small-cnn" if args.arch == "small-cnn-3d" else args.arch
     config = VaeConfig(objective=args.objective, encoder=encoder, width=args.width, latent_dim=args.latent_dim,
                        beta=args.beta, mi_weight=args.mi_weight, mi_alpha=args.mi_alpha, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        val_fraction=args.val_fraction, jitter=args.jitter, seed=args.seed, device=args.device)
+    config.validate()
+    return config
+
+
+def _train_vae(args, config, manifest, cache, out: Path) -> int:
+    """``--objective vae | sc-vae | infomax-vae``: a VAE (plain, skip-connection or InfoMax) whose latent means
+    become the profiles."""
+    from napari_gradcamo.train.vae_loop import fit_vae
     print(f"{len(cache.data)} crops of {len(manifest)} fields; {args.objective}, latent {args.latent_dim}; "
           f"cache {cache.folder} ({'reused' if cache.reused else 'built'})", file=sys.stderr)
     bar, update = progress_bar("train", "batch")
@@ -211,8 +220,9 @@ def register(sub) -> None:
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (resume.pt)")
     g = p.add_argument_group("self-supervised objectives (docs/self-supervised.md)")
-    g.add_argument("--objective", choices=("classifier", "vae", "infomax-vae"), default="classifier",
-                   help="classifier (default); vae or infomax-vae: profiles = latent means, no labels used")
+    g.add_argument("--objective", choices=("classifier", "vae", "sc-vae", "infomax-vae"), default="classifier",
+                   help="classifier (default); vae, sc-vae (skip-connection VAE) or infomax-vae: profiles = latent "
+                        "means, no labels used")
     g.add_argument("--latent-dim", type=int, default=16, help="VAE latent size")
     g.add_argument("--beta", type=float, default=1.0, help="weight β of the VAE's KL term")
     g.add_argument("--mi-weight", type=float, default=0.0,

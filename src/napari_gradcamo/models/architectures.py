@@ -40,7 +40,8 @@ _FACTORY_SPEC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:
 _BUILTIN_KWARGS: dict[str, dict[str, tuple[type, float, float]]] = {
     SMALL_CNN: {"width": (int, 1, 512)},
     SMALL_CNN_2D: {"width": (int, 1, 512)},
-    VAE: {"width": (int, 1, 512), "features": (int, 1, 4096), "encoder": (str, None, None)},
+    VAE: {"width": (int, 1, 512), "features": (int, 1, 4096), "encoder": (str, None, None),
+          "skip_connections": (bool, None, None)},  # True: the skip-connection VAE (sc-vae)
     **{name: {"dropout_rate": (float, 0.0, 1.0), "drop_connect_rate": (float, 0.0, 1.0)} for name in EFFICIENTNET_NAMES},
 }
 
@@ -76,6 +77,10 @@ def _check_builtin_kwargs(arch: str, kwargs: dict[str, Any]) -> None:
                 f"{', '.join(allowed) or 'none'}. Remove it from the checkpoint metadata (or --arch-kwargs)."
             )
         kind, low, high = allowed[key]
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise CheckpointError(f"architecture_kwargs: '{key}' = {value!r} must be true or false for '{arch}'.")
+            continue
         if kind is str:
             if not isinstance(value, str):
                 raise CheckpointError(f"architecture_kwargs: '{key}' = {value!r} must be text for '{arch}'.")

@@ -1,10 +1,18 @@
-"""Variational autoencoders for single-cell crops: a plain VAE and the InfoMax VAE's mutual-information critic.
+"""Variational autoencoders for single-cell crops: a plain VAE, the skip-connection VAE (SC-VAE) and the
+InfoMax VAE's mutual-information critic.
 
 * :class:`CropVAE` — encoder (the small 3D CNN trunk, or MONAI's 3D EfficientNet) → latent mean and
   log-variance → decoder (transposed 3D convolutions back to the crop). ``forward(x)`` returns the latent
   **means** (B, D), so a VAE checkpoint is a feature extractor to the profiles and a D-output "model" to the
   audit (Grad-CAM of latent unit k = Grad-CAM of ``mu_k``); :meth:`CropVAE.reconstruct` gives
   (reconstruction, mu, logvar) for training. 2D crops are crops with one z-plane (z never pooled).
+* ``CropVAE(..., skip_connections=True)`` — the SC-VAE of the VAE cell-profiling work (after Zheng et al.,
+  2018, arXiv:1802.06677): every convolutional layer of the encoder and of the decoder gets a shortcut
+  that carries its input, resampled without learnable weights to the layer's output shape (channels by
+  linear interpolation, space by averaging 2×2(×2) blocks in the encoder and trilinear upsampling in the
+  decoder), added to the layer's output before its activation. The shortcuts stay *inside* the encoder and
+  inside the decoder: nothing goes from the encoder to the decoder around the latent code, so the code
+  still has to carry everything the reconstruction uses (see :class:`SkipStage`, :class:`SkipUp`).
 * :class:`MutualInfoCritic` + :func:`interpolated_mi_bound` — the InfoMax VAE (Rezaabad & Vishwanath, 2020)
   with the interpolated lower bound I_α of Poole et al. (2019) instead of the NWJ bound, as in the VAE
   cell-profiling work.
@@ -44,19 +52,110 @@ def _small_trunk(in_channels: int, width: int, crop_shape: Sequence[int]) -> nn.
     return net
 
 
+def channel_resampler(c_in: int, c_out: int):
+    """The fixed (c_out, c_in) matrix that linearly interpolates c_in channels to c_out (identity if equal)."""
+    basis = torch.eye(c_in).unsqueeze(1)  # (c_in, 1, c_in): the unit vectors e_j as signals of length c_in
+    resampled = nn.functional.interpolate(basis, size=c_out, mode="linear", align_corners=False)  # (c_in, 1, c_out)
+    return resampled[:, 0, :].T.contiguous()  # column j = where e_j lands
+
+
+class Shortcut(nn.Module):
+    """The parameter-free SC-VAE shortcut: channels linearly interpolated c_in → c_out, then space averaged
+    over ``down`` blocks (encoder) or trilinearly upsampled by ``up`` (decoder). ``gain`` (1) scales it;
+    setting it to 0 switches the shortcut off (used by the tests to show the shortcuts carry signal)."""
+
+    def __init__(self, c_in: int, c_out: int, down=None, up=None):
+        super().__init__()
+        self.register_buffer("mix", channel_resampler(c_in, c_out), persistent=False)
+        self.down = tuple(down) if down else None
+        self.up = tuple(float(u) for u in up) if up else None
+        self.gain = 1.0
+
+    def forward(self, x):
+        h = torch.einsum("oc,bczyx->bozyx", self.mix.to(x.dtype), x)
+        if self.down and any(d > 1 for d in self.down):
+            h = nn.functional.avg_pool3d(h, self.down)
+        if self.up and any(u > 1 for u in self.up):
+            h = nn.functional.interpolate(h, scale_factor=self.up, mode="trilinear", align_corners=False)
+        return self.gain * h
+
+
+class SkipStage(nn.Module):
+    """An SC-VAE encoder stage: ReLU(pool(conv-BN-ReLU-conv-BN(x)) + shortcut(x)). Without the shortcut
+    it computes what the small CNN's stage computes (max-pooling and ReLU commute)."""
+
+    def __init__(self, c_in: int, c_out: int, pool=None):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv3d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm3d(c_out), nn.ReLU(),
+            nn.Conv3d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm3d(c_out),
+        )
+        self.pool = nn.MaxPool3d(pool) if pool else nn.Identity()
+        self.skip = Shortcut(c_in, c_out, down=pool)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.pool(self.body(x)) + self.skip(x))
+
+
+class SkipUp(nn.Module):
+    """An SC-VAE decoder stage: ReLU(ConvT-BN-ReLU-conv-BN(x) + shortcut(x)), the shortcut upsampling
+    ``stride``-fold; ``last`` = a single 3×3×3 convolution to the crop's channels plus the shortcut, no
+    normalisation or activation (the reconstruction is in normalised units)."""
+
+    def __init__(self, c_in: int, c_out: int, stride=None, last: bool = False):
+        super().__init__()
+        if last:
+            self.body = nn.Conv3d(c_in, c_out, 3, padding=1)
+            self.act = nn.Identity()
+        else:
+            self.body = nn.Sequential(
+                nn.ConvTranspose3d(c_in, c_out, stride, stride=stride), nn.BatchNorm3d(c_out), nn.ReLU(),
+                nn.Conv3d(c_out, c_out, 3, padding=1), nn.BatchNorm3d(c_out),
+            )
+            self.act = nn.ReLU()
+        self.skip = Shortcut(c_in, c_out, up=stride)
+
+    def forward(self, x):
+        return self.act(self.body(x) + self.skip(x))
+
+
+def _skip_trunk(in_channels: int, width: int, crop_shape: Sequence[int]) -> nn.Sequential:
+    """The SC-VAE encoder: the small CNN's three stages (names stage1..stage3) with shortcuts + global pooling."""
+    from collections import OrderedDict
+
+    pools = _pools(crop_shape)
+    return nn.Sequential(OrderedDict(
+        stage1=SkipStage(in_channels, width, pools[0]),
+        stage2=SkipStage(width, 2 * width, pools[1]),
+        stage3=SkipStage(2 * width, 4 * width, None),
+        pool=nn.AdaptiveAvgPool3d(1),
+        flatten=nn.Flatten(),
+    ))
+
+
 class CropVAE(nn.Module):
-    """A VAE over (B, C, z, y, x) crops; ``forward`` returns the latent means."""
+    """A VAE over (B, C, z, y, x) crops; ``forward`` returns the latent means.
+
+    ``skip_connections=True`` builds the SC-VAE (small-cnn encoder only; see the module docstring)."""
 
     def __init__(self, in_channels: int, crop_shape: Sequence[int], latent_dim: int = 16, width: int = 8,
-                 encoder: str = "small-cnn", features: int = 64):
+                 encoder: str = "small-cnn", features: int = 64, skip_connections: bool = False):
         super().__init__()
         if latent_dim < 2:
             raise ValueError("latent_dim must be ≥ 2.")
         if encoder not in ENCODERS:
             raise ValueError(f"Unknown VAE encoder '{encoder}'; use one of {', '.join(ENCODERS)}.")
+        if skip_connections and encoder != "small-cnn":
+            raise ValueError(f"The skip-connection VAE (sc-vae) is built on the small CNN encoder, not '{encoder}' "
+                             "(EfficientNet's blocks already have residual shortcuts); use --arch small-cnn-3d.")
         pools = _pools(crop_shape)
         self.crop_shape = tuple(int(s) for s in crop_shape)
-        if encoder == "small-cnn":
+        self.skip_connections = bool(skip_connections)
+        if skip_connections:
+            self.encoder = _skip_trunk(in_channels, width, crop_shape)
+            features = 4 * width
+        elif encoder == "small-cnn":
             self.encoder = _small_trunk(in_channels, width, crop_shape)
             features = 4 * width
         else:
@@ -75,8 +174,12 @@ class CropVAE(nn.Module):
                 nn.Conv3d(cout, cout, 3, padding=1), nn.BatchNorm3d(cout), nn.ReLU(),
             )
 
-        self.decoder = nn.Sequential(up(4 * width, 2 * width, pools[1]), up(2 * width, width, pools[0]),
-                                     nn.Conv3d(width, in_channels, 3, padding=1))
+        if skip_connections:
+            self.decoder = nn.Sequential(SkipUp(4 * width, 2 * width, pools[1]), SkipUp(2 * width, width, pools[0]),
+                                         SkipUp(width, in_channels, last=True))
+        else:
+            self.decoder = nn.Sequential(up(4 * width, 2 * width, pools[1]), up(2 * width, width, pools[0]),
+                                         nn.Conv3d(width, in_channels, 3, padding=1))
 
     def encode(self, x):
         h = self.encoder(x)

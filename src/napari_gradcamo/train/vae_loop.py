@@ -1,4 +1,5 @@
-"""Train a VAE or an InfoMax VAE on cell crops (``gradcamo train --objective vae|infomax-vae``).
+"""Train a VAE, a skip-connection VAE or an InfoMax VAE on cell crops
+(``gradcamo train --objective vae|sc-vae|infomax-vae``).
 
 Same data path as the classifier (:mod:`.loop`): wells split into train/validation, per-channel
 normalisation fitted on the training wells, the same augmentation, AdamW + one-cycle LR. No labels are
@@ -6,7 +7,9 @@ used for the weights; the class of each crop is only used to stratify the split 
 
 Objective per crop (normalised crops): ``‖x − x̂‖² + β·KL(q(z|x) ‖ N(0, I)) − γ·I_α(x; z)``, where
 ``I_α`` is the interpolated mutual-information bound of :func:`~napari_gradcamo.models.vae.interpolated_mi_bound`
-estimated by a critic trained jointly (γ = ``mi_weight``; 0 for the plain VAE). The checkpoint keeps the
+estimated by a critic trained jointly (γ = ``mi_weight``; 0 for the plain VAE and the SC-VAE, whose
+difference from the plain VAE is the network: shortcuts in every encoder and decoder layer, see
+:mod:`napari_gradcamo.models.vae`). The checkpoint keeps the
 epoch with the lowest validation loss (reconstruction + β·KL; the MI term is a training aid).
 """
 
@@ -27,11 +30,15 @@ from napari_gradcamo.progress import CancelToken, ProgressCallback, check, repor
 CRITIC_LR_FACTOR = 5.0
 
 
+#: the self-supervised objectives ``gradcamo train --objective`` accepts besides ``classifier``
+OBJECTIVES = ("vae", "sc-vae", "infomax-vae")
+
+
 @dataclass
 class VaeConfig:
-    """What ``gradcamo train --objective vae|infomax-vae`` needs besides the data (stored in the checkpoint)."""
+    """What ``gradcamo train --objective vae|sc-vae|infomax-vae`` needs besides the data (stored in the checkpoint)."""
 
-    objective: str = "vae"
+    objective: str = "vae"  # or "sc-vae" (skip-connection VAE), "infomax-vae"
     encoder: str = "small-cnn"  # or efficientnet-b0..b2
     width: int = 8
     latent_dim: int = 16
@@ -48,12 +55,15 @@ class VaeConfig:
     device: str = "auto"
 
     def validate(self) -> None:
-        if self.objective not in ("vae", "infomax-vae"):
-            raise ValueError(f"objective must be 'vae' or 'infomax-vae' here, got {self.objective!r}.")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)} here, got {self.objective!r}.")
         if self.objective == "infomax-vae" and self.mi_weight <= 0:
             self.mi_weight = 1.0
-        if self.objective == "vae" and self.mi_weight > 0:
+        if self.objective != "infomax-vae" and self.mi_weight > 0:
             raise ValueError("--mi-weight > 0 needs --objective infomax-vae.")
+        if self.objective == "sc-vae" and self.encoder != "small-cnn":
+            raise ValueError(f"--objective sc-vae builds its skip connections into the small CNN encoder, not "
+                             f"'{self.encoder}'; use --arch small-cnn-3d.")
         if self.latent_dim < 2 or self.beta < 0 or self.epochs < 1 or self.batch_size < 2:
             raise ValueError("Need latent_dim ≥ 2, β ≥ 0, epochs ≥ 1 and batch_size ≥ 2.")
         if not 0 <= self.mi_alpha <= 1:
@@ -135,6 +145,8 @@ def fit_vae(data: CropSet, dataset_classes: Sequence[str], channel_names: Sequen
         raise ValueError("Fewer than two training crops after the split by well; add wells or lower --val-fraction.")
     normalization = fit_normalization_rows(data.x, split["train"])
     kwargs = {"encoder": config.encoder, "width": config.width}
+    if config.objective == "sc-vae":
+        kwargs["skip_connections"] = True
     meta = ModelMetadata(VAE, latent_names(config.latent_dim), list(channel_names), [int(s) for s in crop_shape],
                          architecture_kwargs=kwargs, normalization=normalization,
                          target_layer="encoder.stage1" if config.encoder == "small-cnn" else None)
