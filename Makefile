@@ -74,10 +74,13 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py --quick
 
-## The benchmark's CI gate (~2 min): every method once per model and the map check; fails on any error row.
+## The benchmark's CI gate (~3 min): every method once per model and the map check; fails on any error row;
+## a 4-field plate on 1 and 2 workers fails on a failed field or a worker killed at shutdown.
 ## Results go to a temporary folder (the tree stays clean).
 bench-ci: setup
-	out=$$(mktemp -d) && $(BIN)/python benchmarks/run.py --ci --no-qt --out $$out && rm -rf $$out
+	out=$$(mktemp -d) && $(BIN)/python benchmarks/run.py --ci --no-qt --out $$out \
+	  && $(BIN)/python benchmarks/plate.py --fields 4 --no-effnet --no-kill --workers 1,2 --work $$out/plate \
+	     --json $$out/plate.json && rm -rf $$out
 
 ## Re-train the two bundled demo models (seeded, ≈3 min on 2 cores).
 demo-models: setup
