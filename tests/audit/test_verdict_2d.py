@@ -92,9 +92,9 @@ def test_2d_verdict_through_the_cli(tmp_path, capsys):
 # --------------------------------------------------------------------------- the sweep equals the audit
 
 
-def cnn_bundle(**meta) -> ModelBundle:
+def cnn_bundle(outputs: int = 2, **meta) -> ModelBundle:
     torch.manual_seed(3)
-    model = small_cnn(2, 2, width=4, dims=2).eval()
+    model = small_cnn(2, outputs, width=4, dims=2).eval()
     return ModelBundle(model, ModelMetadata("small-cnn-2d", ["a", "b"], ["c0", "c1"], [1, 16, 16],
                                             architecture_kwargs={"width": 4}, **meta))
 
@@ -113,12 +113,14 @@ COMPARED = ["probability", "gradcamo", "normalised", "lift", "neighbour_share", 
             "drop_context_occluded"]
 
 
-@pytest.mark.parametrize("case", ["one plane", "plane by plane", "masked and resampled"])
+@pytest.mark.parametrize("case", ["one plane", "plane by plane", "masked and resampled", "one-logit head"])
 def test_2d_sweep_equals_the_single_layer_audit_at_every_layer(case):
     if case == "one plane":
         (image, labels), bundle, settings = cnn_field(1), cnn_bundle(), {}
     elif case == "plane by plane":
         (image, labels), bundle, settings = cnn_field(5), cnn_bundle(), {"planes": 3, "target_class": "b"}
+    elif case == "one-logit head":  # ±z explained per plane, both classes
+        (image, labels), bundle, settings = cnn_field(3), cnn_bundle(1, head="sigmoid-binary"), {"planes": 2}
     else:
         image, labels = cnn_field(1, voxel=(1.0, 0.25, 0.25))
         bundle, settings = cnn_bundle(voxel_size=[1.0, 0.5, 0.5], crop_mode="masked", padding_value=-3.0), {}
