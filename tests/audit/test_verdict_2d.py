@@ -155,3 +155,25 @@ def test_2d_verdict_cells_are_the_audits_scores():
 def test_2d_sweep_refuses_perturbation_methods_with_the_fix():
     with pytest.raises(ValueError, match="perturbs the input once per layer.*--layer"):
         MultiLayerCam(cnn_bundle().model, ["stage1"], "cpu", method="scorecam")
+
+
+def test_2d_sweep_equals_the_audit_on_torchvision_resnet18():
+    """The 2D family used on BBBC022-like data: in-place ReLUs after hooked layers, eight candidate layers."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=2).eval()
+    meta = ModelMetadata("custom", ["a", "b"], ["c0", "c1", "c2"], [1, 64, 64],
+                         architecture_kwargs={"factory": "torchvision.models:resnet18", "num_classes": 2})
+    bundle = ModelBundle(model, meta)
+    rng = np.random.default_rng(1)
+    labels = np.zeros((1, 128, 128), np.int32)
+    labels[:, 20:40, 20:40] = 1
+    labels[:, 70:100, 60:90] = 2
+    image = make_image(rng.random((3, 1, 128, 128)).astype(np.float32) + 2.0 * (labels > 0)[None], "CZYX",
+                       ["c0", "c1", "c2"], (1.0, 1.0, 1.0))
+    swept = run_sweep(image, labels, bundle, None, AuditSettings(occlusion=True))
+    assert list(swept) == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+    for layer, table in swept.items():
+        single = run_audit(image, labels, bundle, AuditSettings(occlusion=True, target_layer=layer)).table
+        for column in COMPARED:
+            np.testing.assert_allclose(table[column], single[column], atol=1e-5, err_msg=f"{layer}, {column}")
