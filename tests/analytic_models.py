@@ -25,3 +25,29 @@ class ChannelMeanClassifier(nn.Module):
 def channel_mean_classifier(in_channels: int, num_classes: int):
     """Factory in the 'package.module:function' form that checkpoints name."""
     return ChannelMeanClassifier(in_channels, num_classes)
+
+
+class SpotReader2D(nn.Module):
+    """A 2D model whose cue is known by construction: logit_treated = 20·(max over a region of x₀ − 0.5),
+    logit_control = 0, so 'treated' iff a bright spot (channel 0) lies in the region. ``where="cell"``: the
+    region is the cell's stain (channel 1, clamped to 0..1); ``"medium"``: everything outside it."""
+
+    def __init__(self, where: str = "cell"):
+        super().__init__()
+        self.where = where
+        self.features = nn.Conv2d(2, 1, 1, bias=False)
+        with torch.no_grad():
+            self.features.weight.zero_()
+            self.features.weight[0, 0] = 1.0
+        self.pool = nn.AdaptiveMaxPool2d(1)
+
+    def forward(self, x):
+        stain = x[:, 1:2].clamp(0, 1)
+        region = stain if self.where == "cell" else 1 - stain
+        m = self.pool(self.features(x) * region).flatten(1)
+        return torch.cat([torch.zeros_like(m), 20 * (m - 0.5)], dim=1)
+
+
+def spot_reader_2d(where: str = "cell"):
+    """Factory of :class:`SpotReader2D` ('package.module:function' form)."""
+    return SpotReader2D(where)

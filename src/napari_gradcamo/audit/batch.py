@@ -92,8 +92,9 @@ def score_batch(engine: CamEngine, crops: BatchCrops, normalization: dict, targe
     with its surroundings hidden."""
     def as_model_input(images: np.ndarray) -> np.ndarray:
         batch = normalize_crops(images, normalization)
-        if crop_mode == "masked":
-            batch = mask_outside_cell(batch, crops.cell_masks, padding_value)
+        if crop_mode == "masked":  # occluded copies (a multiple of the batch) are masked with their crop's cell
+            masks = np.concatenate([crops.cell_masks] * (len(batch) // len(crops.cell_masks)))
+            batch = mask_outside_cell(batch, masks, padding_value)
         return batch if model_crop_shape is None else resample_crops(batch, model_crop_shape)
 
     probs, chosen, raw = engine.compute(as_model_input(crops.images), list(targets) if targets is not None else None)

@@ -85,6 +85,20 @@ def autocast_dtype(precision: str, device):
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+def planes_as_images(x, spatial_dims: int):
+    """A batch (B, C, z, y, x) as the model takes it: unchanged for a 3D model; for a 2D model each z-plane
+    its own image, (B·z, C, y, x) (:func:`per_crop` brings the planes' answers back to one per crop)."""
+    if spatial_dims != 2:
+        return x
+    n, c, planes = x.shape[:3]
+    return x.permute(0, 2, 1, 3, 4).reshape(n * planes, c, *x.shape[3:])
+
+
+def per_crop(probs: np.ndarray, n: int, spatial_dims: int) -> np.ndarray:
+    """Class probabilities per crop: a 2D model's planes (rows of :func:`planes_as_images`) averaged."""
+    return probs.reshape(n, -1, probs.shape[-1]).mean(axis=1) if spatial_dims == 2 else probs
+
+
 def get_module(model, name: str):
     try:
         return model.get_submodule(name)
@@ -258,19 +272,21 @@ class CamEngine:
         return x
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (B, K) of an already normalised batch as the model's head means them, without
-        maps (no backward pass)."""
+        """Class probabilities (B, K) of an already normalised batch (B, C, z, y, x) as the model's head means
+        them, without maps (no backward pass); a 2D model's planes are averaged per crop, as in :meth:`compute`."""
         import torch
 
         from napari_gradcamo.models.heads import probabilities
 
         if not self.channels_last:
             self._drop_layout()
-        x = self._in_layout(torch.as_tensor(batch, dtype=torch.float32, device=self.device))
+        x = torch.as_tensor(batch, dtype=torch.float32, device=self.device)
+        n = x.shape[0]
+        x = self._in_layout(planes_as_images(x, self.spatial_dims))  # a 2D model: plane by plane, as compute
         with torch.no_grad():
             logits = self.model(x)
         self._cam.activations_and_grads.clear()  # the CAM's hooks saw this pass: keep them empty for compute
-        return probabilities(self.head, logits)
+        return per_crop(probabilities(self.head, logits), n, self.spatial_dims)
 
 
 def _has_conv3d(model) -> bool:

@@ -22,11 +22,22 @@ import numpy as np
 import pandas as pd
 
 from napari_gradcamo.audit.batch import ScoredBatch, batch_of
-from napari_gradcamo.audit.cam import FALLBACK_METHODS, cam_class, get_module, pick_device, upsample
+from napari_gradcamo.audit.cam import (
+    CAM_METHODS,
+    CAM_METHODS_2D,
+    FALLBACK_METHODS,
+    cam_class,
+    get_module,
+    per_crop,
+    pick_device,
+    planes_as_images,
+    upsample,
+)
 from napari_gradcamo.audit.occlusion import background_levels, occlusion_drops
-from napari_gradcamo.audit.run import AuditSettings, cell_rows, prepare, resolve_target_class
+from napari_gradcamo.audit.run import AuditSettings, audit_crop_shape, cell_rows, prepare, resolve_target_class
 from napari_gradcamo.audit.scoring import ZERO_MAP_REASON, inside_image_mask, score_cam
 from napari_gradcamo.crops.extract import extract_crop
+from napari_gradcamo.crops.resample import image_crop_shape, mask_outside_cell, needs_resampling, resample_crops
 from napari_gradcamo.models.checkpoint import normalize_crops
 from napari_gradcamo.models.layers import all_module_outputs, check_target_layer, model_spatial_dims
 from napari_gradcamo.output import results
@@ -65,13 +76,21 @@ def candidate_layers(model, crop_shape: Sequence[int], in_channels: int) -> list
 
 
 class MultiLayerCam:
-    """Raw Grad-CAM maps at several layers in one pass. A context manager: freezes weights, hooks layers."""
+    """Raw Grad-CAM maps at several layers in one pass. A context manager: freezes weights, hooks layers.
+
+    A 2D model sees each z-plane of a crop as its own image, as in :class:`~napari_gradcamo.audit.cam.CamEngine`:
+    its planes' probabilities are averaged per crop, every plane's map explains the crop's target class, and
+    the maps are stacked back along z."""
 
     def __init__(self, model, layers: Sequence[str], device=None, head: str = "softmax", method: str = "gradcam"):
         if not layers:
             raise ValueError("Give at least one layer to sweep.")
-        if model_spatial_dims(model) != 3:
-            raise ValueError("The layer sweep runs 3D models; audit a 2D model one layer at a time (--layer).")
+        self.spatial_dims = model_spatial_dims(model)
+        key = method.lower().replace("_", "").replace("-", "") if isinstance(method, str) else method
+        if self.spatial_dims == 2 and key in CAM_METHODS_2D:
+            raise ValueError(f"CAM method '{method}' perturbs the input once per layer, so the layer sweep (and "
+                             f"the verdict) cannot explain every layer from one pass with it; use one of "
+                             f"{', '.join(CAM_METHODS)}, or audit one layer at a time with it (--layer).")
         self.model, self.layers, self.device = model, list(layers), pick_device(device)
         self.head, self.method = head, method
         self._outputs: dict[str, object] = {}
@@ -89,7 +108,7 @@ class MultiLayerCam:
         for name in self.layers:
             self._handles.append(get_module(self.model, name).register_forward_hook(self._keeper(name)))
         # pytorch-grad-cam's own map formula for the method; its hooks are released at once (ours feed it)
-        self._cam = cam_class(self.method, 3)(self.model, [get_module(self.model, self.layers[0])])
+        self._cam = cam_class(self.method, self.spatial_dims)(self.model, [get_module(self.model, self.layers[0])])
         self._cam.activations_and_grads.release()
         return self
 
@@ -113,34 +132,40 @@ class MultiLayerCam:
 
     def compute(self, batch: np.ndarray, target_classes: Sequence[int | None] | None = None):
         """Return (probabilities (B, K), targets (B,), {layer: raw maps (B, z', y', x') ≥ 0}), the
-        probabilities and explained scalar as the model's head means them (:mod:`~napari_gradcamo.models.heads`)."""
+        probabilities and explained scalar as the model's head means them (:mod:`~napari_gradcamo.models.heads`);
+        ``batch`` is (B, C, z, y, x) (a 2D model: plane by plane, maps (B, z, y', x'))."""
         import torch
 
         from napari_gradcamo.models.heads import chosen_targets, explained, probabilities, targets_for
 
         self._outputs.clear()
         x = torch.as_tensor(batch, dtype=torch.float32, device=self.device)
+        n, planes = x.shape[0], x.shape[2]
+        x = planes_as_images(x, self.spatial_dims)
         with torch.enable_grad():
             logits = self.model(x)
-            probs = probabilities(self.head, logits)
+            probs = per_crop(probabilities(self.head, logits), n, self.spatial_dims)
             targets = chosen_targets(probs, target_classes)
+            per_row = np.repeat(targets, planes) if self.spatial_dims == 2 else targets
             missing = [n for n in self.layers if n not in self._outputs]
             if missing:
                 raise ValueError(f"The layers {missing} did not run in the model's forward pass.")
             activations = [self._outputs[n] for n in self.layers]
             if self._cam.uses_gradients:
-                grads = torch.autograd.grad(explained(self.head, logits, targets).sum(), activations,
+                grads = torch.autograd.grad(explained(self.head, logits, per_row).sum(), activations,
                                             allow_unused=True)
             else:
                 grads = [None] * len(activations)
         maps = {}
-        wanted = targets_for(self.head, targets)
+        wanted = targets_for(self.head, per_row)
         self.last_methods = {}
         for name, a, g in zip(self.layers, activations, grads):
             acts = a.detach().float().cpu().numpy()
             grad = (np.zeros_like(acts) if g is None else g.float().cpu().numpy()) if self._cam.uses_gradients else None
             module = get_module(self.model, name)
             raw = np.maximum(np.asarray(self._cam.get_cam_image(x, module, wanted, acts, grad, False), np.float32), 0.0)
+            if self.spatial_dims == 2:
+                raw = raw.reshape(n, planes, *raw.shape[1:])
             maps[name], self.last_methods[name] = self._fall_back(raw, x, module, wanted, acts, grad)
         self._outputs.clear()
         return probs, targets, maps
@@ -156,7 +181,7 @@ class MultiLayerCam:
                 if other == self.method or not zero.any():
                     continue
                 if other not in self._fallbacks:
-                    cam = cam_class(other, 3)(self.model, [module])
+                    cam = cam_class(other, self.spatial_dims)(self.model, [module])
                     cam.activations_and_grads.release()
                     self._fallbacks[other] = cam
                 alt = np.maximum(np.asarray(self._fallbacks[other].get_cam_image(x, module, wanted, acts, grad, False),
@@ -169,15 +194,47 @@ class MultiLayerCam:
         return raw, ["" if z else m for z, m in zip(zero, methods)]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (B, K) of a normalised batch (no maps, no backward pass)."""
+        """Class probabilities (B, K) of a normalised batch (no maps, no backward pass; a 2D model's planes
+        averaged per crop, as in :meth:`compute`)."""
         import torch
 
         from napari_gradcamo.models.heads import probabilities
 
+        x = torch.as_tensor(batch, dtype=torch.float32, device=self.device)
         with torch.no_grad():
-            logits = self.model(torch.as_tensor(batch, dtype=torch.float32, device=self.device))
+            logits = self.model(planes_as_images(x, self.spatial_dims))
         self._outputs.clear()
-        return probabilities(self.head, logits)
+        return per_crop(probabilities(self.head, logits), len(x), self.spatial_dims)
+
+
+def sweep_crop_shape(bundle, settings: AuditSettings, image) -> tuple[int, ...]:
+    """The crop (z, y, x) each cell is cut at in ``image``: the checkpoint's for a 3D model; for a 2D model as
+    the single-layer audit cuts it (``settings.planes`` deep, covering the model's crop in µm)."""
+    meta = bundle.metadata
+    if model_spatial_dims(bundle.model) != 2:
+        return tuple(meta.crop_shape)
+    return image_crop_shape(audit_crop_shape(bundle, settings), meta.voxel_size, image.voxel_size, 2)
+
+
+def _model_input(bundle, settings: AuditSettings, image):
+    """``f(raw crops, cell masks)``: raw crops as the model takes them. A 3D model: normalised. A 2D model as
+    in the single-layer audit (:func:`~napari_gradcamo.audit.batch.score_batch`): normalised, masked to the
+    cell when the checkpoint's ``crop_mode`` is "masked", resampled to the model's crop when the voxel sizes
+    differ. Occluded copies (a multiple of the batch) are masked with their own crop's cell."""
+    meta = bundle.metadata
+    if model_spatial_dims(bundle.model) != 2:
+        return lambda raw, cell_masks: normalize_crops(raw, meta.normalization)
+    model_crop = audit_crop_shape(bundle, settings)
+    resample_to = model_crop if needs_resampling(meta.voxel_size, image.voxel_size, 2) else None
+
+    def as_model_input(raw: np.ndarray, cell_masks: np.ndarray) -> np.ndarray:
+        batch = normalize_crops(raw, meta.normalization)
+        if meta.crop_mode == "masked":
+            masks = np.concatenate([cell_masks] * (len(batch) // len(cell_masks)))
+            batch = mask_outside_cell(batch, masks, meta.padding_value)
+        return batch if resample_to is None else resample_crops(batch, resample_to)
+
+    return as_model_input
 
 
 @dataclass
@@ -199,7 +256,10 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
     level per model channel, raw units) adds the drop with the *medium* hidden (every voxel in no cell; the
     neighbouring cells stay), and both drops again with hidden voxels filled with those levels instead of
     each crop's own background level (columns ``drop_medium_occluded``, ``drop_cell_reference``,
-    ``drop_medium_reference``)."""
+    ``drop_medium_reference``).
+
+    A 2D model's cells are cut and fed as the single-layer audit does (:func:`sweep_crop_shape`; plane by
+    plane with ``settings.planes``), so each layer's rows equal ``run_audit``'s at that layer."""
     settings = settings or AuditSettings()
     settings.validate()
     meta = bundle.metadata
@@ -207,14 +267,16 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
     if only_labels is not None:
         wanted = {int(label) for label in only_labels}
         cells = [c for c in cells if c.label in wanted]
-    crop_shape = tuple(meta.crop_shape)
+    model_crop = tuple(meta.crop_shape)
+    crop_shape = sweep_crop_shape(bundle, settings, model_image)
+    as_model_input = _model_input(bundle, settings, model_image)
     n_in = len(meta.channel_names)
     if layers:
         layers = list(layers)
         for name in layers:
-            check_target_layer(bundle.model, name, crop_shape, n_in)
+            check_target_layer(bundle.model, name, model_crop, n_in)
     else:
-        layers = candidate_layers(bundle.model, crop_shape, n_in)
+        layers = candidate_layers(bundle.model, model_crop, n_in)
     target = resolve_target_class(settings.target_class, meta.class_names)
     step = max(1, int(settings.batch_size))
     with MultiLayerCam(bundle.model, layers, settings.device, head=meta.head, method=settings.method) as cams:
@@ -223,10 +285,10 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
             chunk = cells[start: start + step]
             cell_crops = [extract_crop(model_image, labels, c, crop_shape) for c in chunk]
             crops = batch_of(cell_crops)
-            probs, targets, maps = cams.compute(normalize_crops(crops.images, meta.normalization), [target] * len(chunk))
+            probs, targets, maps = cams.compute(as_model_input(crops.images, crops.cell_masks), [target] * len(chunk))
             inside = [inside_image_mask(crop_shape, pad) if pad is not None else None for pad in crops.paddings]
             drops, reference = None, None
-            normalize = lambda raw: normalize_crops(raw, meta.normalization)  # noqa: E731
+            normalize = lambda raw, masks=crops.cell_masks: as_model_input(raw, masks)  # noqa: E731
             if settings.occlusion:
                 inside_all = np.stack([np.ones(crop_shape, bool) if i is None else i for i in inside])
                 drops = occlusion_drops(cams.predict, crops.images, crops.cell_masks, crops.other_masks, targets,
@@ -341,7 +403,8 @@ def choose_layer(model, images: np.ndarray, masks: np.ndarray, targets: np.ndarr
     crops of their true class. Returns (layer, {layer: mean drop})."""
     layers = list(layers) if layers else candidate_layers(model, crop_shape, images.shape[1])
     if not layers:
-        raise ValueError("The model has no layer with a 3D feature map of more than one row and column.")
+        raise ValueError(f"The model has no layer with a {model_spatial_dims(model)}D feature map of more than one "
+                         "row and column.")
     drops = deletion_drops(model, images, masks, targets, normalization, layers, device=device, head=head)
     means = drops.groupby("layer", sort=False)["deletion_drop"].mean().to_dict()
     best = max(layers, key=lambda n: means[n])

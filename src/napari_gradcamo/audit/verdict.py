@@ -380,6 +380,7 @@ def pooled_background(bundle, fields, chosen, settings) -> np.ndarray:
     """Per model channel, the median over the sampled crops of each crop's background level: a medium level
     typical of the data (in-distribution) that no single crop decides. With fields from several conditions
     it removes a condition-specific medium level that a fill with the crop's own level keeps."""
+    from napari_gradcamo.audit.layer_sweep import sweep_crop_shape
     from napari_gradcamo.audit.occlusion import background_levels
     from napari_gradcamo.audit.run import prepare
     from napari_gradcamo.crops.extract import extract_crop
@@ -390,7 +391,8 @@ def pooled_background(bundle, fields, chosen, settings) -> np.ndarray:
         if not wanted:
             continue
         model_image, _, cells = prepare(image, labels, bundle, settings)
-        crops = [extract_crop(model_image, labels, c, bundle.metadata.crop_shape) for c in cells if c.label in wanted]
+        shape = sweep_crop_shape(bundle, settings, model_image)  # a 2D model: cut as its audit cuts it
+        crops = [extract_crop(model_image, labels, c, shape) for c in cells if c.label in wanted]
         levels.append(background_levels(np.stack([c.image for c in crops]), np.stack([c.cell_mask for c in crops]),
                                         np.stack([c.other_mask for c in crops])))
     return np.median(np.concatenate(levels), axis=0)
