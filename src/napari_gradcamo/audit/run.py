@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -82,7 +81,7 @@ def prepare(image: Image, labels: np.ndarray, bundle: ModelBundle, settings: Aud
                         image.voxel_size, image.source)
     layer = settings.target_layer or meta.target_layer
     if layer is None:
-        layer = _default_layer(bundle.model, meta.crop_shape, len(meta.channel_names))
+        layer = default_target_layer(list_target_layers(bundle.model, meta.crop_shape, len(meta.channel_names)))
     else:
         check_target_layer(bundle.model, layer, meta.crop_shape, len(meta.channel_names))
     return model_image, layer, list(cells) if cells is not None else cell_table(labels)
@@ -98,22 +97,6 @@ def audit_crop_shape(bundle: ModelBundle, settings: AuditSettings) -> tuple[int,
     if int(settings.planes) < 1:
         raise ValueError(f"planes must be ≥ 1, got {settings.planes}.")
     return (int(settings.planes), shape[1], shape[2])
-
-
-_DEFAULT_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _default_layer(model, crop_shape: Sequence[int], in_channels: int) -> str:
-    """:func:`default_target_layer` of ``model``, remembered per model, crop shape and module structure
-    (finding it runs the model once, which costs as much as auditing a few cells with a large model)."""
-    key = (tuple(int(s) for s in crop_shape), int(in_channels), tuple(name for name, _ in model.named_modules()))
-    try:
-        known = _DEFAULT_LAYERS.setdefault(model, {})
-    except TypeError:  # a model that cannot be weakly referenced: no cache
-        known = {}
-    if key not in known:
-        known[key] = default_target_layer(list_target_layers(model, crop_shape, in_channels))
-    return known[key]
 
 
 def cell_rows(crops: Sequence[CellCrop], cells: Sequence[CellInfo], scored: ScoredBatch, meta, settings, layer

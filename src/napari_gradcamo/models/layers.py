@@ -1,16 +1,21 @@
 """Candidate Grad-CAM target layers at any depth: every module whose output is a 2D or 3D feature map.
 
-One forward pass on a blank crop records each module's outputs. A module with a spatial output (4D
+One forward pass records each module's output shape: on torch's ``meta`` device (shapes only, no arithmetic,
+no memory), or, for a model that cannot run there, on a blank crop. A module with a spatial output (4D
 ``(B, C, y, x)`` from a 2D model, 5D ``(B, C, z, y, x)`` from a 3D one) called exactly once is a candidate;
 :func:`check_target_layer` explains why any other name cannot be one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import weakref
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 SPATIAL_NDIMS = (4, 5)
 
@@ -67,36 +72,96 @@ def probe_input_shape(model, crop_shape: Sequence[int], in_channels: int) -> tup
     return (1, int(in_channels), *grid)
 
 
-def all_module_outputs(model, crop_shape: Sequence[int], in_channels: int) -> list[LayerInfo]:
-    """Every named module (any depth) with its output shape and call count, in module order."""
+def _meta_forward(model, shape: tuple[int, ...]) -> None:
+    """``model`` run on a ``meta`` tensor of ``shape``, its parameters and buffers swapped for ``meta`` tensors of
+    the same shapes for the call (``torch.func.functional_call``): every module's hooks see outputs of the
+    true shapes, nothing is computed or allocated, and the model itself is left as it was."""
+    import torch
+    from torch.func import functional_call
+
+    state = {name: torch.empty_like(t, device="meta") for name, t in model.named_parameters()}
+    state.update({name: torch.empty_like(t, device="meta") for name, t in model.named_buffers()})
+    functional_call(model, state, (torch.empty(shape, device="meta"),))  # float32, as the real pass and the audit
+
+
+def _real_forward(model, shape: tuple[int, ...]) -> None:
+    """``model`` run on a blank crop of ``shape``: a full forward pass, on the model's device."""
     import torch
 
-    seen: dict[str, list] = {}
-    handles = [
-        module.register_forward_hook(lambda m, i, o, n=name: seen.setdefault(n, []).append(o))
-        for name, module in model.named_modules() if name
-    ]
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    model(torch.zeros(shape, device=device))
+
+
+#: model → {(crop, channels, structure) → its LayerInfos}: the shapes are found once per model and crop shape.
+_KNOWN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _structure(model) -> tuple:
+    """What a module's output shapes depend on besides the input: its modules with their settings (``repr``:
+    names, types, kernel sizes, strides …) and every parameter's and buffer's name and shape."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return repr(model), tuple((name, tuple(t.shape)) for name, t in tensors)
+
+
+def all_module_outputs(model, crop_shape: Sequence[int], in_channels: int) -> list[LayerInfo]:
+    """Every named module (any depth) with its output shape and call count, in module order.
+
+    The shapes come from a forward pass on the ``meta`` device; a model that cannot run there (an operator
+    without a meta kernel, a value read inside ``forward``, a tensor made on another device) is run once for
+    real on a blank crop instead, as a debug record of this module's logger says. They are remembered per
+    model, crop shape, channel count and module structure (:func:`_structure`), so later calls cost no pass."""
+    key = (tuple(int(s) for s in crop_shape), int(in_channels), _structure(model))
+    try:
+        known = _KNOWN.setdefault(model, {})
+    except TypeError:  # a model that cannot be weakly referenced: no cache
+        known = {}
+    if key not in known:
+        if len(known) >= 4:  # a model edited again and again: its old shapes are of no further use
+            known.clear()
+        known[key] = _module_outputs(model, crop_shape, in_channels)
+    return [replace(info) for info in known[key]]
+
+
+def _module_outputs(model, crop_shape: Sequence[int], in_channels: int) -> list[LayerInfo]:
+    import torch
+
+    seen: dict[str, list[tuple[int, ...]]] = {}
+
+    def record(name, output):
+        seen.setdefault(name, []).append(tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ())
+
+    shape = probe_input_shape(model, crop_shape, in_channels)
     was_training = model.training
     model.eval()
     try:
-        device = next(model.parameters()).device
-        shape = probe_input_shape(model, crop_shape, in_channels)
-        with torch.no_grad():
-            model(torch.zeros(shape, device=device))
-    except RuntimeError as error:
-        raise LayerError(f"The model does not run on a crop of shape {shape} (batch, channels, spatial): {error}. "
-                         "Check the checkpoint's crop_shape and channel_names.") from error
+        for run in (_meta_forward, _real_forward):
+            seen.clear()
+            handles = [module.register_forward_hook(lambda m, i, o, n=name: record(n, o))
+                       for name, module in model.named_modules() if name]
+            try:
+                with torch.no_grad():
+                    run(model, shape)
+                break
+            except Exception as error:
+                if run is _real_forward:
+                    if isinstance(error, RuntimeError):
+                        raise LayerError(f"The model does not run on a crop of shape {shape} (batch, channels, "
+                                         f"spatial): {error}. Check the checkpoint's crop_shape and channel_names."
+                                         ) from error
+                    raise
+                log.debug("Layer shapes of %s: the meta-device pass failed (%s: %s); running one real forward "
+                          "pass on a blank crop of shape %s instead.", type(model).__name__, type(error).__name__,
+                          error, shape)
+            finally:
+                for h in handles:
+                    h.remove()
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     infos = []
     for name, module in model.named_modules():
-        if name not in seen:
-            continue
-        first = seen[name][0]
-        shape = tuple(first.shape[1:]) if isinstance(first, torch.Tensor) else ()
-        infos.append(LayerInfo(name, shape, len(seen[name]), "Pad" in type(module).__name__))
+        if name in seen:
+            infos.append(LayerInfo(name, seen[name][0], len(seen[name]), "Pad" in type(module).__name__))
     return infos
 
 

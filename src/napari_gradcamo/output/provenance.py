@@ -7,6 +7,7 @@ Written as ``<table>.run.json`` beside the table and into the Parquet file's met
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import platform
@@ -54,13 +55,23 @@ def _source_record(path: str | Path | None, with_hash: bool = False) -> dict[str
 
 
 def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
+    """Python's and the installed packages' versions (those of :data:`_PACKAGES` that are installed).
+
+    Looked up once per process (each ``importlib.metadata`` lookup reads package metadata from disk, milliseconds
+    per run record otherwise); a package installed or upgraded while the process runs is not seen until it
+    restarts — nor is its new code, which the process has not imported."""
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> tuple[tuple[str, str], ...]:
+    versions = [("python", platform.python_version())]
     for name in _PACKAGES:
         try:
-            versions[name] = importlib_metadata.version(name)
+            versions.append((name, importlib_metadata.version(name)))
         except importlib_metadata.PackageNotFoundError:
             continue
-    return versions
+    return tuple(versions)
 
 
 def _plain(settings: Any) -> Any:
