@@ -259,3 +259,17 @@ def test_cli_trains_on_masked_crops_and_audits_them(tmp_path, capsys):
     with pytest.raises(SystemExit) as refused:  # argparse: exit code 2 with the choices named
         main(["train", manifest, "--out", str(tmp_path / "bad"), "--crop-mode", "cut"])
     assert refused.value.code == 2 and "context" in capsys.readouterr().err
+
+
+def test_a_2d_model_gets_its_layer_from_the_validation_rule(tmp_path):
+    """The deletion rule picks the stored layer of 2D models too (it fell back to the default layer before)."""
+    manifest = write_synthetic_manifest(tmp_path / "data", n_fields=8, n_cells=6, sites_per_well=1, planar=True)
+    crops = build_cache(read_manifest(manifest), [1, 32, 32], tmp_path / "cache")
+    assert crops.data.x.shape[2] == 1
+    config = tiny_config(architecture="small-cnn-2d", epochs=2)
+    fit(crops.data, crops.class_names, crops.channel_names, [1, 32, 32], config, tmp_path / "model")
+    meta = load_checkpoint(tmp_path / "model" / "model.safetensors").metadata
+    rule = meta.training["target_layer_rule"]
+    assert "deletion_drop" in rule, rule["rule"]
+    assert meta.target_layer == rule["layer"] == max(rule["deletion_drop"], key=rule["deletion_drop"].get)
+    assert set(rule["deletion_drop"]) == {"stage1", "stage2", "stage3"} and rule["validation_crops"] > 0

@@ -136,8 +136,9 @@ def _stored_layer(model, data: CropSet, rows: Sequence[int], normalization: dict
 
     if len(rows) == 0 or data.masks is None:
         return fallback, {"rule": "fallback (no validation crops with masks)", "layer": fallback}
-    if meta.head != "softmax" or model_spatial_dims(model) != 3:
-        return fallback, {"rule": "fallback (the deletion rule covers 3D softmax classifiers only)", "layer": fallback}
+    if meta.head != "softmax" or model_spatial_dims(model) not in (2, 3):
+        return fallback, {"rule": "fallback (the deletion rule covers 2D and 3D softmax classifiers only)",
+                          "layer": fallback}
     if meta.crop_mode == "masked":
         return fallback, {"rule": "fallback (the deletion rule hides context, which masked crops do not have)",
                           "layer": fallback}
