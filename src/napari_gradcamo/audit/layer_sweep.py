@@ -208,24 +208,22 @@ class MultiLayerCam:
 
 
 def sweep_crop_shape(bundle, settings: AuditSettings, image) -> tuple[int, ...]:
-    """The crop (z, y, x) each cell is cut at in ``image``: the checkpoint's for a 3D model; for a 2D model as
-    the single-layer audit cuts it (``settings.planes`` deep, covering the model's crop in µm)."""
+    """The crop (z, y, x) each cell is cut at in ``image``, as the single-layer audit cuts it: the model's crop
+    in µm (``settings.planes`` deep for a 2D model); the checkpoint's crop when the voxel sizes agree."""
     meta = bundle.metadata
-    if model_spatial_dims(bundle.model) != 2:
-        return tuple(meta.crop_shape)
-    return image_crop_shape(audit_crop_shape(bundle, settings), meta.voxel_size, image.voxel_size, 2)
+    dims = model_spatial_dims(bundle.model)
+    return image_crop_shape(audit_crop_shape(bundle, settings), meta.voxel_size, image.voxel_size, dims)
 
 
 def _model_input(bundle, settings: AuditSettings, image):
-    """``f(raw crops, cell masks)``: raw crops as the model takes them. A 3D model: normalised. A 2D model as
-    in the single-layer audit (:func:`~napari_gradcamo.audit.batch.score_batch`): normalised, masked to the
-    cell when the checkpoint's ``crop_mode`` is "masked", resampled to the model's crop when the voxel sizes
-    differ. Occluded copies (a multiple of the batch) are masked with their own crop's cell."""
+    """``f(raw crops, cell masks)``: raw crops as the model takes them, as in the single-layer audit
+    (:func:`~napari_gradcamo.audit.batch.score_batch`): normalised, masked to the cell when the checkpoint's
+    ``crop_mode`` is "masked", resampled to the model's crop when the voxel sizes differ. Occluded copies (a
+    multiple of the batch) are masked with their own crop's cell."""
     meta = bundle.metadata
-    if model_spatial_dims(bundle.model) != 2:
-        return lambda raw, cell_masks: normalize_crops(raw, meta.normalization)
+    dims = model_spatial_dims(bundle.model)
     model_crop = audit_crop_shape(bundle, settings)
-    resample_to = model_crop if needs_resampling(meta.voxel_size, image.voxel_size, 2) else None
+    resample_to = model_crop if needs_resampling(meta.voxel_size, image.voxel_size, dims) else None
 
     def as_model_input(raw: np.ndarray, cell_masks: np.ndarray) -> np.ndarray:
         batch = normalize_crops(raw, meta.normalization)
@@ -258,8 +256,9 @@ def iter_sweep(image, labels: np.ndarray, bundle, layers: Sequence[str] | None =
     each crop's own background level (columns ``drop_medium_occluded``, ``drop_cell_reference``,
     ``drop_medium_reference``).
 
-    A 2D model's cells are cut and fed as the single-layer audit does (:func:`sweep_crop_shape`; plane by
-    plane with ``settings.planes``), so each layer's rows equal ``run_audit``'s at that layer."""
+    Cells are cut and fed as the single-layer audit does (:func:`sweep_crop_shape`: the model's crop in µm,
+    masked crops, a 2D model plane by plane with ``settings.planes``), so each layer's rows equal
+    ``run_audit``'s at that layer."""
     settings = settings or AuditSettings()
     settings.validate()
     meta = bundle.metadata

@@ -391,7 +391,7 @@ def pooled_background(bundle, fields, chosen, settings) -> np.ndarray:
         if not wanted:
             continue
         model_image, _, cells = prepare(image, labels, bundle, settings)
-        shape = sweep_crop_shape(bundle, settings, model_image)  # a 2D model: cut as its audit cuts it
+        shape = sweep_crop_shape(bundle, settings, model_image)  # cut as the audit cuts it
         crops = [extract_crop(model_image, labels, c, shape) for c in cells if c.label in wanted]
         levels.append(background_levels(np.stack([c.image for c in crops]), np.stack([c.cell_mask for c in crops]),
                                         np.stack([c.other_mask for c in crops])))
