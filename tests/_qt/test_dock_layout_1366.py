@@ -56,3 +56,36 @@ def test_table_rows_in_view_with_the_verdict_shown(field_dock, size, rows):
     widget.verdict.details_button.click()
     _settle()
     assert widget.verdict.details.isVisible() and widget.verdict.details.text() == verdict_text(direct)[1]
+
+
+@pytest.mark.screenshot
+@pytest.mark.parametrize(("size", "rows"), [((1366, 768), 8), ((1920, 1080), 13)])
+def test_screenshot_of_the_shortcut_model_judged(make_napari_viewer, screenshot_dir, size, rows):
+    """docs/screenshot_verdict_*.png: the bundled shortcut model on the demo field, audited and judged."""
+    import numpy as np
+    from imageio.v3 import imwrite
+
+    from napari_gradcamo._demo_viewer import build_demo
+    from napari_gradcamo.models.bundled import bundled_models
+
+    if "shortcut" not in bundled_models():
+        pytest.skip("the shortcut demo model is not bundled in this install")
+    viewer = make_napari_viewer(show=True)
+    widget = build_demo(viewer, model="shortcut")
+    widget.synchronous = True
+    for _ in range(2):
+        viewer.window.resize(*size)
+        _settle()
+    assert widget.run()
+    widget.verdict.judge_button.click()
+    _settle()
+    report = widget.verdict.report
+    assert report is not None and widget.verdict.headline.text() == f"Verdict: {report.verdict}"
+    assert visible_rows(widget.table) >= rows
+    for layer in viewer.layers:
+        if layer.name in ("ER", "RNA", "Mito"):
+            layer.visible = False
+    _settle()
+    shot = viewer.screenshot(canvas_only=False)
+    assert shot.shape[:2] == (size[1], size[0]) and np.asarray(shot)[..., :3].std() > 10
+    imwrite(screenshot_dir / f"screenshot_verdict_{size[0]}x{size[1]}.png", shot)
