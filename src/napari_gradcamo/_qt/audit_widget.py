@@ -102,6 +102,8 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self.panel = JobPanel(self)
         run_box = QGroupBox("Run", self)
         run_layout = QVBoxLayout(run_box)
+        run_layout.setContentsMargins(4, 2, 4, 2)  # tight: the table below keeps ≥ 8 rows at 1366×768 (issue 24)
+        run_layout.setSpacing(3)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_all_button)
         buttons.addWidget(self.run_selected_button)
@@ -116,6 +118,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         lower = QWidget(self)
         lower_layout = QVBoxLayout(lower)
         lower_layout.setContentsMargins(0, 0, 0, 0)
+        lower_layout.setSpacing(3)
         lower_layout.addWidget(run_box)
         lower_layout.addWidget(self.verdict)
         lower_layout.addWidget(self.results, 1)
@@ -228,7 +231,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
             return
         self._arranged_for = phase
         total = max(sum(self.splitter.sizes()), 1000)  # before it is shown, Qt takes the sizes as weights
-        share = 0.62 if phase == "settings" else 0.22
+        share = 0.62 if phase == "settings" else 0.16  # results: ≥ 8 table rows at 1366×768 (issue 24)
         self.splitter.setSizes([int(total * share), total - int(total * share)])
 
     # ================================================================== labels layer

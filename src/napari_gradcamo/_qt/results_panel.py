@@ -24,19 +24,20 @@ from napari_gradcamo.output import results
 
 def _swatch(rgba) -> str:
     r, g, b = (int(round(255 * float(v))) for v in rgba[:3])
-    return f'<span style="background-color: rgb({r},{g},{b});">{"&nbsp;" * 4}</span>'
+    return f'<span style="background-color: rgb({r},{g},{b});">{"&nbsp;" * 3}</span>'
 
 
 def legend_html(legend: labels_features.Legend) -> str:
-    """The legend as rich text: colour swatches (and a score gradient with its range and the threshold)."""
-    lines = [f"<b>{escape(legend.title)}</b>"]
+    """The legend as rich text on as few lines as the dock's width allows (the table below keeps its rows at
+    1366×768): the title, colour swatches (and a score gradient with its range and the threshold)."""
+    parts = [f"<b>{escape(legend.title)}:</b>"]
     if legend.gradient:
         lo, hi = legend.value_range
         bar = "".join(_swatch(c) for c in legend.gradient)
-        mark = f" &nbsp; (threshold {legend.threshold:.2f})" if legend.threshold is not None else ""
-        lines.append(f"{lo:.3g}&nbsp;{bar}&nbsp;{hi:.3g}{mark}")
-    lines += [f"{_swatch(color)}&nbsp;{escape(text)}" for text, color in legend.swatches]
-    return "<br>".join(lines)
+        mark = f" (threshold&nbsp;{legend.threshold:.2f})" if legend.threshold is not None else ""
+        parts.append(f"{lo:.3g}&nbsp;{bar}&nbsp;{hi:.3g}{mark}")
+    parts += [f"{_swatch(color)}&nbsp;{escape(text)}" for text, color in legend.swatches]
+    return " &nbsp; ".join(parts)
 
 
 class ResultsPanel(QGroupBox):
@@ -96,6 +97,8 @@ class ResultsPanel(QGroupBox):
         for button in (self.flag_button, self.delete_button, self.recheck_button, self.export_button):
             action_row.addWidget(button)
         layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 2, 4, 4)  # tight: every pixel here is a table row less at 1366×768
+        layout.setSpacing(3)
         layout.addLayout(thr_row)
         layout.addLayout(view_row)
         layout.addWidget(self.legend)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QToolButton, QVBoxLayout
 
 from napari_gradcamo._qt.panel import JobPanel
 
@@ -77,20 +78,43 @@ class VerdictPanel(QFrame):
                                      "candidate layer and hide the cell or its context: the causal check decides "
                                      "(docs/interpreting-scores.md).")
         self.headline = QLabel("Verdict: not judged yet.", self)
+        # one line per class with its causal interval: folded by default, so the table below keeps ≥ 8 rows
+        # in view at 1366×768 (issue 24); the full evidence is the tooltip of both labels
         self.details = QLabel("", self)
         self.details.setWordWrap(True)
+        self.details.setVisible(False)
+        self.details_button = QToolButton(self)
+        self.details_button.setCheckable(True)
+        self.details_button.setAutoRaise(True)
+        self.details_button.setText("details")
+        self.details_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.details_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.details_button.setToolTip("Show or hide one line per class: its verdict, causal effect, 95 % interval "
+                                       "and the number of cells judged.")
+        self.details_button.setEnabled(False)  # nothing to show before a verdict
         own = panel is None
         self.panel = JobPanel(self) if own else panel
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.setSpacing(2)
         row = QHBoxLayout()
         row.addWidget(self.judge_button)
         row.addWidget(self.headline, 1)
+        row.addWidget(self.details_button)
         layout.addLayout(row)
         if own:
             layout.addWidget(self.panel)
         layout.addWidget(self.details)
         self.judge_button.clicked.connect(self.judge)
+        self.details_button.toggled.connect(self.show_details)
+
+    def show_details(self, on: bool) -> None:
+        """Unfold (or fold) the per-class lines under the verdict."""
+        if self.details_button.isChecked() != on:
+            self.details_button.setChecked(on)  # emits toggled again, which comes back here
+            return
+        self.details_button.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+        self.details.setVisible(on)
 
     def judge(self) -> None:
         if self.panel.running:
@@ -119,4 +143,5 @@ class VerdictPanel(QFrame):
         self.details.setText(details)
         for label in (self.headline, self.details):
             label.setToolTip(evidence)
-        self.panel.end(f"{headline} (evidence: hover the Verdict box; docs/interpreting-scores.md).")
+        self.details_button.setEnabled(True)
+        self.panel.end(f"{headline}.")  # one line: the evidence is under 'details' in the Verdict row
