@@ -57,6 +57,13 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self._schema_tables: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
         self._setting: tuple | None = None  # (layer, table) while _set_features hands a table to napari
         self._pending: set[int] = set()
+        # mask edits measured in workers (AuditEditsMixin): the jobs, labels waiting, and which thread worked
+        self._delete_job = self._edit_job = self._map_job = None
+        self._edit_queue: set[int] = set()
+        self._edit_generation = 0
+        self._map_again = False
+        self.last_edit_thread = ""
+        self.last_delete_thread = ""
         self._view_steps: list = []  # view updates waiting for an event-loop turn each (AuditRunMixin._in_turns)
         self._forced_selection: list[int] | None = None
         self._selecting = False
@@ -141,6 +148,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
     def _connect(self) -> None:
         self.labels_picker.layer_changed.connect(self._on_labels_changed)
         self.model_panel.model_changed.connect(self._on_model_changed)
+        self.model_panel.loading_changed.connect(lambda *_: self._refresh_buttons())
         self.run_all_button.clicked.connect(lambda: self.run(only_selected=False))
         self.run_selected_button.clicked.connect(lambda: self.run(only_selected=True))
         self.results.threshold.valueChanged.connect(self.set_threshold)
@@ -163,6 +171,15 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
     def bundle(self):
         return self.model_panel.bundle
 
+    @property
+    def synchronous(self) -> bool:
+        """Jobs (the audit, saves, exports, model loads, mask-edit rescoring) run inline (tests)."""
+        return self.panel.synchronous
+
+    @synchronous.setter
+    def synchronous(self, value: bool) -> None:
+        self.panel.synchronous = self.model_panel.synchronous = bool(value)
+
     def showEvent(self, event) -> None:
         """Watch the napari window this dock lives in: an unsaved audit is saved when it closes."""
         super().showEvent(event)
@@ -181,6 +198,8 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         missing. The verdict samples cells and picks its own layer; the flag rule stays the table's."""
         if self.busy:
             raise ImageError("An audit is running; judge the model when it has finished.")
+        if self.model_panel.loading:
+            raise ImageError("A model is loading; judge it when it has loaded.")
         if self.bundle is None:
             raise ImageError("Load a model first (Checkpoint → a demo model or Open…).")
         layer = self.labels_layer
@@ -401,7 +420,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
     def _refresh_buttons(self, running: bool | None = None) -> None:
         if running is None:
             running = self.busy
-        ready = self.bundle is not None and self.labels_layer is not None
+        ready = self.bundle is not None and self.labels_layer is not None and not self.model_panel.loading
         self.run_all_button.setEnabled(ready and not running)
         self.run_selected_button.setEnabled(ready and not running)
         self.model_panel.set_busy(running)
