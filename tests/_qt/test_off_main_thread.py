@@ -167,3 +167,26 @@ def test_delete_cell_searches_in_a_worker_and_undo_brings_the_score_back(qtbot, 
     assert after["gradcamo"] == pytest.approx(before["gradcamo"])
     assert victim in widget.cams()
 
+
+def test_the_dock_compiles_napari_label_colouring_off_the_main_thread(make_napari_viewer, qtbot, plugin_field,
+                                                                      plugin_checkpoint):
+    """napari's label colouring (numba) compiles in a thread of the dock's own; the cells get the same colours
+    as with an inline (synchronous) dock once it is done."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from napari_gradcamo._qt import warmup
+
+    viewer, widget, labels = _dock(make_napari_viewer, plugin_field, synchronous=False)
+    dtype = np.asarray(labels.data).dtype
+    assert dtype.itemsize >= 4  # a label image whose colouring napari compiles
+    assert dtype in warmup._WARM, "the dock started the compilation"
+    ready = warmup.warm_label_colours(dtype)
+    qtbot.waitUntil(ready.is_set, timeout=WAIT_MS)
+    assert warmup.WARMED_BY.get(dtype, MAIN) != MAIN, warmup.WARMED_BY
+    qtbot.waitUntil(lambda: isinstance(labels.colormap, DirectLabelColormap), timeout=WAIT_MS)
+    viewer2, inline, labels2 = _dock(make_napari_viewer, plugin_field, synchronous=True)
+    inline._refresh_colours()
+    ours, theirs = labels.colormap.color_dict, labels2.colormap.color_dict
+    assert set(ours) == set(theirs)
+    for key in theirs:
+        np.testing.assert_allclose(ours[key], theirs[key])

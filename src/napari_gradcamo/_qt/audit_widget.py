@@ -78,6 +78,11 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self._refresh_timer.setInterval(TICK_MS)
         self._refresh_timer.timeout.connect(self._refresh_tick)
         prewarm_cam_library()
+        # napari's label colouring compiles (numba) in a thread of its own; cells are recoloured when it is done
+        self._colour_timer = QTimer(self)
+        self._colour_timer.setInterval(100)
+        self._colour_timer.timeout.connect(self._colour_when_warm)
+        self._warm_colours()
         self._build_ui()
         self._connect()
         self._on_labels_changed(self.labels_picker.layer())
@@ -280,6 +285,13 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         else:
             self._add_map_layer()
 
+    def _warm_colours(self) -> None:
+        """Start compiling napari's colouring for the dtypes of the viewer's label images (background)."""
+        from napari_gradcamo._qt.warmup import warm_label_colours
+
+        for layer in L.labels_layers(self.viewer):
+            warm_label_colours(L.labels_volume(layer).dtype)
+
     def _let_go(self, layer) -> None:
         for emitter, slot in ((layer.events.features, self._on_features_event),
                               (layer.events.selected_label, self._on_selected_label)):
@@ -362,7 +374,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
             self.results.show_table(None, None)
             return
         colors = self._label_colors(table)
-        if self.run_state is None or self.run_state.labels is not layer:
+        if (self.run_state is None or self.run_state.labels is not layer) and self._colours_ready(layer):
             L.set_label_colors(layer, colors)
         self.results.show_table(table, colors, self._made_by(table))
         self._arrange("results" if (table["status"] == "audited").any() else "settings")
@@ -374,8 +386,35 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
     def _refresh_colours(self) -> None:
         """Recolour the cells from ``labels.features`` (nothing else)."""
         layer = self.labels_layer
-        if layer is not None and layer in self.viewer.layers:
+        if layer is not None and layer in self.viewer.layers and self._colours_ready(layer):
             L.set_label_colors(layer, self._label_colors(self.features(layer)))
+
+    def _colours_ready(self, layer) -> bool:
+        """True when napari's colouring of this layer's dtype is compiled (:mod:`~napari_gradcamo._qt.warmup`);
+        else the cells are recoloured when it is (jobs running synchronously wait for it here)."""
+        from napari_gradcamo._qt.warmup import warm_label_colours
+
+        ready = warm_label_colours(L.labels_volume(layer).dtype)
+        if self.synchronous:
+            ready.wait()
+        if ready.is_set():
+            return True
+        if not self._colour_timer.isActive():
+            self._colour_timer.start()
+        return False
+
+    @guarded
+    def _colour_when_warm(self) -> None:
+        from napari_gradcamo._qt.warmup import warm_label_colours
+
+        layer = self.labels_layer
+        if layer is None or layer not in self.viewer.layers:
+            self._colour_timer.stop()
+            return
+        if warm_label_colours(L.labels_volume(layer).dtype).is_set():
+            self._colour_timer.stop()
+            if self.run_state is None or self.run_state.labels is not layer:
+                self._refresh_colours()
 
     def _made_by(self, table: pd.DataFrame) -> str:
         """Which checkpoint made the rows, and a warning when it is not the loaded one."""
