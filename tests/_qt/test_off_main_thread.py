@@ -46,7 +46,7 @@ def test_a_checkpoint_loads_in_a_worker_with_the_choices_disabled_meanwhile(make
                                                                              plugin_checkpoint):
     viewer, widget, _ = _dock(make_napari_viewer, plugin_field, synchronous=False)
     panel = widget.model_panel
-    assert panel.load_model(plugin_checkpoint, background=True)  # started
+    assert widget.load_model(plugin_checkpoint, background=True)  # started, as the Checkpoint combo does
     assert panel.loading and panel.bundle is None
     assert "Loading" in panel.model_info.text()
     assert not panel.model_combo.isEnabled() and not panel.open_button.isEnabled()
@@ -190,3 +190,15 @@ def test_the_dock_compiles_napari_label_colouring_off_the_main_thread(make_napar
     assert set(ours) == set(theirs)
     for key in theirs:
         np.testing.assert_allclose(ours[key], theirs[key])
+
+
+def test_the_profiles_dock_loads_its_model_off_the_main_thread(make_napari_viewer, qtbot, plugin_checkpoint):
+    from napari_gradcamo._qt.profiles import ProfilesWidget
+
+    widget = ProfilesWidget(make_napari_viewer())
+    widget.model_panel.synchronous = False
+    assert widget.load_model(plugin_checkpoint, background=True)
+    assert widget.model_panel.loading
+    qtbot.waitUntil(lambda: not widget.model_panel.loading, timeout=WAIT_MS)
+    assert widget.model_panel.last_load_thread not in ("", MAIN)
+    assert widget.bundle is widget.model_panel.bundle is not None

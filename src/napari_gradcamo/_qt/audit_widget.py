@@ -219,9 +219,10 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
     def mapping_combos(self) -> list:
         return self.model_panel.mapping_combos
 
-    def load_model(self, path) -> bool:
-        """Load a checkpoint (see :meth:`ModelPanel.load_model`)."""
-        return self.model_panel.load_model(path)
+    def load_model(self, path, background: bool = False) -> bool:
+        """Load a checkpoint (see :meth:`ModelPanel.load_model`; ``background``: in a worker, as the
+        Checkpoint combo and Open… do)."""
+        return self.model_panel.load_model(path, background=background)
 
     def set_channel_map(self, channel_map) -> None:
         self.model_panel.set_channel_map(channel_map)
