@@ -202,3 +202,39 @@ def test_the_profiles_dock_loads_its_model_off_the_main_thread(make_napari_viewe
     qtbot.waitUntil(lambda: not widget.model_panel.loading, timeout=WAIT_MS)
     assert widget.model_panel.last_load_thread not in ("", MAIN)
     assert widget.bundle is widget.model_panel.bundle is not None
+
+
+def test_a_checkpoint_naming_its_own_code_is_read_in_a_worker_and_asked_about_in_the_gui_thread(
+        make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """The worker reads the metadata only and stops; the question comes in the GUI thread; 'trust' loads it in a
+    second job, 'cancel' imports nothing and leaves the model box as it was."""
+    import sys
+
+    from bad_inputs_common import custom_checkpoint
+    from napari_gradcamo._qt import trust_dialog
+
+    marker = tmp_path / "imported.txt"
+    (tmp_path / "lab_factory_worker.py").write_text(
+        f"open({str(marker)!r}, 'w').write('x')\nfrom analytic_models import channel_mean_classifier as build\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    checkpoint = custom_checkpoint(tmp_path, "lab_factory_worker:build")
+    panel = ModelPanel(AuditWidget(make_napari_viewer()).picker)
+    panel.synchronous = False
+    asked_in = []
+    answer = {"trust": False}
+
+    def ask(box):
+        asked_in.append(threading.current_thread().name)
+        return answer["trust"]
+
+    monkeypatch.setattr(trust_dialog, "_ask", ask)
+    before = panel.model_info.text()
+    assert panel.load_model(checkpoint, background=True)
+    qtbot.waitUntil(lambda: not panel.loading, timeout=WAIT_MS)
+    assert asked_in == [MAIN] and panel.bundle is None and panel.model_info.text() == before
+    assert not marker.exists() and "lab_factory_worker" not in sys.modules
+    answer["trust"] = True
+    assert panel.load_model(checkpoint, background=True)
+    qtbot.waitUntil(lambda: not panel.loading, timeout=WAIT_MS)
+    assert asked_in == [MAIN, MAIN] and panel.bundle is not None and marker.exists()
+    assert panel.last_load_thread != MAIN

@@ -56,6 +56,8 @@ class ModelPanel(QGroupBox):
         self._owner_busy = False
         self._loading_name = ""
         self._loaded_ok = False
+        self._inline = False  # the load in progress runs in the calling thread
+        self._info_before = ("", "")  # the model box's text and style, shown again if the user does not trust
         self.model_combo = QComboBox(self)
         self.model_combo.setToolTip("Bundled demo models and checkpoints opened before.")
         self.open_button = QPushButton("Open…", self)
@@ -134,49 +136,47 @@ class ModelPanel(QGroupBox):
     def load_model(self, path, background: bool = False) -> bool:
         """Load a checkpoint, list its target layers and map its channels.
 
-        The trust question (a checkpoint that names its own code) is asked here; reading the weights, building
-        the network and listing its layers are :func:`_load_job`'s. With ``background`` (what the Checkpoint
+        Reading the checkpoint (which imports torch), building the network and listing its layers are
+        :func:`_load_job`'s; for a checkpoint that names its own code the job stops after reading the metadata
+        and the trust question is asked here, in the GUI thread, before a second job builds it. With ``background`` (what the Checkpoint
         combo and Open… do) that job runs in a worker thread and the result is applied in the GUI thread when
         it comes (:attr:`loading` meanwhile, the choices disabled); returns True when the load started.
         Without it (scripts, tests) the job runs inline; returns False (with the reason shown) on failure."""
-        from napari_gradcamo._qt.trust_dialog import confirm_factory
-        from napari_gradcamo._qt.workers import start_job
-        from napari_gradcamo.models.metadata import CheckpointError
-
         if self.loading:
             self._say_error(f"{self._loading_name} is still loading; choose another checkpoint when it has loaded.")
             return False
-        try:
-            go_on, spec = confirm_factory(self, path)
-        except (CheckpointError, ValueError, OSError, RuntimeError) as error:
-            self._load_failed(path, error)
-            return False
-        if not go_on:  # a custom factory the user did not trust: nothing was imported
-            return False
         self._loaded_ok = False
         self._loading_name = Path(path).name
+        self._info_before = (self.model_info.text(), self.model_info.styleSheet())
         self.loading = True
         self._update_enabled()
         self.model_info.setStyleSheet("")
         self.model_info.setText(escape(f"Loading {self._loading_name}…"))
         self.loading_changed.emit(True)
-        inline = not background or self.synchronous
-        if inline:
+        self._inline = not background or self.synchronous
+        if self._inline:
             QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
-            self.load_job = start_job(
-                _load_job, str(path), spec, synchronous=inline,
-                on_return=lambda loaded: self._on_loaded(path, loaded),
-                on_error=lambda error: self._load_failed(path, error),
-                on_finished=self._on_load_finished,
-            )
+            self._start_load(path, None, ask_first=True)
         finally:
-            if inline:
+            if self._inline:
                 QApplication.restoreOverrideCursor()
-        return self._loaded_ok if inline else True
+        return self._loaded_ok if self._inline else True
+
+    def _start_load(self, path, trusted_factory: str | None, ask_first: bool) -> None:
+        from napari_gradcamo._qt.workers import start_job
+
+        self.load_job = start_job(
+            _load_job, str(path), trusted_factory, ask_first, synchronous=self._inline,
+            on_return=lambda loaded: self._on_loaded(path, loaded),
+            on_error=lambda error: self._load_failed(path, error),
+            on_finished=self._on_load_finished,
+        )
 
     @guarded
     def _on_load_finished(self) -> None:
+        if self.load_job is not None and self.load_job.running:  # the load went on after the trust question
+            return
         self.loading = False
         self._update_enabled()
         self.loading_changed.emit(False)
@@ -192,8 +192,18 @@ class ModelPanel(QGroupBox):
         notify_error(message)
 
     @guarded
-    def _on_loaded(self, path, loaded: "LoadedModel") -> None:
-        """Show a loaded model (GUI thread): its description, target layers, classes and channel mapping."""
+    def _on_loaded(self, path, loaded) -> None:
+        """Show a loaded model (GUI thread): its description, target layers, classes and channel mapping; or,
+        for a checkpoint that names its own code, ask first and load it (trusted) in a second job."""
+        from napari_gradcamo._qt.trust_dialog import _ask, trust_message_box
+
+        if isinstance(loaded, NeedsTrust):
+            if _ask(trust_message_box(self, loaded.factory, path)):
+                self._start_load(path, loaded.factory, ask_first=False)
+            else:  # not trusted: nothing was imported, and the model box shows what it showed before
+                self.model_info.setText(self._info_before[0])
+                self.model_info.setStyleSheet(self._info_before[1])
+            return
         bundle, infos, default = loaded.bundle, loaded.layer_infos, loaded.default_layer
         meta = bundle.metadata
         self.last_load_thread = loaded.thread
@@ -369,13 +379,25 @@ class LoadedModel:
     thread: str  # the name of the thread that loaded it
 
 
-def _load_job(path: str, trusted_factory: str | None):
-    """Worker body of a model load: read the weights, build the network and list its target layers (seconds
-    for a large network; the trust question was asked before, in the GUI thread)."""
-    from napari_gradcamo.models.checkpoint import load_checkpoint
+@dataclass
+class NeedsTrust:
+    """What :func:`_load_job` returns for a checkpoint that names its own code: the GUI thread asks first."""
+
+    factory: str
+
+
+def _load_job(path: str, trusted_factory: str | None, ask_first: bool):
+    """Worker body of a model load: read the checkpoint (which imports torch), build the network and list its
+    target layers (seconds for a large network). With ``ask_first``, a checkpoint that names its own factory
+    is not built: :class:`NeedsTrust` goes back to the GUI thread, which asks and loads it again if trusted."""
+    from napari_gradcamo.models.checkpoint import checkpoint_factory, load_checkpoint
     from napari_gradcamo.models.layers import default_target_layer, list_target_layers
 
     yield (0, 1, f"Loading {Path(path).name}…")
+    if ask_first:
+        factory = checkpoint_factory(path)  # reads the metadata only: nothing named by it is imported
+        if factory is not None:
+            return NeedsTrust(factory)
     bundle = load_checkpoint(path, trusted_factory=trusted_factory)
     meta = bundle.metadata
     infos = list_target_layers(bundle.model, meta.crop_shape, len(meta.channel_names))

@@ -45,15 +45,17 @@ def _warm(dtype: np.dtype, event: threading.Event) -> None:
     try:
         from napari.utils.colormaps import DirectLabelColormap
 
-        # numba compiles per array dimension too: a 2D slice (2D view) and a 3D volume (3D view)
-        shapes = ((2, 2), (1, 2, 2))
+        # numba compiles per array dimension and layout too: a 2D slice (2D view), a 3D volume (3D view), and
+        # strided blocks of both (napari's partial texture updates after a paint)
+        block = np.arange(16, dtype=dtype).reshape(1, 4, 4)
+        arrays = (block[0, :2, :2].copy(), block[:, :2, :2].copy(), block[0, ::2, ::2], block[:, ::2, ::2])
         for count in _COLOUR_COUNTS:
             rgba = np.linspace(0.1, 0.9, count)
             colours = {None: (0.0, 0.0, 0.0, 0.0)}
             colours.update({i + 1: (float(v), 0.5, 1.0 - float(v), 1.0) for i, v in enumerate(rgba)})
             colormap = DirectLabelColormap(color_dict=colours)
-            for shape in shapes:
-                colormap.map(np.arange(4, dtype=dtype).reshape(shape))
+            for values in arrays:
+                colormap.map(values)
         WARMED_BY[dtype] = threading.current_thread().name
     except Exception:  # napari without numba, or a changed API: the dock then colours as before
         pass
