@@ -237,7 +237,8 @@ def one_run(args, window: tuple[int, int], stains, labels, workdir: str) -> dict
     w = state["w"]
 
     def load():
-        w.load_model(bundled_model_path("honest"))
+        w.load_model(bundled_model_path("honest"), background=True)  # as the Checkpoint combo does
+        heart.wait(lambda: not w.model_panel.loading, args.timeout)
         w.set_channel_map(list(range(len(STAINS))))
         w.batch_size.setValue(args.batch)
     out["load model"] = heart.measure(load, args.think)
@@ -282,7 +283,7 @@ def one_run(args, window: tuple[int, int], stains, labels, workdir: str) -> dict
     def delete():
         w.table.select_label(victim)
         w.delete_selected_cells()
-        heart.wait(lambda: victim not in set(w.features()["label"]), 60)
+        heart.wait(lambda: victim not in set(w.features()["label"]) and not w.editing, 60)
     out["delete"] = heart.measure(delete)
 
     folder = os.path.join(workdir, f"saved-{window[0]}-{time.time_ns()}")
@@ -306,7 +307,8 @@ def one_run(args, window: tuple[int, int], stains, labels, workdir: str) -> dict
         _, c = viewer.window.add_plugin_dock_widget("napari-gradcamo", "Compare models")
         c.panel.synchronous = False
         c.labels_picker.set_layer(masks)
-        c.model_b.load_model(bundled_model_path("shortcut"))
+        c.model_b.load_model(bundled_model_path("shortcut"), background=True)
+        heart.wait(lambda: not c.model_b.loading, args.timeout)
         c.model_b.set_channel_map(list(range(len(STAINS))))
         c.run()
         heart.wait(lambda: not c.panel.running, args.timeout)

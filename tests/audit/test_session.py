@@ -89,3 +89,28 @@ def test_reset_forgets_everything(audited):
     session.pending.add(1)
     session.reset()
     assert not session.cams and not session.deleted and not session.pending
+
+
+def test_an_edit_measured_beforehand_gives_the_same_rows_as_measured_inline(audited):
+    """The audit dock measures an edit in a worker (``measure_edit``) and only updates rows in the GUI thread."""
+    import pandas as pd
+
+    from napari_gradcamo.audit import labels_features
+
+    session, labels, table = audited
+    edited = labels.copy()
+    edited[1:3, (4, 9), 4:10] = 0  # cell 1 shrinks evenly: its centroid and crop stay, its map rescores it
+    edited[edited == 2] = 0  # cell 2 is deleted
+    measured = labels_features.measure_edit(edited, [1, 2], session.edit_maps([1, 2]))
+    assert measured.info[2] is None and set(measured.scores) == {1}
+    twin = AuditSession(class_names=["a", "b"], cams=dict(session.cams))
+    with_measure = session.apply_edit(table, edited, [1, 2], measured)
+    inline = twin.apply_edit(table, edited, [1, 2])
+    pd.testing.assert_frame_equal(with_measure.table, inline.table)
+    assert with_measure.rescored == inline.rescored == [1] and with_measure.removed == inline.removed == [2]
+    # the map kept for the deleted cell is offered for an undo, and the same score comes back
+    back = labels_features.measure_edit(labels, [2], session.edit_maps([2]))
+    assert set(back.scores) == {2}
+    restored = session.apply_edit(with_measure.table, labels, [2], back)
+    assert restored.restored == [2]
+    assert restored.table.set_index("label").loc[2, "gradcamo"] == pytest.approx(table.set_index("label").loc[2, "gradcamo"])

@@ -130,32 +130,104 @@ class AuditEditsMixin:
                            labels_features.set_override(table, chosen, value, self.results.flag_rule()))
 
     # ------------------------------------------------------------------ mask edits
+    # The heavy part of an edit (finding a cell's voxels, measuring and rescoring edited cells, repainting the
+    # all-cells map: scans of the whole label image) runs in a worker; the GUI thread only erases the found
+    # voxels (napari records the undo step) and swaps in the new rows and map. Edits made while one is being
+    # measured wait and are measured together next, so rows are always updated in the order of the edits.
+
+    @property
+    def editing(self) -> bool:
+        """A delete search, an edit's measurement or an all-cells map repaint runs or waits."""
+        return any(job is not None and job.running for job in (self._delete_job, self._edit_job, self._map_job)) \
+            or bool(self._edit_queue)
+
     def delete_selected_cells(self) -> bool:
-        """Erase the selected cells in every slice (one undo step each); their rows go with them."""
+        """Erase the selected cells in every slice (one undo step each); their rows go with them. The voxels
+        are found in a worker; True when the deletion started (when jobs run synchronously: when it is done)."""
+        from napari_gradcamo._qt.workers import start_job
+
         layer = self.labels_layer
         chosen = self.table.selected_labels() or ([int(layer.selected_label)] if layer is not None else [])
         chosen = [c for c in chosen if c > 0]
         if layer is None or not chosen:
             self.panel.say("Select the cells to delete in the table (or pick a label) first.")
             return False
-        data = np.asarray(L.level0(layer.data))
-        for label in chosen:
-            where = np.nonzero(data == label)
-            if where[0].size:
-                layer.data_setitem(where, 0)  # recorded for undo, reported by events.paint
-        self.cam_layers.hide(all_cells=False)
+        if self._delete_job is not None and self._delete_job.running:
+            self.panel.say("A deletion is still being prepared; try again in a moment.")
+            return False
+        self.panel.say(f"Deleting {len(chosen)} cell(s)…")
+        self._delete_job = start_job(
+            _find_cells_job, np.asarray(L.level0(layer.data)), chosen, synchronous=self.synchronous,
+            on_return=lambda found: self._erase_found(layer, found),
+            on_error=lambda error: self._on_edit_error(error),
+        )
         return True
 
     @guarded
+    def _erase_found(self, layer, found) -> None:
+        """Erase the voxels the worker found (GUI thread): napari records each cell as one undo step."""
+        voxels, self.last_delete_thread = found
+        if layer is not self.labels_layer or layer not in self.viewer.layers:
+            return
+        data = np.asarray(L.level0(layer.data))
+        for label, where in voxels.items():
+            still = data[where] == label  # an edit made while the worker searched: leave other labels alone
+            where = tuple(w[still] for w in where)
+            if where[0].size:
+                layer.data_setitem(where, 0)  # recorded for undo, reported by events.paint
+        self.cam_layers.hide(all_cells=False)
+
+    @guarded
     def _apply_edit(self, layer, touched) -> None:
+        """Measure the ``touched`` labels in a worker, then update their rows (:meth:`_commit_edit`)."""
         if layer is None or layer is not self.labels_layer or not touched:
             return
+        self._edit_queue.update(int(t) for t in touched)
+        if self._edit_job is None or not self._edit_job.running:
+            self._measure_next()
+
+    def _measure_next(self) -> None:
+        from napari_gradcamo._qt.workers import start_job
+
+        layer = self.labels_layer
+        if layer is None or not self._edit_queue:
+            self._edit_queue.clear()
+            return
+        touched, self._edit_queue = sorted(self._edit_queue), set()
+        generation = self._edit_generation
+        self._edit_job = start_job(
+            _measure_job, L.labels_volume(layer), touched, self.session(layer).edit_maps(touched),
+            synchronous=self.synchronous,
+            on_return=lambda measured: self._commit_edit(layer, touched, measured, generation),
+            on_error=lambda error: self._on_edit_error(error),
+            on_finished=self._after_measure,
+        )
+
+    @guarded
+    def _after_measure(self) -> None:
+        if self._edit_queue:
+            self._measure_next()
+
+    @guarded
+    def _on_edit_error(self, error) -> None:
+        from napari_gradcamo._qt.panel import first_line
+
+        self.panel.say(f"Mask edit: the rows could not be updated ({first_line(error)}); 'Re-check masks' "
+                       "tries again.", error=True)
+
+    @guarded
+    def _commit_edit(self, layer, touched, measured, generation: int) -> None:
+        """Swap the measured edit into the rows (GUI thread: row updates only)."""
+        if (layer is not self.labels_layer or layer not in self.viewer.layers
+                or generation != self._edit_generation or measured is None):
+            return
+        self.last_edit_thread = measured.thread
         session = self.session(layer)
         session.rule = self.results.flag_rule()
-        outcome = session.apply_edit(self.features(layer), L.labels_volume(layer), touched)
+        outcome = session.apply_edit(self.features(layer), L.labels_volume(layer), touched, measured)
         session.pending.clear()  # the dock recomputes moved crops itself (below, or after a run)
         if (outcome.removed or outcome.moved or outcome.restored) and self.all_cells_layer() is not None:
-            self._show_composite(layer)
+            self._repaint_map(layer)
         self._set_features(layer, outcome.table)
         self.unsaved = self.unsaved or bool(self.cams(layer))  # edits to an audited layer are unsaved work
         notes = []
@@ -176,6 +248,36 @@ class AuditEditsMixin:
             if not self.busy:
                 pending, self._pending = sorted(self._pending), set()
                 self._recompute(pending)
+
+    def _repaint_map(self, layer) -> None:
+        """Rebuild the all-cells map from the session's maps in a worker and show it when it is done (again,
+        when the maps changed meanwhile)."""
+        from napari_gradcamo._qt.workers import start_job
+
+        if self._map_job is not None and self._map_job.running:
+            self._map_again = True
+            return
+        self._map_again = False
+        maps = dict(self.session(layer).cams)
+        shape = L.labels_volume(layer).shape
+        self._map_job = start_job(
+            _composite_job, shape, maps, synchronous=self.synchronous,
+            on_return=lambda composite: self._show_repainted(layer, maps, composite),
+            on_error=lambda error: self._on_edit_error(error),
+            on_finished=lambda: self._map_again and layer is self.labels_layer and self._repaint_map(layer),
+        )
+
+    @guarded
+    def _show_repainted(self, layer, maps, composite) -> None:
+        if layer is not self.labels_layer or layer not in self.viewer.layers or composite is None:
+            return
+        session = self.session(layer)
+        current = session.cams
+        if len(current) != len(maps) or any(current.get(k) is not v for k, v in maps.items()):
+            self._map_again = True  # maps changed while it was painted: paint again
+            return
+        session.keep_composite(composite)
+        self._show_composite(layer)
 
     def recheck_masks(self) -> None:
         """Compare the label image with the table and update every row whose mask changed."""
@@ -202,6 +304,8 @@ class AuditEditsMixin:
     def _on_data_replaced(self, layer) -> None:
         if layer is not self.labels_layer:
             return
+        self._edit_generation += 1  # an edit measured on the old image is not applied
+        self._edit_queue.clear()
         self.session(layer).reset()
         self.cam_layers.hide()
         names = self.bundle.metadata.class_names if self.bundle is not None else []
@@ -400,3 +504,31 @@ def _save_job(folder, image_layers, labels, table, cams, model_name, run_record,
     path = write_results_folder(folder, saved)
     yield (3, 3, "")
     return path
+
+
+def _find_cells_job(data, labels):
+    """Worker body of Delete cell: the voxels of each label (one pass over the label image)."""
+    import threading
+
+    data = np.asarray(data)
+    wanted = np.asarray(sorted(set(int(v) for v in labels)), dtype=data.dtype)
+    where = np.nonzero(np.isin(data, wanted))
+    values = data[where]
+    found = {}
+    for label in wanted:
+        keep = values == label
+        found[int(label)] = tuple(w[keep] for w in where)
+    yield (1, 1, "")
+    return found, threading.current_thread().name
+
+
+def _measure_job(labels, touched, cams):
+    """Worker body of a mask edit: measure (and rescore) the edited cells."""
+    yield (0, 1, "")
+    return labels_features.measure_edit(labels, touched, cams)
+
+
+def _composite_job(shape, maps):
+    """Worker body: the all-cells map from ``maps`` (``{label: CellCam}``)."""
+    yield (0, 1, "")
+    return labels_features.composite_cam(shape, maps.values())

@@ -145,6 +145,8 @@ class AuditRunMixin:
             return False
         layer = self.labels_layer
         try:
+            if self.model_panel.loading:
+                raise ImageError("A model is loading; run when it has loaded.")
             if self.bundle is None:
                 raise ImageError("Load a model first (Checkpoint → a demo model or Open…).")
             if layer is None or layer not in self.viewer.layers:

@@ -57,6 +57,13 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self._schema_tables: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
         self._setting: tuple | None = None  # (layer, table) while _set_features hands a table to napari
         self._pending: set[int] = set()
+        # mask edits measured in workers (AuditEditsMixin): the jobs, labels waiting, and which thread worked
+        self._delete_job = self._edit_job = self._map_job = None
+        self._edit_queue: set[int] = set()
+        self._edit_generation = 0
+        self._map_again = False
+        self.last_edit_thread = ""
+        self.last_delete_thread = ""
         self._view_steps: list = []  # view updates waiting for an event-loop turn each (AuditRunMixin._in_turns)
         self._forced_selection: list[int] | None = None
         self._selecting = False
@@ -71,6 +78,11 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         self._refresh_timer.setInterval(TICK_MS)
         self._refresh_timer.timeout.connect(self._refresh_tick)
         prewarm_cam_library()
+        # napari's label colouring compiles (numba) in a thread of its own; cells are recoloured when it is done
+        self._colour_timer = QTimer(self)
+        self._colour_timer.setInterval(100)
+        self._colour_timer.timeout.connect(self._colour_when_warm)
+        self._warm_colours()
         self._build_ui()
         self._connect()
         self._on_labels_changed(self.labels_picker.layer())
@@ -144,6 +156,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
     def _connect(self) -> None:
         self.labels_picker.layer_changed.connect(self._on_labels_changed)
         self.model_panel.model_changed.connect(self._on_model_changed)
+        self.model_panel.loading_changed.connect(lambda *_: self._refresh_buttons())
         self.run_all_button.clicked.connect(lambda: self.run(only_selected=False))
         self.run_selected_button.clicked.connect(lambda: self.run(only_selected=True))
         self.results.threshold.valueChanged.connect(self.set_threshold)
@@ -166,6 +179,15 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
     def bundle(self):
         return self.model_panel.bundle
 
+    @property
+    def synchronous(self) -> bool:
+        """Jobs (the audit, saves, exports, model loads, mask-edit rescoring) run inline (tests)."""
+        return self.panel.synchronous
+
+    @synchronous.setter
+    def synchronous(self, value: bool) -> None:
+        self.panel.synchronous = self.model_panel.synchronous = bool(value)
+
     def showEvent(self, event) -> None:
         """Watch the napari window this dock lives in: an unsaved audit is saved when it closes."""
         super().showEvent(event)
@@ -184,6 +206,8 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
         missing. The verdict samples cells and picks its own layer; the flag rule stays the table's."""
         if self.busy:
             raise ImageError("An audit is running; judge the model when it has finished.")
+        if self.model_panel.loading:
+            raise ImageError("A model is loading; judge it when it has loaded.")
         if self.bundle is None:
             raise ImageError("Load a model first (Checkpoint → a demo model or Open…).")
         layer = self.labels_layer
@@ -198,9 +222,10 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
     def mapping_combos(self) -> list:
         return self.model_panel.mapping_combos
 
-    def load_model(self, path) -> bool:
-        """Load a checkpoint (see :meth:`ModelPanel.load_model`)."""
-        return self.model_panel.load_model(path)
+    def load_model(self, path, background: bool = False) -> bool:
+        """Load a checkpoint (see :meth:`ModelPanel.load_model`; ``background``: in a worker, as the
+        Checkpoint combo and Open… do)."""
+        return self.model_panel.load_model(path, background=background)
 
     def set_channel_map(self, channel_map) -> None:
         self.model_panel.set_channel_map(channel_map)
@@ -263,6 +288,13 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
             self._show_composite(layer)  # maps given with the layer (results folder, plate field)
         else:
             self._add_map_layer()
+
+    def _warm_colours(self) -> None:
+        """Start compiling napari's colouring for the dtypes of the viewer's label images (background)."""
+        from napari_gradcamo._qt.warmup import warm_label_colours
+
+        for layer in L.labels_layers(self.viewer):
+            warm_label_colours(L.labels_volume(layer).dtype)
 
     def _let_go(self, layer) -> None:
         for emitter, slot in ((layer.events.features, self._on_features_event),
@@ -346,7 +378,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
             self.results.show_table(None, None)
             return
         colors = self._label_colors(table)
-        if self.run_state is None or self.run_state.labels is not layer:
+        if (self.run_state is None or self.run_state.labels is not layer) and self._colours_ready(layer):
             L.set_label_colors(layer, colors)
         self.results.show_table(table, colors, self._made_by(table))
         self._arrange("results" if (table["status"] == "audited").any() else "settings")
@@ -358,8 +390,35 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
     def _refresh_colours(self) -> None:
         """Recolour the cells from ``labels.features`` (nothing else)."""
         layer = self.labels_layer
-        if layer is not None and layer in self.viewer.layers:
+        if layer is not None and layer in self.viewer.layers and self._colours_ready(layer):
             L.set_label_colors(layer, self._label_colors(self.features(layer)))
+
+    def _colours_ready(self, layer) -> bool:
+        """True when napari's colouring of this layer's dtype is compiled (:mod:`~napari_gradcamo._qt.warmup`);
+        else the cells are recoloured when it is (jobs running synchronously wait for it here)."""
+        from napari_gradcamo._qt.warmup import warm_label_colours
+
+        ready = warm_label_colours(L.labels_volume(layer).dtype)
+        if self.synchronous:
+            ready.wait()
+        if ready.is_set():
+            return True
+        if not self._colour_timer.isActive():
+            self._colour_timer.start()
+        return False
+
+    @guarded
+    def _colour_when_warm(self) -> None:
+        from napari_gradcamo._qt.warmup import warm_label_colours
+
+        layer = self.labels_layer
+        if layer is None or layer not in self.viewer.layers:
+            self._colour_timer.stop()
+            return
+        if warm_label_colours(L.labels_volume(layer).dtype).is_set():
+            self._colour_timer.stop()
+            if self.run_state is None or self.run_state.labels is not layer:
+                self._refresh_colours()
 
     def _made_by(self, table: pd.DataFrame) -> str:
         """Which checkpoint made the rows, and a warning when it is not the loaded one."""
@@ -404,7 +463,7 @@ class AuditWidget(AuditRunMixin, AuditEditsMixin, PanelJobs, QWidget):
     def _refresh_buttons(self, running: bool | None = None) -> None:
         if running is None:
             running = self.busy
-        ready = self.bundle is not None and self.labels_layer is not None
+        ready = self.bundle is not None and self.labels_layer is not None and not self.model_panel.loading
         self.run_all_button.setEnabled(ready and not running)
         self.run_selected_button.setEnabled(ready and not running)
         self.model_panel.set_busy(running)

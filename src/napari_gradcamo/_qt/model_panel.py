@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from qtpy.QtWidgets import (
 
 from napari_gradcamo._qt.panel import first_line, notify_error
 from napari_gradcamo._qt.pickers import guarded
+from napari_gradcamo._qt.workers import default_synchronous
 from napari_gradcamo.io.images import ImageError
 
 UNMAPPED = "— choose —"
@@ -34,6 +37,7 @@ class ModelPanel(QGroupBox):
     """Choose a checkpoint and how to explain it; :meth:`audit_settings` turns the choices into core settings."""
 
     model_changed = Signal(object)  # the new ModelBundle
+    loading_changed = Signal(bool)  # a checkpoint started (True) or ended (False) loading
 
     def __init__(self, picker, parent=None, title: str = "Model"):
         from napari_gradcamo.audit.cam import CAM_METHODS
@@ -45,6 +49,15 @@ class ModelPanel(QGroupBox):
         self.bundle = None
         self.source: str | None = None
         self.layer_infos: list = []
+        self.loading = False  # a checkpoint is being loaded (in a worker when the user chose it)
+        self.load_job = None
+        self.last_load_thread = ""  # the thread that read and built the last loaded model
+        self.synchronous = default_synchronous()  # load even user-chosen checkpoints inline (tests)
+        self._owner_busy = False
+        self._loading_name = ""
+        self._loaded_ok = False
+        self._inline = False  # the load in progress runs in the calling thread
+        self._info_before = ("", "")  # the model box's text and style, shown again if the user does not trust
         self.model_combo = QComboBox(self)
         self.model_combo.setToolTip("Bundled demo models and checkpoints opened before.")
         self.open_button = QPushButton("Open…", self)
@@ -106,42 +119,94 @@ class ModelPanel(QGroupBox):
     def _on_model_chosen(self, index: int) -> None:
         path = self.model_combo.itemData(index)
         if path:
-            self.load_model(path)
+            self.load_model(path, background=True)
 
     def _open_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
             self, "Open a classifier checkpoint", "", "Checkpoints (*.safetensors *.pt *.pth *.bin);;bioimage.io packages (*.zip rdf.yaml *.bioimageio.yaml);;All files (*)"
         )
         if path:
-            self.load_model(path)
+            self.load_model(path, background=True)
 
     @property
     def model_name(self) -> str:
         """The loaded checkpoint's file name ('' when none)."""
         return Path(self.source).name if self.source else ""
 
-    def load_model(self, path) -> bool:
-        """Load a checkpoint, list its target layers and map its channels; False (with the reason) on failure."""
-        from napari_gradcamo._qt.trust_dialog import load_checkpoint_confirmed
-        from napari_gradcamo.models.layers import default_target_layer, list_target_layers
-        from napari_gradcamo.models.metadata import CheckpointError
+    def load_model(self, path, background: bool = False) -> bool:
+        """Load a checkpoint, list its target layers and map its channels.
 
-        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
-        try:
-            bundle = load_checkpoint_confirmed(self, path)
-            if bundle is None:  # a custom factory the user did not trust: nothing was imported
-                return False
-            meta = bundle.metadata
-            infos = list_target_layers(bundle.model, meta.crop_shape, len(meta.channel_names))
-            default = meta.target_layer or default_target_layer(infos)
-        except (CheckpointError, ValueError, OSError, RuntimeError) as error:
-            kept = f" The loaded model ({self.model_name}) is kept." if self.bundle is not None else ""
-            self.model_info.setText(escape(f"Could not load {Path(path).name}: {first_line(error)}{kept}"))
-            self.model_info.setStyleSheet(ERROR_TEXT_STYLE)
-            notify_error(f"Could not load {Path(path).name}: {first_line(error)}")
+        Reading the checkpoint (which imports torch), building the network and listing its layers are
+        :func:`_load_job`'s; for a checkpoint that names its own code the job stops after reading the metadata
+        and the trust question is asked here, in the GUI thread, before a second job builds it. With ``background`` (what the Checkpoint
+        combo and Open… do) that job runs in a worker thread and the result is applied in the GUI thread when
+        it comes (:attr:`loading` meanwhile, the choices disabled); returns True when the load started.
+        Without it (scripts, tests) the job runs inline; returns False (with the reason shown) on failure."""
+        if self.loading:
+            self._say_error(f"{self._loading_name} is still loading; choose another checkpoint when it has loaded.")
             return False
+        self._loaded_ok = False
+        self._loading_name = Path(path).name
+        self._info_before = (self.model_info.text(), self.model_info.styleSheet())
+        self.loading = True
+        self._update_enabled()
+        self.model_info.setStyleSheet("")
+        self.model_info.setText(escape(f"Loading {self._loading_name}…"))
+        self.loading_changed.emit(True)
+        self._inline = not background or self.synchronous
+        if self._inline:
+            QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+        try:
+            self._start_load(path, None, ask_first=True)
         finally:
-            QApplication.restoreOverrideCursor()
+            if self._inline:
+                QApplication.restoreOverrideCursor()
+        return self._loaded_ok if self._inline else True
+
+    def _start_load(self, path, trusted_factory: str | None, ask_first: bool) -> None:
+        from napari_gradcamo._qt.workers import start_job
+
+        self.load_job = start_job(
+            _load_job, str(path), trusted_factory, ask_first, synchronous=self._inline,
+            on_return=lambda loaded: self._on_loaded(path, loaded),
+            on_error=lambda error: self._load_failed(path, error),
+            on_finished=self._on_load_finished,
+        )
+
+    @guarded
+    def _on_load_finished(self) -> None:
+        if self.load_job is not None and self.load_job.running:  # the load went on after the trust question
+            return
+        self.loading = False
+        self._update_enabled()
+        self.loading_changed.emit(False)
+
+    @guarded
+    def _load_failed(self, path, error) -> None:
+        kept = f" The loaded model ({self.model_name}) is kept." if self.bundle is not None else ""
+        self.model_info.setText(escape(f"Could not load {Path(path).name}: {first_line(error)}{kept}"))
+        self.model_info.setStyleSheet(ERROR_TEXT_STYLE)
+        notify_error(f"Could not load {Path(path).name}: {first_line(error)}")
+
+    def _say_error(self, message: str) -> None:
+        notify_error(message)
+
+    @guarded
+    def _on_loaded(self, path, loaded) -> None:
+        """Show a loaded model (GUI thread): its description, target layers, classes and channel mapping; or,
+        for a checkpoint that names its own code, ask first and load it (trusted) in a second job."""
+        from napari_gradcamo._qt.trust_dialog import _ask, trust_message_box
+
+        if isinstance(loaded, NeedsTrust):
+            if _ask(trust_message_box(self, loaded.factory, path)):
+                self._start_load(path, loaded.factory, ask_first=False)
+            else:  # not trusted: nothing was imported, and the model box shows what it showed before
+                self.model_info.setText(self._info_before[0])
+                self.model_info.setStyleSheet(self._info_before[1])
+            return
+        bundle, infos, default = loaded.bundle, loaded.layer_infos, loaded.default_layer
+        meta = bundle.metadata
+        self.last_load_thread = loaded.thread
         self.bundle, self.layer_infos, self.source = bundle, infos, str(path)
         self.model_info.setStyleSheet("")
         self.model_info.setText(
@@ -169,8 +234,8 @@ class ModelPanel(QGroupBox):
             index = self.model_combo.count() - 1
         self.model_combo.setCurrentIndex(index)
         self.refresh_mapping()
+        self._loaded_ok = True
         self.model_changed.emit(bundle)
-        return True
 
     def _refresh_devices(self) -> None:
         import torch
@@ -187,8 +252,15 @@ class ModelPanel(QGroupBox):
             self.device.setCurrentText(current)
 
     def set_busy(self, busy: bool) -> None:
-        self.open_button.setEnabled(not busy)
-        self.model_combo.setEnabled(not busy)
+        """Disable choosing another checkpoint while the owner runs a job (and while one loads)."""
+        self._owner_busy = bool(busy)
+        self._update_enabled()
+
+    def _update_enabled(self) -> None:
+        self.open_button.setEnabled(not (self._owner_busy or self.loading))
+        self.model_combo.setEnabled(not (self._owner_busy or self.loading))
+        for widget in (self.method, self.target_layer, self.target_class, self.mapping_box):
+            widget.setEnabled(not self.loading)
 
     # ------------------------------------------------------------------ channel mapping
     @guarded
@@ -295,3 +367,39 @@ def mapping_problem(model_names, image_names, chosen) -> str:
 
 def _voxels(size) -> str:
     return "unknown" if size is None else " × ".join(f"{float(v):g}" for v in size)
+
+
+@dataclass
+class LoadedModel:
+    """What :func:`_load_job` hands to the GUI thread."""
+
+    bundle: object
+    layer_infos: list
+    default_layer: str
+    thread: str  # the name of the thread that loaded it
+
+
+@dataclass
+class NeedsTrust:
+    """What :func:`_load_job` returns for a checkpoint that names its own code: the GUI thread asks first."""
+
+    factory: str
+
+
+def _load_job(path: str, trusted_factory: str | None, ask_first: bool):
+    """Worker body of a model load: read the checkpoint (which imports torch), build the network and list its
+    target layers (seconds for a large network). With ``ask_first``, a checkpoint that names its own factory
+    is not built: :class:`NeedsTrust` goes back to the GUI thread, which asks and loads it again if trusted."""
+    from napari_gradcamo.models.checkpoint import checkpoint_factory, load_checkpoint
+    from napari_gradcamo.models.layers import default_target_layer, list_target_layers
+
+    yield (0, 1, f"Loading {Path(path).name}…")
+    if ask_first:
+        factory = checkpoint_factory(path)  # reads the metadata only: nothing named by it is imported
+        if factory is not None:
+            return NeedsTrust(factory)
+    bundle = load_checkpoint(path, trusted_factory=trusted_factory)
+    meta = bundle.metadata
+    infos = list_target_layers(bundle.model, meta.crop_shape, len(meta.channel_names))
+    default = meta.target_layer or default_target_layer(infos)
+    return LoadedModel(bundle, infos, default, threading.current_thread().name)

@@ -189,9 +189,10 @@ class ProfilesWidget(PanelJobs, QWidget):
         self._refresh_buttons()
 
     # ================================================================== model
-    def load_model(self, path) -> bool:
-        """Load a checkpoint into this dock's model panel (asking first if it names its own code to run)."""
-        return self.model_panel.load_model(path)
+    def load_model(self, path, background: bool = False) -> bool:
+        """Load a checkpoint into this dock's model panel (asking first if it names its own code to run;
+        ``background``: in a worker, as the Checkpoint combo and Open… do)."""
+        return self.model_panel.load_model(path, background=background)
 
     def _on_own_model(self, bundle) -> None:
         self.use_bundle(bundle, f"{self.model_panel.model_name} (loaded here)")

@@ -42,14 +42,25 @@ def _ask(box: QMessageBox) -> bool:
     return box.clickedButton() is box.trust_button
 
 
-def load_checkpoint_confirmed(parent: QWidget | None, path: str | Path, ask: Callable[[QMessageBox], bool] = _ask):
-    """:func:`~napari_gradcamo.models.checkpoint.load_checkpoint`, asking first when the checkpoint names its
-    own factory; None when the user declines. Errors are :class:`CheckpointError` as from ``load_checkpoint``."""
-    from napari_gradcamo.models.checkpoint import checkpoint_factory, load_checkpoint
+def confirm_factory(parent: QWidget | None, path: str | Path,
+                    ask: Callable[[QMessageBox], bool] = _ask) -> tuple[bool, str | None]:
+    """Ask (in the GUI thread) before a checkpoint's own factory may run: ``(go on, trusted factory or None)``.
+    ``(True, None)`` for a checkpoint that names no factory; ``(False, spec)`` when the user declines. Reads
+    only the checkpoint's metadata; errors are :class:`CheckpointError` as from ``load_checkpoint``."""
+    from napari_gradcamo.models.checkpoint import checkpoint_factory
 
     spec = checkpoint_factory(path)
     if spec is None:
-        return load_checkpoint(path)
-    if not ask(trust_message_box(parent, spec, path)):
+        return True, None
+    return ask(trust_message_box(parent, spec, path)), spec
+
+
+def load_checkpoint_confirmed(parent: QWidget | None, path: str | Path, ask: Callable[[QMessageBox], bool] = _ask):
+    """:func:`~napari_gradcamo.models.checkpoint.load_checkpoint`, asking first when the checkpoint names its
+    own factory; None when the user declines. Errors are :class:`CheckpointError` as from ``load_checkpoint``."""
+    from napari_gradcamo.models.checkpoint import load_checkpoint
+
+    go_on, spec = confirm_factory(parent, path, ask)
+    if not go_on:
         return None
     return load_checkpoint(path, trusted_factory=spec)

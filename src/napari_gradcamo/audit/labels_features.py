@@ -283,6 +283,39 @@ class EditOutcome:
     removed_rows: dict = field(default_factory=dict)
 
 
+@dataclass
+class EditMeasure:
+    """What :func:`measure_edit` found for edited labels: each one's geometry (None: gone) and, for those whose
+    cached map still fits their crop, the map used and the new score. Measured off the GUI thread (a scan of
+    the whole label image per label); :func:`apply_mask_edit` then only updates rows."""
+
+    info: dict = field(default_factory=dict)
+    #: label -> (the CellCam rescored, its :class:`~napari_gradcamo.audit.scoring.Score`)
+    scores: dict = field(default_factory=dict)
+    #: the name of the thread that measured (the audit dock records it)
+    thread: str = ""
+
+
+def measure_edit(labels: np.ndarray, touched: Iterable[int], cams: Mapping[int, object]) -> EditMeasure:
+    """Centroid, volume and box of each ``touched`` label in ``labels``, and the score of each one whose map
+    in ``cams`` (``{label: CellCam}``: the cached map, or the one kept for a deleted cell) still fits its crop."""
+    import threading
+
+    from napari_gradcamo.audit.run import rescore
+
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels[np.newaxis]
+    out = EditMeasure(thread=threading.current_thread().name)
+    for label in sorted({int(t) for t in touched if int(t) > 0}):
+        info = out.info[label] = cell_stats(labels, label)
+        cam = cams.get(label)
+        if info is not None and cam is not None and \
+                tuple(crop_origin(info.centroid, cam.crop_shape)) == tuple(cam.origin):
+            out.scores[label] = (cam, rescore(cam, labels))
+    return out
+
+
 def _same_cell(row, info: CellInfo) -> bool:
     """True when ``info`` (a label now in the masks) has the voxel count and centroid of the deleted ``row``."""
     try:
@@ -299,6 +332,7 @@ def apply_mask_edit(
     cams: Mapping[int, object],
     threshold: "float | FlagRule",
     deleted: Mapping[int, tuple] | None = None,
+    measured: EditMeasure | None = None,
 ) -> EditOutcome:
     """Update rows after ``touched`` labels were painted, erased or filled.
 
@@ -308,6 +342,10 @@ def apply_mask_edit(
     the same score). An audited cell whose crop did not move is rescored with its cached CAM
     (``cams[label]``, an :class:`~napari_gradcamo.audit.run.CellCam`); one whose crop moved is marked
     'not audited' and listed in ``moved`` for the caller to recompute.
+
+    ``measured`` (from :func:`measure_edit`, e.g. run in a worker on the same ``labels``) supplies the cells'
+    geometry and scores, so only the rows are updated here; a label it lacks, or whose map changed since, is
+    measured here.
     """
     from napari_gradcamo.audit.run import rescore
 
@@ -319,7 +357,7 @@ def apply_mask_edit(
     outcome = EditOutcome(out)
     new_rows = []
     for label in sorted({int(l) for l in touched if int(l) > 0}):
-        info = cell_stats(labels, label)
+        info = measured.info[label] if measured is not None and label in measured.info else cell_stats(labels, label)
         if info is None:
             if label in out.index:
                 outcome.removed_rows[label] = out.loc[label].copy()
@@ -347,7 +385,8 @@ def apply_mask_edit(
         if cam is None:
             continue
         if tuple(crop_origin(info.centroid, cam.crop_shape)) == tuple(cam.origin):
-            s = rescore(cam, labels)
+            known = measured.scores.get(label) if measured is not None else None
+            s = known[1] if known is not None and known[0] is cam else rescore(cam, labels)
             out.loc[label, ["gradcamo", "chance", "neighbour_share", "background_share", "outside_share"]] = (
                 s.gradcamo, s.chance, s.neighbour_share, s.background_share, s.outside_share
             )

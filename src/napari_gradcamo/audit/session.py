@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from napari_gradcamo.audit import labels_features
-from napari_gradcamo.audit.labels_features import EditOutcome, FlagRule
+from napari_gradcamo.audit.labels_features import EditMeasure, EditOutcome, FlagRule
 
 
 @dataclass
@@ -103,11 +103,28 @@ class AuditSession:
         self._composite = composite
 
     # ------------------------------------------------------------------ edits
-    def apply_edit(self, table: pd.DataFrame, labels: np.ndarray, touched: Iterable[int]) -> EditOutcome:
+    def edit_maps(self, touched: Iterable[int]) -> dict:
+        """``{label: CellCam}`` for the ``touched`` labels that have one (cached, or kept for a deleted cell):
+        what :func:`~napari_gradcamo.audit.labels_features.measure_edit` needs, as a copy a worker may read."""
+        out = {}
+        for label in touched:
+            label = int(label)
+            cam = self.cams.get(label)
+            if cam is None and label in self.deleted:
+                cam = self.deleted[label][1] if len(self.deleted[label]) > 1 else None
+            if cam is not None:
+                out[label] = cam
+        return out
+
+    def apply_edit(self, table: pd.DataFrame, labels: np.ndarray, touched: Iterable[int],
+                   measured: EditMeasure | None = None) -> EditOutcome:
         """Update ``table`` after the ``touched`` labels were painted, erased or filled: rescore with cached
         maps, remove deleted cells (keeping their rows and maps for an undo), restore cells an undo brought
-        back, and note moved crops in :attr:`pending`. Returns the outcome; its ``table`` is the new one."""
-        outcome = labels_features.apply_mask_edit(table, labels, touched, self.cams, self.rule, self.deleted)
+        back, and note moved crops in :attr:`pending`. Returns the outcome; its ``table`` is the new one.
+        ``measured``: :func:`~napari_gradcamo.audit.labels_features.measure_edit` of the same edit, made
+        before (in a worker), so that this only updates rows and maps."""
+        outcome = labels_features.apply_mask_edit(table, labels, touched, self.cams, self.rule, self.deleted,
+                                                  measured)
         for label, row in outcome.removed_rows.items():
             self.deleted[label] = (row, self.cams.get(label))
         changed = bool(outcome.removed or outcome.moved or outcome.restored)
