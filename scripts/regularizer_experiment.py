@@ -98,7 +98,30 @@ def run(data_name: str, seed: int, regularizer: str, args, train, held_out) -> d
     for layer in LAYERS[1:]:
         other = audit_fields(bundle, held_out, AuditSettings(target_layer=layer, device="cpu"))
         row[f"gradcamo_{layer}"] = float(other["gradcamo"].median())
+    if args.verdict:  # the audit's verdict on the same held-out fields (audit/verdict.py), as a user would get it
+        from napari_gradcamo.audit.verdict import judge_fields
+
+        report = judge_fields(bundle, [(f.image, f.labels) for f in held_out],
+                              true_classes=[[CLASS_NAMES[f.treatment]] * f.n_cells for f in held_out], seed=seed,
+                              settings=AuditSettings(device="cpu"))
+        row["verdict"] = report.verdict
+        row["verdict_by_class"] = {c: v.verdict for c, v in report.classes.items()}
+        row["verdict_layer"] = report.layer
     return row
+
+
+def verdict_markdown(results: pd.DataFrame) -> str:
+    """Every run's verdict (runs made with ``--verdict``)."""
+    rows = ["| data | regulariser | seed | held-out accuracy | verdict (per class) |", "|---|---|---|---|---|"]
+    order = {name: i for i, name in enumerate(REGULARIZERS)}
+    results = results.assign(_order=results["regularizer"].map(order)).sort_values(["data", "_order", "seed"])
+    for _, r in results.iterrows():
+        if not isinstance(r.get("verdict"), str):
+            continue
+        by_class = "; ".join(f"{c}: {v}" for c, v in r["verdict_by_class"].items())
+        rows.append(f"| {r['data']} | {r['regularizer']} | {int(r['seed'])} | {r['accuracy']:.2f} | "
+                    f"{r['verdict']} ({by_class}) |")
+    return "\n".join(rows)
 
 
 def fmt(value, spec=".2f") -> str:
@@ -156,6 +179,8 @@ def main(argv=None) -> int:
     p.add_argument("--write", default=None, help="write the set-up, command and tables (markdown) into this file, "
                    "between its regularizer-table markers when it has them (docs/regularizer.md)")
     p.add_argument("--from-json", default=None, help="render the tables from a --json file without training")
+    p.add_argument("--verdict", action="store_true", help="also run the audit's verdict (audit/verdict.py) on the "
+                   "held-out fields of every run and print a table of them")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = read_runs(Path(args.from_json or args.json)) if (args.from_json or args.json) else []
@@ -181,6 +206,8 @@ def main(argv=None) -> int:
     print(md)
     if missing:
         print(f"not run: {', '.join(missing)}")
+    if "verdict" in table:
+        print(verdict_markdown(table))
     if args.write:
         command = "PYTHONPATH=src python scripts/regularizer_experiment.py " + " ".join(
             [f"--seeds {' '.join(map(str, args.seeds))}"]
