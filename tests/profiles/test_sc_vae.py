@@ -13,31 +13,21 @@ from napari_gradcamo.audit.batch import BatchCrops, score_batch
 from napari_gradcamo.audit.cam import CamEngine
 from napari_gradcamo.audit.latent_targets import class_direction, latent_means, projection_bundle, unit_direction
 from napari_gradcamo.cli import main
-from napari_gradcamo.crops.datasets import MASK_CELL, MASK_OTHER, crops_from_fields
+from napari_gradcamo.crops.datasets import MASK_CELL, MASK_OTHER
 from napari_gradcamo.models.architectures import build_model
 from napari_gradcamo.models.checkpoint import load_checkpoint, normalize_crops
 from napari_gradcamo.models.metadata import CheckpointError, ModelBundle, ModelMetadata
 from napari_gradcamo.models.vae import CropVAE, Shortcut, SkipStage, SkipUp, channel_resampler
 from napari_gradcamo.profiles.extract import extract_profiles, feature_columns
-from napari_gradcamo.synthetic.generator import STAINS, generate_dataset
-from napari_gradcamo.train.vae_loop import VaeConfig, fit_vae
-
-CROP = [8, 32, 32]
-
-
-@pytest.fixture(scope="module")
-def crops():
-    fields = generate_dataset(5, 6, n_classes=2, shape=(12, 48, 48), n_cells=6, voxel_size=(2.0, 1.5, 1.5),
-                              sites_per_well=1, confound="background")
-    return crops_from_fields(fields, CROP)
+from napari_gradcamo.synthetic.generator import STAINS
+from napari_gradcamo.train.vae_loop import VaeConfig
+from vae_helpers import CROP, fit_small_vae
 
 
 @pytest.fixture(scope="module")
 def trained(crops, tmp_path_factory):
     out = tmp_path_factory.mktemp("sc-vae")
-    config = VaeConfig(objective="sc-vae", latent_dim=4, width=4, epochs=4, batch_size=8, lr=3e-3, seed=1,
-                       val_fraction=0.3, device="cpu")
-    return fit_vae(crops, ["control", "treated"], STAINS, CROP, config, out), out
+    return fit_small_vae(crops, "sc-vae", out), out
 
 
 def _normalised(meta, x):
